@@ -1,0 +1,1233 @@
+
+/*
+ * ngx_ws_heartbeat_module: heartbeats for WebSocket connections that
+ * proxy_pass upgrades. The nginx glue: directives, configuration, the
+ * header and body filters that find upgraded connections, and the hooks
+ * (send/recv wrappers, write-event wrappers, timers) that run the core in
+ * src/ on the relay nginx itself keeps running.
+ */
+
+
+extern "C" {
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+}
+
+#include <openssl/rand.h>
+
+#include <new>
+#include <type_traits>
+
+#include "frame.hpp"
+#include "frame_builder.hpp"
+#include "heartbeat.hpp"
+#include "outbound.hpp"
+
+
+#define NGX_HTTP_WS_HEARTBEAT_MIN_TIME  10
+#define NGX_HTTP_WS_HEARTBEAT_MAX_TIME  (30LL * 24 * 60 * 60 * 1000)
+
+
+typedef struct {
+    ngx_flag_t                      enable;
+    ngx_flag_t                      upstream;
+    ngx_msec_t                      interval;
+    ngx_msec_t                      timeout;
+    ngx_msec_t                      read_timeout;
+    ngx_msec_t                      send_timeout;
+} ngx_http_ws_heartbeat_loc_conf_t;
+
+
+typedef enum {
+    NGX_HTTP_WS_HB_CLIENT = 0,
+    NGX_HTTP_WS_HB_UPSTREAM
+} ngx_http_ws_heartbeat_side_e;
+
+
+struct ngx_http_ws_heartbeat_ctx_t;
+
+
+/* one peer of the relay: the bytes sent to it and the heartbeat on it */
+struct ngx_http_ws_heartbeat_side_t {
+    ngx_http_ws_heartbeat_ctx_t    *ctx;
+    ngx_connection_t               *conn;
+    ngx_send_pt                     send;
+    ngx_recv_pt                     recv;
+    wshb::outbound                  out;     /* bytes written to this peer */
+    wshb::heartbeat                 hb;      /* liveness of this peer */
+    ngx_event_t                     timer;
+    unsigned                        which:1;
+    unsigned                        ping_queued:1;
+    unsigned                        blocked:1;
+    unsigned                        close_sent:1;   /* a Close went to it */
+
+    ngx_http_ws_heartbeat_side_t(ngx_http_ws_heartbeat_ctx_t *c,
+        ngx_uint_t w, bool swallow, bool rsv1) noexcept
+        : ctx(c), conn(nullptr), send(nullptr), recv(nullptr),
+          out(w == NGX_HTTP_WS_HB_CLIENT ? wshb::role::server
+                                         : wshb::role::client,
+              swallow, rsv1),
+          hb(), timer(), which(w), ping_queued(0), blocked(0),
+          close_sent(0)
+    {
+    }
+};
+
+
+struct ngx_http_ws_heartbeat_ctx_t {
+    ngx_http_request_t                 *request;
+    ngx_http_ws_heartbeat_loc_conf_t   *conf;
+    ngx_http_event_handler_pt           header_write_handler;
+    ngx_http_event_handler_pt           write_handler;
+    ngx_http_upstream_handler_pt        upstream_write_handler;
+
+    /* client: frames to the client; upstream: frames to the upstream */
+    ngx_http_ws_heartbeat_side_t        client;
+    ngx_http_ws_heartbeat_side_t        upstream;
+
+    wshb::close_reason                  reason;
+    unsigned                            hooked:1;
+    unsigned                            disabled:1;   /* stepped aside */
+    unsigned                            close_seen:1; /* endpoint Close */
+
+    ngx_http_ws_heartbeat_ctx_t(ngx_http_request_t *r,
+        ngx_http_ws_heartbeat_loc_conf_t *lcf, bool rsv1) noexcept
+        : request(r), conf(lcf), header_write_handler(nullptr),
+          write_handler(nullptr), upstream_write_handler(nullptr),
+          client(this, NGX_HTTP_WS_HB_CLIENT, lcf->upstream != 0, rsv1),
+          upstream(this, NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
+          reason(wshb::close_reason::none), hooked(0), disabled(0),
+          close_seen(0)
+    {
+    }
+};
+
+/*
+ * Both sides are named by the peer they talk to: ctx->client.out carries
+ * upstream frames (and our Pings) to the client and may swallow upstream
+ * Pongs; ctx->upstream.out carries client frames to the upstream and
+ * swallows the client's Pongs to our Pings.
+ */
+
+static_assert(std::is_trivially_destructible<ngx_http_ws_heartbeat_ctx_t>
+              ::value, "ctx lives in r->pool without a destructor");
+
+
+static ngx_int_t ngx_http_ws_heartbeat_header_filter(ngx_http_request_t *r)
+    noexcept;
+static ngx_int_t ngx_http_ws_heartbeat_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in) noexcept;
+static ngx_int_t ngx_http_ws_heartbeat_is_websocket(ngx_http_request_t *r,
+    bool *rsv1) noexcept;
+static void ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
+    ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
+static void ngx_http_ws_heartbeat_cleanup(void *data) noexcept;
+static ssize_t ngx_http_ws_heartbeat_send(ngx_connection_t *c, u_char *buf,
+    size_t size) noexcept;
+static ssize_t ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf,
+    size_t size) noexcept;
+static void ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r)
+    noexcept;
+static void ngx_http_ws_heartbeat_upstream_write_handler(
+    ngx_http_request_t *r, ngx_http_upstream_t *u) noexcept;
+static void ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept;
+static void ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s)
+    noexcept;
+static void ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_side_t *s)
+    noexcept;
+static void ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx)
+    noexcept;
+static void ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
+    ngx_http_ws_heartbeat_side_t *dead, wshb::close_reason reason) noexcept;
+
+static char *ngx_http_ws_heartbeat_set_time(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf) noexcept;
+static void *ngx_http_ws_heartbeat_create_loc_conf(ngx_conf_t *cf) noexcept;
+static char *ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf,
+    void *parent, void *child) noexcept;
+static ngx_int_t ngx_http_ws_heartbeat_init(ngx_conf_t *cf) noexcept;
+
+
+/* times: "low" 0 means that 0 turns the feature off */
+
+static ngx_conf_num_bounds_t  ngx_http_ws_heartbeat_positive = {
+    ngx_conf_check_num_bounds, NGX_HTTP_WS_HEARTBEAT_MIN_TIME,
+    NGX_HTTP_WS_HEARTBEAT_MAX_TIME
+};
+
+static ngx_conf_num_bounds_t  ngx_http_ws_heartbeat_optional = {
+    ngx_conf_check_num_bounds, 0, NGX_HTTP_WS_HEARTBEAT_MAX_TIME
+};
+
+
+static ngx_command_t  ngx_http_ws_heartbeat_commands[] = {
+
+    { ngx_string("ws_heartbeat"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ws_heartbeat_loc_conf_t, enable),
+      NULL },
+
+    { ngx_string("ws_heartbeat_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_ws_heartbeat_set_time,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ws_heartbeat_loc_conf_t, interval),
+      &ngx_http_ws_heartbeat_positive },
+
+    { ngx_string("ws_heartbeat_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_ws_heartbeat_set_time,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ws_heartbeat_loc_conf_t, timeout),
+      &ngx_http_ws_heartbeat_positive },
+
+    { ngx_string("ws_heartbeat_upstream"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ws_heartbeat_loc_conf_t, upstream),
+      NULL },
+
+    { ngx_string("ws_heartbeat_read_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_ws_heartbeat_set_time,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ws_heartbeat_loc_conf_t, read_timeout),
+      &ngx_http_ws_heartbeat_optional },
+
+    { ngx_string("ws_heartbeat_send_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_ws_heartbeat_set_time,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ws_heartbeat_loc_conf_t, send_timeout),
+      &ngx_http_ws_heartbeat_optional },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_ws_heartbeat_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_http_ws_heartbeat_init,            /* postconfiguration */
+
+    NULL,                                  /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_ws_heartbeat_create_loc_conf, /* create location configuration */
+    ngx_http_ws_heartbeat_merge_loc_conf   /* merge location configuration */
+};
+
+
+extern "C" {
+
+ngx_module_t  ngx_ws_heartbeat_module = {
+    NGX_MODULE_V1,
+    &ngx_http_ws_heartbeat_module_ctx,     /* module context */
+    ngx_http_ws_heartbeat_commands,        /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+/* present when nginx has the proxy module; used for a configuration check */
+extern ngx_module_t  ngx_http_proxy_module __attribute__((weak));
+
+}
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
+
+
+static ngx_str_t  ngx_http_ws_heartbeat_websocket = ngx_string("websocket");
+static ngx_str_t  ngx_http_ws_heartbeat_deflate =
+    ngx_string("permessage-deflate");
+
+
+/* the Io of wshb::outbound: the real send of one peer's connection */
+
+struct ngx_http_ws_heartbeat_io {
+    ngx_http_ws_heartbeat_side_t  *side;
+
+    long write(const std::uint8_t *p, std::size_t n) noexcept
+    {
+        ngx_connection_t  *c = side->conn;
+        ssize_t            rc;
+
+        rc = side->send(c, const_cast<u_char *>(p), n);
+
+        if (rc > 0) {
+            side->hb.on_write_progress();
+            side->blocked = 0;
+        }
+
+        if (rc == NGX_ERROR || (rc >= 0 && (size_t) rc == n)) {
+            return rc;
+        }
+
+        /* short write or NGX_AGAIN: the real send has cleared ready */
+
+        if (!side->blocked) {
+            side->blocked = 1;
+            side->hb.on_write_blocked(ngx_current_msec);
+            ngx_http_ws_heartbeat_arm(side);
+        }
+
+        return rc;
+    }
+
+    /* the peer whose frames this stream carries */
+    ngx_http_ws_heartbeat_side_t *sender() noexcept
+    {
+        return side->which == NGX_HTTP_WS_HB_CLIENT ? &side->ctx->upstream
+                                                    : &side->ctx->client;
+    }
+
+    bool match_pong(const std::uint8_t *payload, std::size_t n) noexcept
+    {
+        struct timespec  ts;
+
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+        return sender()->hb.on_pong(payload, n,
+                                    (std::uint64_t) ts.tv_sec * 1000000
+                                    + ts.tv_nsec / 1000);
+    }
+
+    void on_header(const wshb::frame_header &h) noexcept
+    {
+        if (wshb::is_data(h.op)) {
+            sender()->hb.on_data(ngx_current_msec);
+        }
+    }
+
+    void on_frame(const wshb::frame_header &h, const std::uint8_t *payload,
+                  std::size_t n) noexcept
+    {
+        ngx_http_ws_heartbeat_ctx_t  *ctx = side->ctx;
+
+        if (h.op != wshb::opcode::close || ctx->close_seen) {
+            return;
+        }
+
+        /* an endpoint started the closing handshake: no more Pings */
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, side->conn->log, 0,
+                       "ws heartbeat: %s sent Close",
+                       side->which == NGX_HTTP_WS_HB_CLIENT ? "upstream"
+                                                            : "client");
+        ctx->close_seen = 1;
+        ctx->client.hb.stop();
+        ctx->upstream.hb.stop();
+        ctx->client.out.drop_queued();
+        ctx->upstream.out.drop_queued();
+        ctx->client.ping_queued = 0;
+        ctx->upstream.ping_queued = 0;
+
+        if (ctx->client.timer.timer_set) {
+            ngx_del_timer(&ctx->client.timer);
+        }
+
+        if (ctx->upstream.timer.timer_set) {
+            ngx_del_timer(&ctx->upstream.timer);
+        }
+
+        (void) payload;
+        (void) n;
+    }
+
+    void on_error(wshb::scan_error e) noexcept
+    {
+        ngx_log_error(NGX_LOG_INFO, side->conn->log, 0,
+                      "%s sent invalid WebSocket frame (%s), "
+                      "ws heartbeat disabled for this connection",
+                      side->which == NGX_HTTP_WS_HB_CLIENT ? "upstream"
+                                                           : "client",
+                      wshb::to_string(e));
+
+        ngx_http_ws_heartbeat_step_aside(side->ctx);
+    }
+};
+
+
+static ngx_int_t
+ngx_http_ws_heartbeat_header_filter(ngx_http_request_t *r) noexcept
+{
+    bool                               rsv1;
+    void                              *p;
+    ngx_pool_cleanup_t                *cln;
+    ngx_http_upstream_t               *u;
+    ngx_http_ws_heartbeat_ctx_t       *ctx;
+    ngx_http_ws_heartbeat_loc_conf_t  *lcf;
+
+    lcf = static_cast<ngx_http_ws_heartbeat_loc_conf_t *>(
+              ngx_http_get_module_loc_conf(r, ngx_ws_heartbeat_module));
+
+    u = r->upstream;
+
+    if (!lcf->enable
+        || r != r->main
+        || r->headers_out.status != NGX_HTTP_SWITCHING_PROTOCOLS
+        || u == NULL
+        || !u->upgrade
+        || u->peer.connection == NULL
+        || r->http_version != NGX_HTTP_VERSION_11
+        || r->stream != NULL)
+    {
+        return ngx_http_next_header_filter(r);
+    }
+
+    if (ngx_http_ws_heartbeat_is_websocket(r, &rsv1) != NGX_OK) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "ws heartbeat: not a WebSocket upgrade, skipped");
+        return ngx_http_next_header_filter(r);
+    }
+
+    p = ngx_pcalloc(r->pool, sizeof(ngx_http_ws_heartbeat_ctx_t));
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx = new (p) ngx_http_ws_heartbeat_ctx_t(r, lcf, rsv1);
+    ctx->header_write_handler = r->write_event_handler;
+
+    cln->handler = ngx_http_ws_heartbeat_cleanup;
+    cln->data = ctx;
+
+    ngx_http_set_ctx(r, ctx, ngx_ws_heartbeat_module);
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_ws_heartbeat_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+    noexcept
+{
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(
+              ngx_http_get_module_ctx(r, ngx_ws_heartbeat_module));
+
+    /*
+     * the first body filter call after the 101 is ngx_http_send_special()
+     * in ngx_http_upstream_upgrade(): the relay handlers are set by then
+     */
+
+    if (ctx != NULL && !ctx->hooked) {
+        ctx->hooked = 1;
+
+        if (r->write_event_handler != ctx->header_write_handler
+            && r->upstream != NULL
+            && r->upstream->peer.connection != NULL)
+        {
+            ngx_http_ws_heartbeat_hook(r, ctx);
+
+        } else {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "ws heartbeat: relay not started, skipped");
+        }
+    }
+
+    return ngx_http_next_body_filter(r, in);
+}
+
+
+/* token "name" in a comma separated header value, case-insensitive */
+
+static bool
+ngx_http_ws_heartbeat_has_token(ngx_str_t *value, ngx_str_t *name) noexcept
+{
+    u_char  *p, *last, *start;
+
+    p = value->data;
+    last = p + value->len;
+
+    while (p < last) {
+        while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+            p++;
+        }
+
+        start = p;
+
+        while (p < last && *p != ',' && *p != ';' && *p != ' '
+               && *p != '\t')
+        {
+            p++;
+        }
+
+        if ((size_t) (p - start) == name->len
+            && ngx_strncasecmp(start, name->data, name->len) == 0)
+        {
+            return true;
+        }
+
+        while (p < last && *p != ',') {
+            p++;
+        }
+    }
+
+    return false;
+}
+
+
+/* all extensions in a Sec-WebSocket-Extensions value are permessage-deflate */
+
+static bool
+ngx_http_ws_heartbeat_only_deflate(ngx_str_t *value) noexcept
+{
+    u_char  *p, *last, *start;
+
+    p = value->data;
+    last = p + value->len;
+
+    while (p < last) {
+        while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+            p++;
+        }
+
+        if (p == last) {
+            break;
+        }
+
+        start = p;
+
+        while (p < last && *p != ',' && *p != ';' && *p != ' '
+               && *p != '\t')
+        {
+            p++;
+        }
+
+        if ((size_t) (p - start) != ngx_http_ws_heartbeat_deflate.len
+            || ngx_strncasecmp(start, ngx_http_ws_heartbeat_deflate.data,
+                               ngx_http_ws_heartbeat_deflate.len) != 0)
+        {
+            return false;
+        }
+
+        /* skip parameters; quoted commas do not occur in deflate params */
+
+        while (p < last && *p != ',') {
+            p++;
+        }
+    }
+
+    return true;
+}
+
+
+static ngx_int_t
+ngx_http_ws_heartbeat_is_websocket(ngx_http_request_t *r, bool *rsv1)
+    noexcept
+{
+    ngx_uint_t        i;
+    ngx_flag_t        upgrade;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    *rsv1 = false;
+
+    if (r->headers_in.upgrade == NULL
+        || !ngx_http_ws_heartbeat_has_token(&r->headers_in.upgrade->value,
+                                            &ngx_http_ws_heartbeat_websocket))
+    {
+        return NGX_DECLINED;
+    }
+
+    upgrade = 0;
+    part = &r->headers_out.headers.part;
+    h = static_cast<ngx_table_elt_t *>(part->elts);
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = static_cast<ngx_table_elt_t *>(part->elts);
+            i = 0;
+        }
+
+        if (h[i].hash == 0) {
+            continue;
+        }
+
+        if (h[i].key.len == sizeof("Upgrade") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Upgrade",
+                               sizeof("Upgrade") - 1) == 0)
+        {
+            if (ngx_http_ws_heartbeat_has_token(&h[i].value,
+                                      &ngx_http_ws_heartbeat_websocket))
+            {
+                upgrade = 1;
+            }
+
+            continue;
+        }
+
+        if (h[i].key.len == sizeof("Sec-WebSocket-Extensions") - 1
+            && ngx_strncasecmp(h[i].key.data,
+                               (u_char *) "Sec-WebSocket-Extensions",
+                               sizeof("Sec-WebSocket-Extensions") - 1) == 0)
+        {
+            /* an unknown extension may use RSV bits or opcodes: step aside */
+
+            if (!ngx_http_ws_heartbeat_only_deflate(&h[i].value)) {
+                ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                               "ws heartbeat: unknown extension \"%V\"",
+                               &h[i].value);
+                return NGX_DECLINED;
+            }
+
+            if (h[i].value.len) {
+                *rsv1 = true;
+            }
+        }
+    }
+
+    return upgrade ? NGX_OK : NGX_DECLINED;
+}
+
+
+static void
+ngx_http_ws_heartbeat_start_side(ngx_http_ws_heartbeat_side_t *s,
+    ngx_connection_t *c, bool ping) noexcept
+{
+    wshb::heartbeat_config             hc;
+    ngx_http_ws_heartbeat_loc_conf_t  *lcf;
+
+    lcf = s->ctx->conf;
+
+    s->conn = c;
+    s->send = c->send;
+    s->recv = c->recv;
+
+    hc.interval_ms = (std::uint32_t) lcf->interval;
+    hc.timeout_ms = (std::uint32_t) lcf->timeout;
+    hc.ping = ping;
+
+    if (s->which == NGX_HTTP_WS_HB_CLIENT) {
+        hc.read_timeout_ms = (std::uint32_t) lcf->read_timeout;
+        hc.send_timeout_ms = (std::uint32_t) lcf->send_timeout;
+
+    } else {
+        hc.read_timeout_ms = 0;
+        hc.send_timeout_ms = 0;
+    }
+
+    s->hb.start(hc, ngx_current_msec);
+
+    s->timer.handler = ngx_http_ws_heartbeat_timer_handler;
+    s->timer.data = s;
+    s->timer.log = c->log;
+    s->timer.cancelable = 1;
+
+    c->send = ngx_http_ws_heartbeat_send;
+    c->recv = ngx_http_ws_heartbeat_recv;
+
+    ngx_http_ws_heartbeat_arm(s);
+}
+
+
+static void
+ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
+    ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    ngx_http_upstream_t  *u;
+
+    u = r->upstream;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "ws heartbeat: hooked");
+
+    ctx->write_handler = r->write_event_handler;
+    r->write_event_handler = ngx_http_ws_heartbeat_write_handler;
+
+    ctx->upstream_write_handler = u->write_event_handler;
+    u->write_event_handler = ngx_http_ws_heartbeat_upstream_write_handler;
+
+    ngx_http_ws_heartbeat_start_side(&ctx->client, r->connection, true);
+    ngx_http_ws_heartbeat_start_side(&ctx->upstream, u->peer.connection,
+                                     ctx->conf->upstream != 0);
+}
+
+
+static ngx_http_ws_heartbeat_side_t *
+ngx_http_ws_heartbeat_side(ngx_connection_t *c) noexcept
+{
+    ngx_http_request_t           *r;
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    r = static_cast<ngx_http_request_t *>(c->data);
+    ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(
+              ngx_http_get_module_ctx(r, ngx_ws_heartbeat_module));
+
+    return c == ctx->client.conn ? &ctx->client : &ctx->upstream;
+}
+
+
+static void
+ngx_http_ws_heartbeat_after_write(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    /* the Pong deadline starts when our Ping has reached the socket */
+
+    if (s->ping_queued && !s->out.queued()) {
+        s->ping_queued = 0;
+        s->hb.on_ping_written(ngx_current_msec);
+        ngx_http_ws_heartbeat_arm(s);
+    }
+}
+
+
+static ssize_t
+ngx_http_ws_heartbeat_send(ngx_connection_t *c, u_char *buf, size_t size)
+    noexcept
+{
+    long                           n;
+    ngx_http_ws_heartbeat_io       io;
+    ngx_http_ws_heartbeat_side_t  *s;
+
+    s = ngx_http_ws_heartbeat_side(c);
+    io.side = s;
+
+    n = s->out.send(io, buf, size);
+
+    ngx_http_ws_heartbeat_after_write(s);
+
+    return n;
+}
+
+
+static ssize_t
+ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf, size_t size)
+    noexcept
+{
+    ssize_t                        n;
+    ngx_http_ws_heartbeat_side_t  *s;
+
+    s = ngx_http_ws_heartbeat_side(c);
+
+    n = s->recv(c, buf, size);
+
+    if (n > 0) {
+        s->hb.on_receive(ngx_current_msec);
+    }
+
+    return n;
+}
+
+
+static void
+ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    long                      rc;
+    ngx_http_ws_heartbeat_io  io;
+
+    if (!s->conn->write->ready) {
+        return;
+    }
+
+    io.side = s;
+
+    rc = s->out.flush(io);
+
+    if (rc == NGX_AGAIN) {
+        (void) ngx_handle_write_event(s->conn->write, 0);
+    }
+
+    ngx_http_ws_heartbeat_after_write(s);
+}
+
+
+static void
+ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r) noexcept
+{
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(
+              ngx_http_get_module_ctx(r, ngx_ws_heartbeat_module));
+
+    if (!r->connection->write->timedout) {
+        ngx_http_ws_heartbeat_flush(&ctx->client);
+    }
+
+    ctx->write_handler(r);
+}
+
+
+static void
+ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
+    ngx_http_upstream_t *u) noexcept
+{
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(
+              ngx_http_get_module_ctx(r, ngx_ws_heartbeat_module));
+
+    if (!u->peer.connection->write->timedout) {
+        ngx_http_ws_heartbeat_flush(&ctx->upstream);
+    }
+
+    ctx->upstream_write_handler(r, u);
+}
+
+
+static void
+ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    std::uint64_t  deadline;
+
+    deadline = s->hb.next_deadline();
+
+    if (deadline == 0) {
+        if (s->timer.timer_set) {
+            ngx_del_timer(&s->timer);
+        }
+
+        return;
+    }
+
+    ngx_add_timer(&s->timer, deadline > ngx_current_msec
+                             ? (ngx_msec_t) (deadline - ngx_current_msec)
+                             : 0);
+}
+
+
+static std::uint64_t
+ngx_http_ws_heartbeat_now_us() noexcept
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (std::uint64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+
+static void
+ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    size_t        n;
+    std::uint8_t  payload[wshb::ping_payload_size];
+    std::uint8_t  frame[wshb::inject_capacity];
+    std::uint8_t  key[4], *mask;
+
+    mask = nullptr;
+
+    if (s->which == NGX_HTTP_WS_HB_UPSTREAM) {
+        if (RAND_bytes(key, sizeof(key)) != 1) {
+            ngx_log_error(NGX_LOG_ERR, s->conn->log, 0,
+                          "ws heartbeat: RAND_bytes() failed");
+            return;
+        }
+
+        mask = key;
+    }
+
+    (void) s->hb.make_ping(payload, ngx_http_ws_heartbeat_now_us());
+
+    n = wshb::build_control(wshb::opcode::ping, payload, sizeof(payload),
+                            mask, frame, sizeof(frame));
+
+    if (n == 0 || !s->out.queue(frame, n)) {
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->conn->log, 0,
+                   "ws heartbeat: ping to %s queued",
+                   s->which == NGX_HTTP_WS_HB_CLIENT ? "client" : "upstream");
+
+    s->ping_queued = 1;
+
+    ngx_http_ws_heartbeat_flush(s);
+}
+
+
+static void
+ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept
+{
+    wshb::action                   a;
+    ngx_http_request_t            *r;
+    ngx_http_ws_heartbeat_side_t  *s;
+
+    s = static_cast<ngx_http_ws_heartbeat_side_t *>(ev->data);
+    r = s->ctx->request;
+
+    /* the relay has ended (lingering close): nothing to watch */
+
+    if (r->upstream == NULL || r->upstream->peer.connection == NULL
+        || s->ctx->disabled)
+    {
+        return;
+    }
+
+    if (ev->timedout) {
+        ev->timedout = 0;
+    }
+
+    /* unread bytes from the peer prove it alive (the relay is blocked) */
+
+    if (s->conn->read->ready) {
+        s->hb.on_receive(ngx_current_msec);
+    }
+
+    a = s->hb.on_timer(ngx_current_msec);
+
+    switch (a.kind) {
+
+    case wshb::action::send_ping:
+        ngx_http_ws_heartbeat_send_ping(s);
+        break;
+
+    case wshb::action::close:
+        ngx_http_ws_heartbeat_close(s->ctx, s, a.reason);
+        return;
+
+    default:
+        break;
+    }
+
+    ngx_http_ws_heartbeat_arm(s);
+}
+
+
+static void
+ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    ngx_http_ws_heartbeat_side_t  *s;
+
+    ctx->disabled = 1;
+
+    for (s = &ctx->client; s; s = (s == &ctx->client ? &ctx->upstream
+                                                      : nullptr))
+    {
+        s->hb.stop();
+
+        if (s->timer.timer_set) {
+            ngx_del_timer(&s->timer);
+        }
+    }
+}
+
+
+static void
+ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
+    std::uint16_t code, const char *reason) noexcept
+{
+    size_t        n;
+    std::uint8_t  frame[wshb::inject_capacity];
+    std::uint8_t  key[4], *mask;
+
+    if (s->close_sent || s->out.passthrough()) {
+        return;
+    }
+
+    mask = nullptr;
+
+    if (s->which == NGX_HTTP_WS_HB_UPSTREAM) {
+        if (RAND_bytes(key, sizeof(key)) != 1) {
+            return;
+        }
+
+        mask = key;
+    }
+
+    n = wshb::build_close(code, reason, ngx_strlen(reason), mask, frame,
+                          sizeof(frame));
+
+    s->out.drop_queued();
+
+    if (n == 0 || !s->out.queue(frame, n)) {
+        return;
+    }
+
+    s->close_sent = 1;
+    s->ping_queued = 0;
+
+    ngx_http_ws_heartbeat_flush(s);
+}
+
+
+static void
+ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
+    ngx_http_ws_heartbeat_side_t *dead, wshb::close_reason reason) noexcept
+{
+    const char                *text;
+    ngx_connection_t          *c;
+    ngx_http_request_t        *r;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    r = ctx->request;
+    c = r->connection;
+    clcf = static_cast<ngx_http_core_loc_conf_t *>(
+               ngx_http_get_module_loc_conf(r, ngx_http_core_module));
+
+    ctx->reason = reason;
+
+    if (dead->which == NGX_HTTP_WS_HB_CLIENT) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "ws heartbeat: closing, client %s "
+                      "in location \"%V\"",
+                      wshb::to_string(reason), &clcf->name);
+
+    } else {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "ws heartbeat: closing, upstream %s "
+                      "in location \"%V\"",
+                      wshb::to_string(reason), &clcf->name);
+    }
+
+    ngx_http_ws_heartbeat_step_aside(ctx);
+
+    /*
+     * tell the side still alive first, then best effort the other one;
+     * a client gone dead makes the backend see 1001 "going away", a dead
+     * upstream makes the client see 1011
+     */
+
+    if (dead->which == NGX_HTTP_WS_HB_CLIENT) {
+        text = reason == wshb::close_reason::heartbeat_timeout
+               ? "heartbeat timeout"
+               : reason == wshb::close_reason::read_timeout
+               ? "read timeout" : "send timeout";
+
+        ngx_http_ws_heartbeat_send_close(&ctx->upstream, 1001, text);
+        ngx_http_ws_heartbeat_send_close(&ctx->client, 1001, text);
+
+    } else {
+        ngx_http_ws_heartbeat_send_close(&ctx->client, 1011,
+                                         "upstream timeout");
+        ngx_http_ws_heartbeat_send_close(&ctx->upstream, 1001,
+                                         "heartbeat timeout");
+    }
+
+    /*
+     * ngx_http_finalize_request(r, NGX_ERROR) alone frees r inside
+     * ngx_http_terminate_request(); take a reference the way
+     * ngx_http_request_handler() does for c->close
+     */
+
+    r->main->count++;
+    ngx_http_finalize_request(r, NGX_ERROR);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_ws_heartbeat_cleanup(void *data) noexcept
+{
+    ngx_http_ws_heartbeat_ctx_t   *ctx;
+    ngx_http_ws_heartbeat_side_t  *s;
+
+    ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(data);
+
+    for (s = &ctx->client; s; s = (s == &ctx->client ? &ctx->upstream
+                                                      : nullptr))
+    {
+        if (s->timer.timer_set) {
+            ngx_del_timer(&s->timer);
+        }
+
+        if (s->timer.posted) {
+            ngx_delete_posted_event(&s->timer);
+        }
+    }
+
+    /* the client connection outlives r; the upstream one is closed by now */
+
+    if (ctx->client.conn != NULL) {
+        if (ctx->client.conn->send == ngx_http_ws_heartbeat_send) {
+            ctx->client.conn->send = ctx->client.send;
+        }
+
+        if (ctx->client.conn->recv == ngx_http_ws_heartbeat_recv) {
+            ctx->client.conn->recv = ctx->client.recv;
+        }
+    }
+
+    if (ctx->upstream.conn != NULL
+        && ctx->request->upstream != NULL
+        && ctx->request->upstream->peer.connection == ctx->upstream.conn)
+    {
+        if (ctx->upstream.conn->send == ngx_http_ws_heartbeat_send) {
+            ctx->upstream.conn->send = ctx->upstream.send;
+        }
+
+        if (ctx->upstream.conn->recv == ngx_http_ws_heartbeat_recv) {
+            ctx->upstream.conn->recv = ctx->upstream.recv;
+        }
+    }
+}
+
+
+/* configuration */
+
+
+static char *
+ngx_http_ws_heartbeat_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf) noexcept
+{
+    char  *p = static_cast<char *>(conf);
+
+    ngx_int_t               ms;
+    ngx_str_t              *value;
+    ngx_msec_t             *mp;
+    ngx_conf_num_bounds_t  *b;
+
+    mp = reinterpret_cast<ngx_msec_t *>(p + cmd->offset);
+
+    if (*mp != NGX_CONF_UNSET_MSEC) {
+        return const_cast<char *>("is duplicate");
+    }
+
+    value = static_cast<ngx_str_t *>(cf->args->elts);
+    b = static_cast<ngx_conf_num_bounds_t *>(cmd->post);
+
+    ms = ngx_parse_time(&value[1], 0);
+
+    if (ms == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive",
+                           &value[1], &cmd->name);
+        return static_cast<char *>(NGX_CONF_ERROR);
+    }
+
+    if (ms == 0 && b->low == 0) {
+        *mp = 0;
+        return NGX_CONF_OK;
+    }
+
+    if (ms < NGX_HTTP_WS_HEARTBEAT_MIN_TIME || ms > b->high) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be %sbetween %dms and %dd",
+                           &value[1], &cmd->name,
+                           b->low == 0 ? "0 (off) or " : "",
+                           (int) NGX_HTTP_WS_HEARTBEAT_MIN_TIME,
+                           (int) (NGX_HTTP_WS_HEARTBEAT_MAX_TIME
+                                  / (24 * 60 * 60 * 1000)));
+        return static_cast<char *>(NGX_CONF_ERROR);
+    }
+
+    *mp = (ngx_msec_t) ms;
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_ws_heartbeat_create_loc_conf(ngx_conf_t *cf) noexcept
+{
+    ngx_http_ws_heartbeat_loc_conf_t  *conf;
+
+    conf = static_cast<ngx_http_ws_heartbeat_loc_conf_t *>(
+               ngx_pcalloc(cf->pool,
+                           sizeof(ngx_http_ws_heartbeat_loc_conf_t)));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    conf->enable = NGX_CONF_UNSET;
+    conf->upstream = NGX_CONF_UNSET;
+    conf->interval = NGX_CONF_UNSET_MSEC;
+    conf->timeout = NGX_CONF_UNSET_MSEC;
+    conf->read_timeout = NGX_CONF_UNSET_MSEC;
+    conf->send_timeout = NGX_CONF_UNSET_MSEC;
+
+    return conf;
+}
+
+
+static char *
+ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child) noexcept
+{
+    ngx_http_ws_heartbeat_loc_conf_t *prev =
+        static_cast<ngx_http_ws_heartbeat_loc_conf_t *>(parent);
+    ngx_http_ws_heartbeat_loc_conf_t *conf =
+        static_cast<ngx_http_ws_heartbeat_loc_conf_t *>(child);
+
+    ngx_http_core_loc_conf_t  *clcf;
+    ngx_http_upstream_conf_t  *ucf;
+
+    ngx_conf_merge_value(conf->enable, prev->enable, 0);
+    ngx_conf_merge_value(conf->upstream, prev->upstream, 0);
+    ngx_conf_merge_msec_value(conf->interval, prev->interval, 30000);
+    ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 10000);
+    ngx_conf_merge_msec_value(conf->read_timeout, prev->read_timeout, 0);
+    ngx_conf_merge_msec_value(conf->send_timeout, prev->send_timeout, 0);
+
+    if (!conf->enable) {
+        return NGX_CONF_OK;
+    }
+
+    /*
+     * nginx's own timers on the relay: warn where they would cut a
+     * connection before the heartbeat can keep it alive or act
+     */
+
+    clcf = static_cast<ngx_http_core_loc_conf_t *>(
+               ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+
+    if (conf->send_timeout && conf->send_timeout >= clcf->send_timeout) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "\"ws_heartbeat_send_timeout\" %Mms is not less "
+                           "than \"send_timeout\" %Mms, nginx closes a "
+                           "blocked client first",
+                           conf->send_timeout, clcf->send_timeout);
+    }
+
+    if (&ngx_http_proxy_module == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    /* ngx_http_upstream_conf_t is the first member of the proxy conf */
+
+    ucf = static_cast<ngx_http_upstream_conf_t *>(
+              ngx_http_conf_get_module_loc_conf(cf, ngx_http_proxy_module));
+
+    if (ucf != NULL && ucf->upstream != NULL
+        && conf->interval >= ucf->read_timeout)
+    {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "\"ws_heartbeat_interval\" %Mms is not less than "
+                           "\"proxy_read_timeout\" %Mms, idle WebSocket "
+                           "connections will be closed by nginx before "
+                           "a Ping keeps them alive",
+                           conf->interval, ucf->read_timeout);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_ws_heartbeat_init(ngx_conf_t *cf) noexcept
+{
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_ws_heartbeat_header_filter;
+
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_ws_heartbeat_body_filter;
+
+    return NGX_OK;
+}

@@ -1,0 +1,48 @@
+#!/bin/bash
+# Installs what the build, the tests and the demo need, with apt; quiet and
+# idempotent when everything is there. Run as root on Debian 12.
+set -euo pipefail
+
+pkgs=(
+    nginx              # the binary the tests and the demo run
+    nginx-dev          # headers and build scripts the module compiles against
+    libssl-dev         # RAND_bytes for the masking keys of upstream Pings
+    g++ make
+    catch2             # unit tests of src/
+    clang-14 libclang-rt-14-dev   # libFuzzer targets (make fuzz)
+    python3-pytest python3-websockets   # integration harness, backends, clients
+    node-ws            # an independent client (Node.js ws)
+    openssl            # test certificates
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null \
+            | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+    echo "deps: missing ${missing[*]}; run as root (apt-get install)" >&2
+    exit 1
+fi
+
+echo "deps: installing ${missing[*]}"
+
+# Debian's nginx package starts a system nginx on port 80 unless told not
+# to; the tests start their own. Block service starts for this install only.
+guard=
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    guard=1
+fi
+trap '[ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d' EXIT
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "deps: done"

@@ -1,0 +1,146 @@
+"""Start a real nginx (Debian's /usr/sbin/nginx by default) with the real
+module, in its own prefix, on 127.0.0.1 ports; check its error log."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
+MODULE = os.environ.get(
+    "NGX_WS_HEARTBEAT_MODULE",
+    os.path.join(os.path.dirname(__file__), "..", "..", "build",
+                 "ngx_ws_heartbeat_module.so"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
+    """Poll predicate() until it returns a true value; return that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = predicate()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out waiting for " + what)
+        time.sleep(interval)
+
+
+def wait_port(port, timeout=10.0):
+    def ok():
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return True
+        except OSError:
+            return False
+    wait_for(ok, timeout, what="port %d" % port)
+
+
+class Nginx:
+    """One nginx instance: nginx.conf from a template, own prefix."""
+
+    def __init__(self, prefix, http, load_module=True, workers=1,
+                 main="", events="", log_level="info"):
+        self.prefix = str(prefix)
+        self.proc = None
+        os.makedirs(os.path.join(self.prefix, "logs"), exist_ok=True)
+        os.makedirs(os.path.join(self.prefix, "tmp"), exist_ok=True)
+        self.conf = os.path.join(self.prefix, "nginx.conf")
+        self.error_log = os.path.join(self.prefix, "logs", "error.log")
+        self.access_log = os.path.join(self.prefix, "logs", "access.log")
+        tmp = os.path.join(self.prefix, "tmp")
+        lm = "load_module %s;" % os.path.abspath(MODULE) if load_module else ""
+        with open(self.conf, "w") as f:
+            f.write("""
+%(lm)s
+worker_processes %(workers)d;
+daemon off;
+master_process on;
+pid %(prefix)s/nginx.pid;
+error_log %(prefix)s/logs/error.log %(log_level)s;
+%(main)s
+events { worker_connections 4096; %(events)s }
+http {
+    access_log %(prefix)s/logs/access.log;
+    client_body_temp_path %(tmp)s/body;
+    proxy_temp_path %(tmp)s/proxy;
+    fastcgi_temp_path %(tmp)s/fastcgi;
+    uwsgi_temp_path %(tmp)s/uwsgi;
+    scgi_temp_path %(tmp)s/scgi;
+%(http)s
+}
+""" % dict(lm=lm, workers=workers, prefix=self.prefix, tmp=tmp,
+           log_level=log_level, main=main, events=events, http=http))
+
+    def cmd(self, *extra):
+        return [NGINX_BIN, "-p", self.prefix + "/", "-c", self.conf] + \
+            list(extra)
+
+    def test_config(self):
+        """nginx -t: (returncode, output)."""
+        r = subprocess.run(self.cmd("-t"), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=30)
+        return r.returncode, r.stdout
+
+    def start(self, port=None):
+        self.proc = subprocess.Popen(self.cmd(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        if port is not None:
+            try:
+                wait_port(port)
+            except TimeoutError:
+                self.stop()
+                raise RuntimeError("nginx did not start:\n" + self.log())
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def worker_pids(self):
+        out = subprocess.run(["pgrep", "-P", str(self.pid)],
+                             stdout=subprocess.PIPE, text=True).stdout
+        return [int(x) for x in out.split()]
+
+    def signal(self, sig):
+        os.kill(self.pid, sig)
+
+    def stop(self, timeout=15):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def log(self):
+        try:
+            with open(self.error_log) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_log(self, pattern, timeout=10.0):
+        rx = re.compile(pattern)
+        return wait_for(lambda: rx.search(self.log()), timeout,
+                        what="error.log line /%s/" % pattern)
+
+    def check_log(self):
+        """No [alert], [emerg] or crashed worker in error.log."""
+        bad = [l for l in self.log().splitlines()
+               if "[alert]" in l or "[emerg]" in l or "[crit]" in l
+               or "exited on signal" in l]
+        assert not bad, "error.log:\n" + "\n".join(bad)

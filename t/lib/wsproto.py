@@ -1,0 +1,412 @@
+"""A small, exact RFC 6455 implementation for tests: frame codec, a raw
+client over a real socket and a raw backend server. Raw on purpose: the
+tests must see every frame byte as it crossed nginx, including the Pings
+the module injects and the frames it must never alter."""
+
+import base64
+import hashlib
+import os
+import queue
+import socket
+import ssl
+import struct
+import threading
+import time
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def accept_key(key):
+    return base64.b64encode(hashlib.sha1(key + GUID).digest())
+
+
+def encode_frame(opcode, payload=b"", fin=True, mask=True, rsv=0, key=None):
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head = struct.pack("!BB", b0, mbit | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mbit | 127, n)
+    if not mask:
+        return head + payload
+    key = key if key is not None else os.urandom(4)
+    return head + key + xor_mask(payload, key)
+
+
+def xor_mask(data, key):
+    if not data:
+        return b""
+    k = (key * (len(data) // 4 + 1))[:len(data)]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(k, "big")) \
+        .to_bytes(len(data), "big")
+
+
+def close_payload(code, reason=b""):
+    return struct.pack("!H", code) + reason
+
+
+class Frame:
+    __slots__ = ("fin", "rsv", "opcode", "masked", "key", "payload", "raw")
+
+    def __init__(self, fin, rsv, opcode, masked, key, payload, raw):
+        self.fin, self.rsv, self.opcode = fin, rsv, opcode
+        self.masked, self.key, self.payload, self.raw = \
+            masked, key, payload, raw
+
+    @property
+    def close_code(self):
+        if self.opcode != CLOSE or len(self.payload) < 2:
+            return None
+        return struct.unpack("!H", self.payload[:2])[0]
+
+    @property
+    def is_module_ping(self):
+        return self.opcode == PING and self.payload[:4] == b"wshb"
+
+    def __repr__(self):
+        return "Frame(op=%d fin=%d len=%d%s)" % (
+            self.opcode, self.fin, len(self.payload),
+            " masked" if self.masked else "")
+
+
+class Parser:
+    """Incremental frame parser; keeps each frame's raw bytes."""
+
+    def __init__(self):
+        self.buf = bytearray()
+
+    def feed(self, data):
+        self.buf += data
+        out = []
+        while True:
+            f = self._one()
+            if f is None:
+                return out
+            out.append(f)
+
+    def _one(self):
+        b = self.buf
+        if len(b) < 2:
+            return None
+        fin, rsv, op = b[0] >> 7, (b[0] >> 4) & 7, b[0] & 15
+        masked, n = b[1] >> 7, b[1] & 127
+        i = 2
+        if n == 126:
+            if len(b) < 4:
+                return None
+            n, i = struct.unpack("!H", b[2:4])[0], 4
+        elif n == 127:
+            if len(b) < 10:
+                return None
+            n, i = struct.unpack("!Q", b[2:10])[0], 10
+        key = None
+        if masked:
+            if len(b) < i + 4:
+                return None
+            key, i = bytes(b[i:i + 4]), i + 4
+        if len(b) < i + n:
+            return None
+        payload = bytes(b[i:i + n])
+        if masked:
+            payload = xor_mask(payload, key)
+        raw = bytes(b[:i + n])
+        del b[:i + n]
+        return Frame(fin, rsv, op, masked, key, payload, raw)
+
+
+def read_http_head(sock, buf=b"", limit=65536):
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("connection closed in HTTP head: %r" % buf)
+        buf += chunk
+        if len(buf) > limit:
+            raise ValueError("HTTP head too long")
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    return head.decode("latin-1"), rest
+
+
+class Client:
+    """A raw WebSocket client. answer_pings: reply to the module's Pings
+    (and the backend's) with a Pong echoing the payload, as browsers do."""
+
+    def __init__(self, port, path="/", host="127.0.0.1", headers=None,
+                 tls=False, timeout=10.0, answer_pings=True, extra=b"",
+                 upgrade="websocket"):
+        self.sock = socket.create_connection((host, port), timeout)
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            self.sock = ctx.wrap_socket(self.sock)
+        self.sock.settimeout(timeout)
+        self.answer_pings = answer_pings   # True, False or "module"
+        self.lock = threading.Lock()
+        self.sent = []            # raw frames sent, with is-module-pong
+        self.record = False
+        self.pending = []         # Pongs waiting for the writer's lock
+        self.parser = Parser()
+        self.frames = []          # received, not yet returned
+        self.pings = []           # (monotonic time, Frame) of module Pings
+        key = base64.b64encode(os.urandom(16))
+        lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, port),
+                 "Upgrade: %s" % upgrade, "Connection: Upgrade",
+                 "Sec-WebSocket-Key: " + key.decode(),
+                 "Sec-WebSocket-Version: 13"]
+        for k, v in (headers or {}).items():
+            lines.append("%s: %s" % (k, v))
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + extra)
+        head, rest = read_http_head(self.sock)
+        self.head = head
+        self.status = int(head.split()[1])
+        self.headers = {}
+        for line in head.split("\r\n")[1:]:
+            k, _, v = line.partition(":")
+            self.headers[k.strip().lower()] = v.strip()
+        if self.status == 101:
+            assert self.headers.get("sec-websocket-accept") == \
+                accept_key(key).decode(), head
+        self.frames += self.parser.feed(rest)
+        self.closed = False
+
+    def send_frame(self, opcode, payload=b"", fin=True, rsv=0, key=None):
+        self.send_raw(encode_frame(opcode, payload, fin, True, rsv, key))
+
+    def send_raw(self, data, module_pong=False):
+        with self.lock:
+            self._send_locked(data, module_pong)
+
+    def _send_locked(self, data, module_pong):
+        while self.pending:
+            self._send_one(*self.pending.pop(0))
+        self._send_one(data, module_pong)
+
+    def _send_one(self, data, module_pong):
+        self.sock.sendall(data)
+        if self.record:
+            self.sent.append((data, module_pong))
+
+    def _answer(self, data, module_pong):
+        # never block the reader behind a writer that waits for the peer
+        if self.lock.acquire(blocking=False):
+            try:
+                self._send_locked(data, module_pong)
+            finally:
+                self.lock.release()
+        else:
+            self.pending.append((data, module_pong))
+
+    def send_text(self, text):
+        self.send_frame(TEXT, text.encode())
+
+    def _fill(self, timeout):
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(1 << 20)
+        except socket.timeout:
+            return False
+        if not data:
+            self.closed = True
+            return False
+        for f in self.parser.feed(data):
+            if f.opcode == PING and f.is_module_ping:
+                self.pings.append((time.monotonic(), f))
+            if f.opcode == PING and (self.answer_pings is True or (
+                    self.answer_pings == "module" and f.is_module_ping)):
+                self._answer(encode_frame(PONG, f.payload),
+                             f.is_module_ping)
+            self.frames.append(f)
+        return True
+
+    def recv_frame(self, timeout=10.0, skip_module_pings=True):
+        """Next frame (module Pings skipped by default); None on close or
+        timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self.frames:
+                f = self.frames.pop(0)
+                if skip_module_pings and f.is_module_ping:
+                    continue
+                return f
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                return None
+            self._fill(left)
+
+    def pump(self, seconds):
+        """Read (and answer Pings) for this long; frames are kept."""
+        deadline = time.monotonic() + seconds
+        while not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._fill(left)
+
+    def wait_closed(self, timeout=10.0):
+        """Read until the server closes the TCP connection; True if so."""
+        deadline = time.monotonic() + timeout
+        while not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                self._fill(left)
+            except (ConnectionResetError, BrokenPipeError):
+                self.closed = True
+        return True
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Conn:
+    """One backend-side connection: the frames it received, in order."""
+
+    def __init__(self, sock, path, headers):
+        self.sock = sock
+        self.path = path
+        self.headers = headers
+        self.frames = queue.Queue()   # Frame, or None at EOF
+        self.received = []
+        self.raw = bytearray()        # every byte received after the 101
+        self.closed = threading.Event()
+        self.lock = threading.Lock()
+
+    def send(self, data):
+        with self.lock:
+            self.sock.sendall(data)
+
+    def send_frame(self, opcode, payload=b"", fin=True, rsv=0):
+        self.send(encode_frame(opcode, payload, fin, False, rsv))
+
+    def next_frame(self, timeout=10.0, skip_module_pings=True):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                f = self.frames.get(timeout=max(0.0,
+                                               deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if f is None:
+                self.frames.put(None)
+                return None
+            if skip_module_pings and f.is_module_ping:
+                continue
+            return f
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class Backend:
+    """A raw WebSocket backend on 127.0.0.1. mode "echo": every frame comes
+    back as received, unmasked (fragments and control frames included);
+    "silent": frames are only recorded. Pings from nginx are answered with a
+    Pong unless answer_pings is False. Close frames are answered."""
+
+    def __init__(self, mode="echo", answer_pings=True, extensions=None,
+                 upgrade="websocket", status=101, tls_context=None):
+        self.mode = mode
+        self.answer_pings = answer_pings
+        self.extensions = extensions
+        self.upgrade = upgrade
+        self.status = status
+        self.tls_context = tls_context
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(512)
+        self.port = self.lsock.getsockname()[1]
+        self.conns = queue.Queue()
+        self.all = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                s, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(s,),
+                             daemon=True).start()
+
+    def _serve(self, s):
+        try:
+            if self.tls_context:
+                s = self.tls_context.wrap_socket(s, server_side=True)
+            head, rest = read_http_head(s)
+        except (OSError, ConnectionError, ValueError, ssl.SSLError):
+            s.close()
+            return
+        lines = head.split("\r\n")
+        path = lines[0].split()[1]
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        key = headers.get("sec-websocket-key", "").encode()
+        resp = ["HTTP/1.1 %d Switching Protocols" % self.status,
+                "Upgrade: " + self.upgrade, "Connection: Upgrade",
+                "Sec-WebSocket-Accept: " + accept_key(key).decode()]
+        if self.extensions:
+            resp.append("Sec-WebSocket-Extensions: " + self.extensions)
+        s.sendall(("\r\n".join(resp) + "\r\n\r\n").encode())
+        conn = Conn(s, path, headers)
+        self.all.append(conn)
+        self.conns.put(conn)
+        parser = Parser()
+        data = rest
+        try:
+            while True:
+                if data:
+                    conn.raw += data
+                    for f in parser.feed(data):
+                        self._frame(conn, f)
+                data = s.recv(1 << 20)
+                if not data:
+                    break
+        except OSError:
+            pass
+        conn.frames.put(None)
+        conn.closed.set()
+        try:
+            s.close()
+        except OSError:
+            pass
+
+    def _frame(self, conn, f):
+        conn.received.append(f)
+        conn.frames.put(f)
+        if f.opcode == PING and self.answer_pings and f.is_module_ping:
+            conn.send_frame(PONG, f.payload)
+            return
+        if self.mode == "echo":
+            conn.send_frame(f.opcode, f.payload, f.fin, f.rsv)
+        elif f.opcode == CLOSE:
+            conn.send_frame(CLOSE, f.payload[:2])
+
+    def accept(self, timeout=10.0):
+        return self.conns.get(timeout=timeout)
+
+    def stop(self):
+        self.stopping = True
+        self.lsock.close()
+        for c in self.all:
+            try:
+                c.close()
+            except OSError:
+                pass

@@ -1,0 +1,145 @@
+"""nginx -t with the module loaded: every directive in every context is
+accepted; each bad value is rejected with a message naming the directive
+and the value."""
+
+import pytest
+
+from conftest import proxy_server
+
+ALL = """
+    ws_heartbeat on;
+    ws_heartbeat_interval 250ms;
+    ws_heartbeat_timeout 1s;
+    ws_heartbeat_upstream on;
+    ws_heartbeat_read_timeout 5m;
+    ws_heartbeat_send_timeout 2s;
+"""
+
+
+def conf_t(nginx_factory, http):
+    n = nginx_factory(http, start=False, check=False)
+    return n.test_config()
+
+
+@pytest.mark.parametrize("where", ["http", "server", "location"])
+def test_every_directive_in_every_context(nginx_factory, where):
+    http = ALL if where == "http" else ""
+    server = ALL if where == "server" else ""
+    location = ALL if where == "location" else ""
+    rc, out = conf_t(nginx_factory, """
+%s
+    server {
+        listen 127.0.0.1:1;
+        %s
+        location / {
+            proxy_pass http://127.0.0.1:2;
+            proxy_read_timeout 60s;
+            %s
+        }
+    }
+""" % (http, server, location))
+    assert rc == 0, out
+    assert "test is successful" in out
+    assert "[warn]" not in out, out
+
+
+@pytest.mark.parametrize("directive,value,message", [
+    ("ws_heartbeat_interval", "abc",
+     'invalid value "abc" in "ws_heartbeat_interval" directive'),
+    ("ws_heartbeat_interval", "0",
+     'invalid value "0" in "ws_heartbeat_interval" directive, it must be '
+     'between 10ms and 30d'),
+    ("ws_heartbeat_interval", "5ms",
+     'invalid value "5ms" in "ws_heartbeat_interval" directive'),
+    ("ws_heartbeat_interval", "31d",
+     'invalid value "31d" in "ws_heartbeat_interval" directive'),
+    ("ws_heartbeat_timeout", "-1s",
+     'invalid value "-1s" in "ws_heartbeat_timeout" directive'),
+    ("ws_heartbeat_timeout", "0",
+     'invalid value "0" in "ws_heartbeat_timeout" directive'),
+    ("ws_heartbeat_read_timeout", "soon",
+     'invalid value "soon" in "ws_heartbeat_read_timeout" directive'),
+    ("ws_heartbeat_send_timeout", "1ms",
+     'invalid value "1ms" in "ws_heartbeat_send_timeout" directive, it must '
+     'be 0 (off) or between 10ms and 30d'),
+    ("ws_heartbeat", "maybe",
+     'invalid value "maybe" in "ws_heartbeat" directive, it must be "on" or '
+     '"off"'),
+    ("ws_heartbeat_upstream", "yes",
+     'invalid value "yes" in "ws_heartbeat_upstream" directive'),
+    ("ws_heartbeat", "on off",
+     'invalid number of arguments in "ws_heartbeat" directive'),
+    ("ws_heartbeat_interval", "",
+     'invalid number of arguments in "ws_heartbeat_interval" directive'),
+])
+def test_bad_value_is_rejected(nginx_factory, directive, value, message):
+    rc, out = conf_t(nginx_factory, """
+    server {
+        listen 127.0.0.1:1;
+        location / { %s %s; }
+    }
+""" % (directive, value))
+    assert rc != 0, out
+    assert "[emerg]" in out and message in out, out
+
+
+@pytest.mark.parametrize("directive,value", [
+    ("ws_heartbeat", "on"),
+    ("ws_heartbeat_interval", "1s"),
+    ("ws_heartbeat_timeout", "1s"),
+    ("ws_heartbeat_upstream", "off"),
+    ("ws_heartbeat_read_timeout", "0"),
+    ("ws_heartbeat_send_timeout", "1s"),
+])
+def test_duplicate_is_rejected(nginx_factory, directive, value):
+    rc, out = conf_t(nginx_factory, """
+    server {
+        listen 127.0.0.1:1;
+        location / { %s %s; %s %s; }
+    }
+""" % (directive, value, directive, value))
+    assert rc != 0, out
+    assert '"%s" directive is duplicate' % directive in out, out
+
+
+def test_zero_turns_optional_timeouts_off(nginx_factory):
+    rc, out = conf_t(nginx_factory, """
+    ws_heartbeat_read_timeout 0;
+    ws_heartbeat_send_timeout 0s;
+    server { listen 127.0.0.1:1; }
+""")
+    assert rc == 0, out
+
+
+def test_warns_when_proxy_read_timeout_fires_first(nginx_factory):
+    rc, out = conf_t(nginx_factory, proxy_server(1, 2, """
+            ws_heartbeat on;
+            ws_heartbeat_interval 60s;
+            proxy_read_timeout 30s;"""))
+    assert rc == 0, out
+    assert '[warn]' in out and '"ws_heartbeat_interval" 60000ms is not ' \
+        'less than "proxy_read_timeout" 30000ms' in out, out
+
+
+def test_warns_when_send_timeout_fires_first(nginx_factory):
+    rc, out = conf_t(nginx_factory, proxy_server(1, 2, """
+            ws_heartbeat on;
+            ws_heartbeat_send_timeout 90s;"""))
+    assert rc == 0, out
+    assert '"ws_heartbeat_send_timeout" 90000ms is not less than ' \
+        '"send_timeout" 60000ms' in out, out
+
+
+def test_no_warning_when_off(nginx_factory):
+    rc, out = conf_t(nginx_factory, proxy_server(1, 2, """
+            ws_heartbeat_interval 60s;
+            proxy_read_timeout 30s;"""))
+    assert rc == 0 and "[warn]" not in out, out
+
+
+def test_unknown_directive_without_module(nginx_factory):
+    """Sanity: the directives come from the module."""
+    n = nginx_factory("ws_heartbeat on;", start=False, check=False,
+                      load_module=False)
+    rc, out = n.test_config()
+    assert rc != 0 and 'unknown directive "ws_heartbeat"' in out, out
