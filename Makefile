@@ -31,42 +31,62 @@ UNIT_CPP     := $(wildcard t/unit/*.cpp)
 FUZZ_TARGETS := $(patsubst t/fuzz/%.cpp,%,$(wildcard t/fuzz/fuzz_*.cpp))
 
 MODULE       := $(BUILD)/ngx_ws_heartbeat_module.so
+MODULE_ASAN  := $(BUILD)/asan/ngx_ws_heartbeat_module.so
 ABS_BUILD     = $(abspath $(BUILD))
 
 export NGINX_BIN PYTHON
 
-.PHONY: all module deps unit fuzz integration test demo bench-core \
-        clean format
+.PHONY: all module module-asan deps unit fuzz integration integration-asan \
+        test demo bench-core clean format
 
 all: module
 
 module: $(MODULE)
 
 # nginx's configure writes a Makefile into the tree it runs in, so it runs
-# in a copy under build/; nothing is written outside build/.
-$(BUILD)/nginx/configured: config
-	rm -rf $(BUILD)/nginx
-	mkdir -p $(BUILD)/nginx
-	cp -a $(NGINX_SRC)/. $(BUILD)/nginx/src
-	cd $(BUILD)/nginx/src && \
+# in a copy under build/; nothing is written outside build/. Debian's tree
+# carries its configure flags (conf_flags); any other tree is configured
+# --with-compat, which is what makes the .so loadable by other builds.
+ASAN_OPT := -fsanitize=address,undefined -fno-omit-frame-pointer \
+            -fno-sanitize-recover=all
+$(BUILD)/nginx/configured:      CC_OPT :=
+$(BUILD)/nginx-asan/configured: CC_OPT := $(ASAN_OPT)
+
+$(BUILD)/%/configured: config
+	rm -rf $(BUILD)/$*
+	mkdir -p $(BUILD)/$*
+	cp -a $(NGINX_SRC)/. $(BUILD)/$*/src
+	cd $(BUILD)/$*/src && \
 	if [ -f conf_flags ]; then \
-	    . ./conf_flags && \
-	    ./configure "$${NGX_CONF_FLAGS[@]}" \
-	        --add-dynamic-module=$(CURDIR) \
-	        --builddir=$(ABS_BUILD)/nginx/objs >$(ABS_BUILD)/nginx/configure.log; \
+	    . ./conf_flags; \
 	else \
-	    ./configure --with-compat --with-http_ssl_module --with-http_v2_module \
-	        --add-dynamic-module=$(CURDIR) \
-	        --builddir=$(ABS_BUILD)/nginx/objs >$(ABS_BUILD)/nginx/configure.log; \
-	fi || { tail -20 $(ABS_BUILD)/nginx/configure.log; exit 1; }
+	    NGX_CONF_FLAGS=(--with-compat --with-http_ssl_module \
+	        --without-http_rewrite_module --without-http_gzip_module); \
+	fi; \
+	if [ -x configure ]; then conf=./configure; else conf=auto/configure; fi; \
+	$$conf "$${NGX_CONF_FLAGS[@]}" $(NGINX_CONFIGURE_ARGS) \
+	    --with-cc-opt="$(CC_OPT)" --with-ld-opt="$(CC_OPT)" \
+	    --add-dynamic-module=$(CURDIR) \
+	    --builddir=$(ABS_BUILD)/$*/objs >$(ABS_BUILD)/$*/configure.log 2>&1 \
+	|| { tail -20 $(ABS_BUILD)/$*/configure.log; exit 1; }
 	touch $@
 
-$(MODULE): $(BUILD)/nginx/configured ngx_ws_heartbeat_module.cpp \
-           $(SRC_CPP) $(SRC_HPP)
+MODULE_DEPS := ngx_ws_heartbeat_module.cpp $(SRC_CPP) $(SRC_HPP)
+
+$(MODULE): $(BUILD)/nginx/configured $(MODULE_DEPS)
 	$(MAKE) -s -f $(ABS_BUILD)/nginx/objs/Makefile -C $(BUILD)/nginx/src \
 	    modules
 	cp $(BUILD)/nginx/objs/ngx_ws_heartbeat_module.so $@
 	@echo "built $@ against $(NGINX_SRC)"
+
+# the same module built with ASan + UBSan, for the integration suite
+$(MODULE_ASAN): $(BUILD)/nginx-asan/configured $(MODULE_DEPS)
+	$(MAKE) -s -f $(ABS_BUILD)/nginx-asan/objs/Makefile \
+	    -C $(BUILD)/nginx-asan/src modules
+	@mkdir -p $(dir $@)
+	cp $(BUILD)/nginx-asan/objs/ngx_ws_heartbeat_module.so $@
+
+module-asan: $(MODULE_ASAN)
 
 deps:
 	@t/deps.sh
@@ -108,11 +128,19 @@ integration: module
 	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) \
 	    $(PYTHON) -m pytest -p no:cacheprovider -q t $(PYTEST_ARGS)
 
+# the whole suite again with the ASan module preloaded into Debian's nginx;
+# a sanitizer report fails the test that caused it
+integration-asan: module-asan
+	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE_ASAN)) \
+	NGX_WS_HEARTBEAT_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" \
+	    $(PYTHON) -m pytest -p no:cacheprovider -q t $(PYTEST_ARGS)
+
 test: deps
 	$(MAKE) module
 	$(MAKE) unit
 	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
 	$(MAKE) integration
+	$(MAKE) integration-asan
 
 demo: deps module
 	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) \

@@ -15,6 +15,9 @@ MODULE = os.environ.get(
                  "ngx_ws_heartbeat_module.so"))
 
 
+PRELOAD = os.environ.get("NGX_WS_HEARTBEAT_PRELOAD", "")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,6 +57,17 @@ class Nginx:
         os.makedirs(os.path.join(self.prefix, "tmp"), exist_ok=True)
         self.conf = os.path.join(self.prefix, "nginx.conf")
         self.error_log = os.path.join(self.prefix, "logs", "error.log")
+        self.env = dict(os.environ)
+        self.asan_dir = os.path.join(self.prefix, "asan")
+        if PRELOAD:
+            os.makedirs(self.asan_dir, exist_ok=True)
+            self.env["LD_PRELOAD"] = PRELOAD
+            self.env["ASAN_OPTIONS"] = (
+                "detect_leaks=0:abort_on_error=1:log_path=%s/report"
+                % self.asan_dir)
+            self.env["UBSAN_OPTIONS"] = (
+                "print_stacktrace=1:halt_on_error=1:log_path=%s/report"
+                % self.asan_dir)
         self.access_log = os.path.join(self.prefix, "logs", "access.log")
         tmp = os.path.join(self.prefix, "tmp")
         lm = "load_module %s;" % os.path.abspath(MODULE) if load_module else ""
@@ -86,11 +100,13 @@ http {
     def test_config(self):
         """nginx -t: (returncode, output)."""
         r = subprocess.run(self.cmd("-t"), stdout=subprocess.PIPE,
+                           env=self.env,
                            stderr=subprocess.STDOUT, text=True, timeout=30)
         return r.returncode, r.stdout
 
     def start(self, port=None):
         self.proc = subprocess.Popen(self.cmd(), stdout=subprocess.DEVNULL,
+                                     env=self.env,
                                      stderr=subprocess.PIPE)
         if port is not None:
             try:
@@ -144,3 +160,8 @@ http {
                if "[alert]" in l or "[emerg]" in l or "[crit]" in l
                or "exited on signal" in l]
         assert not bad, "error.log:\n" + "\n".join(bad)
+        if os.path.isdir(self.asan_dir):
+            for name in os.listdir(self.asan_dir):
+                with open(os.path.join(self.asan_dir, name)) as f:
+                    raise AssertionError("sanitizer report %s:\n%s"
+                                         % (name, f.read()[:20000]))

@@ -1,0 +1,160 @@
+"""Pings to the client, dead-client detection, read and send timeouts, on a
+real nginx with the real module."""
+
+import socket
+import time
+
+from lib import wsproto
+from lib.wsproto import BINARY, CLOSE, PONG, TEXT, Client
+
+
+def intervals(pings):
+    ts = [t for t, _ in pings]
+    return [b - a for a, b in zip(ts, ts[1:])]
+
+
+def test_idle_client_gets_pings_and_outlives_proxy_read_timeout(ws_proxy):
+    n, port, b = ws_proxy("""
+            ws_heartbeat on;
+            ws_heartbeat_interval 300ms;
+            ws_heartbeat_timeout 1s;
+            proxy_read_timeout 1s;""")
+    c = Client(port)
+    conn = b.accept()
+    t0 = time.monotonic()
+    c.pump(2.6)
+    assert not c.closed, "connection closed while the client answered Pings"
+    assert len(c.pings) >= 6, c.pings
+    first = c.pings[0][0] - t0
+    assert 0.24 <= first <= 0.45, first
+    for gap in intervals(c.pings):
+        assert 0.24 <= gap <= 0.36, intervals(c.pings)
+    # module Pings: unmasked, FIN, 16-byte payload; Pongs never reach the
+    # backend
+    for _, f in c.pings:
+        assert f.fin and not f.masked and len(f.payload) == 16
+    assert not [f for f in conn.received if f.opcode == PONG]
+    # still usable
+    c.send_frame(TEXT, b"still here")
+    assert c.recv_frame().payload == b"still here"
+    c.close()
+
+
+def test_dead_client_backend_gets_close_1001(ws_proxy):
+    interval, timeout = 0.3, 0.5
+    n, port, b = ws_proxy("""
+            ws_heartbeat on;
+            ws_heartbeat_interval 300ms;
+            ws_heartbeat_timeout 500ms;
+            proxy_read_timeout 1m;""")
+    c = Client(port, answer_pings=False)
+    conn = b.accept()
+    c.send_frame(TEXT, b"last words")
+    last = time.monotonic()
+    assert conn.next_frame().payload == b"last words"
+    # the client never reads and never answers from here on
+    f = conn.next_frame(timeout=interval + timeout + 3)
+    took = time.monotonic() - last
+    assert f is not None and f.opcode == CLOSE, f
+    assert f.close_code == 1001
+    assert f.masked, "frames to the upstream are masked"
+    assert took <= interval + timeout + 1.0, took
+    assert conn.closed.wait(5), "nginx closed the upstream connection"
+    # and the client connection is closed too
+    assert c.wait_closed(5)
+    n.wait_log(r"\[info\].*ws heartbeat: closing, client heartbeat timeout "
+               r'in location "/".*client: 127\.0\.0\.1')
+    c.close()
+
+
+def test_client_alive_by_data_only(ws_proxy):
+    """Any byte from the client proves it alive, Pong or not."""
+    n, port, b = ws_proxy("""
+            ws_heartbeat on;
+            ws_heartbeat_interval 200ms;
+            ws_heartbeat_timeout 300ms;""")
+    c = Client(port, answer_pings=False)
+    conn = b.accept()
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        c.send_frame(BINARY, b"tick")
+        c.pump(0.1)
+    assert not c.closed
+    assert not any(f.opcode == CLOSE for f in conn.received)
+    c.close()
+
+
+def test_read_timeout_closes_idle_data(ws_proxy):
+    n, port, b = ws_proxy("""
+            ws_heartbeat on;
+            ws_heartbeat_interval 100ms;
+            ws_heartbeat_read_timeout 600ms;""")
+    c = Client(port)            # answers Pings, sends no data
+    conn = b.accept()
+    t0 = time.monotonic()
+    f = conn.next_frame(timeout=5)
+    took = time.monotonic() - t0
+    assert f is not None and f.opcode == CLOSE and f.close_code == 1001
+    assert f.payload[2:] == b"read timeout"
+    assert 0.5 <= took <= 1.6, took
+    assert c.wait_closed(5)
+    n.wait_log(r"ws heartbeat: closing, client read timeout")
+    c.close()
+
+
+def test_send_timeout_closes_slow_consumer(ws_proxy):
+    n, port, b = ws_proxy("""
+            ws_heartbeat on;
+            ws_heartbeat_interval 10s;
+            ws_heartbeat_send_timeout 500ms;
+            send_timeout 30s;""")
+    c = Client(port)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn = b.accept()
+    blob = b"z" * 65536
+    t0 = time.monotonic()
+    sent = 0
+    conn.sock.settimeout(0.2)
+    try:
+        # the client never reads: nginx's writes to it block
+        while time.monotonic() - t0 < 5 and not conn.closed.is_set():
+            conn.send_frame(BINARY, blob)
+            sent += 1
+    except (socket.timeout, OSError):
+        pass
+    f = conn.next_frame(timeout=5)
+    assert f is not None and f.opcode == CLOSE and f.close_code == 1001, f
+    assert f.payload[2:] == b"send timeout"
+    assert conn.closed.wait(5)
+    took = time.monotonic() - t0
+    assert took < 4, took
+    n.wait_log(r"ws heartbeat: closing, client send timeout")
+    c.close()
+
+
+def test_invalid_client_frame_steps_aside(ws_proxy):
+    n, port, b = ws_proxy("""
+            ws_heartbeat on;
+            ws_heartbeat_interval 100ms;""",
+                          backend_kw=dict(mode="silent"))
+    c = Client(port, answer_pings=False)
+    conn = b.accept()
+    # an unmasked client frame, then a reserved opcode: passed through
+    bad = wsproto.encode_frame(TEXT, b"unmasked", mask=False) + \
+        b"\x83\x80abcd" + b"trailing junk"
+    c.send_raw(bad)
+    deadline = time.monotonic() + 5
+    while bytes(conn.raw) != bad and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bytes(conn.raw) == bad
+    n.wait_log(r"\[info\].*client sent invalid WebSocket frame "
+               r"\(wrong mask bit\), ws heartbeat disabled")
+    # no more Pings and no heartbeat close: stock nginx behaviour
+    c.pump(0.5)
+    before = len(c.pings)
+    c.pump(0.5)
+    assert len(c.pings) == before
+    assert not c.closed
+    conn.send(b"\x81\x02ok")
+    assert c.recv_frame().payload == b"ok"
+    c.close()
