@@ -11,7 +11,9 @@ pkgs=(
     catch2             # unit tests of src/
     clang-14 libclang-rt-14-dev   # libFuzzer targets (make fuzz)
     python3-pytest python3-websockets   # integration harness, backends, clients
+    python3-h2         # an HTTP/2 client: h2 upgrades must be left alone
     node-ws            # an independent client (Node.js ws)
+    chromium           # a real browser client, headless over DevTools
     openssl            # test certificates
 )
 
