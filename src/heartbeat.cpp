@@ -1,0 +1,290 @@
+// ngx_ws_heartbeat: the heartbeat state machine for one side.
+#include "heartbeat.hpp"
+
+namespace wshb {
+
+namespace {
+
+constexpr std::uint8_t ping_tag[4] = {'w', 's', 'h', 'b'};
+constexpr std::uint32_t seq_window = 65536;
+
+std::uint64_t load_be(const std::uint8_t* p, std::size_t n) noexcept
+{
+    std::uint64_t v = 0;
+
+    for (std::size_t i = 0; i < n; i++) {
+        v = (v << 8) | p[i];
+    }
+
+    return v;
+}
+
+void store_be(std::uint8_t* p, std::uint64_t v, std::size_t n) noexcept
+{
+    for (std::size_t i = n; i-- > 0;) {
+        p[i] = static_cast<std::uint8_t>(v & 0xff);
+        v >>= 8;
+    }
+}
+
+action close_with(close_reason r) noexcept
+{
+    action a;
+    a.kind = action::close;
+    a.reason = r;
+    return a;
+}
+
+} // namespace
+
+const char* to_string(close_reason r) noexcept
+{
+    switch (r) {
+    case close_reason::none:
+        return "none";
+    case close_reason::heartbeat_timeout:
+        return "heartbeat timeout";
+    case close_reason::read_timeout:
+        return "read timeout";
+    case close_reason::send_timeout:
+        return "send timeout";
+    }
+    return "unknown";
+}
+
+heartbeat::state_t heartbeat::settled() const noexcept
+{
+    // anything heard since our Ping hit the socket answers it
+    if (state_ == outstanding && last_receive_ >= written_) {
+        return idle;
+    }
+
+    return state_;
+}
+
+void heartbeat::start(const heartbeat_config& cf, std::uint64_t now_ms) noexcept
+{
+    *this = heartbeat();
+    interval_ = cf.interval_ms;
+    timeout_ = cf.timeout_ms;
+    read_timeout_ = cf.read_timeout_ms;
+    send_timeout_ = cf.send_timeout_ms;
+    ping_ = cf.ping;
+    last_receive_ = now_ms;
+    last_data_ = now_ms;
+    state_ = idle;
+}
+
+void heartbeat::on_receive(std::uint64_t now_ms) noexcept
+{
+    last_receive_ = now_ms;
+}
+
+void heartbeat::on_data(std::uint64_t now_ms) noexcept
+{
+    last_data_ = now_ms;
+}
+
+void heartbeat::on_ping_written(std::uint64_t now_ms) noexcept
+{
+    state_ = settled();
+
+    // a second write while one is outstanding keeps the earlier deadline
+    if (state_ == stopped || state_ == outstanding) {
+        return;
+    }
+
+    written_ = now_ms;
+    state_ = outstanding;
+}
+
+void heartbeat::on_write_blocked(std::uint64_t now_ms) noexcept
+{
+    if (!blocked_) {
+        blocked_ = true;
+        blocked_since_ = now_ms;
+    }
+}
+
+void heartbeat::on_write_progress() noexcept
+{
+    blocked_ = false;
+}
+
+bool heartbeat::on_pong(const std::uint8_t* payload, std::size_t len,
+                        std::uint64_t now_us) noexcept
+{
+    // our payload is exactly tag + sequence + time
+    if (payload == nullptr || len != ping_payload_size) {
+        return false;
+    }
+
+    for (std::size_t i = 0; i < 4; i++) {
+        // not our tag: the peer's own Pong
+        if (payload[i] != ping_tag[i]) {
+            return false;
+        }
+    }
+
+    std::uint32_t seq = static_cast<std::uint32_t>(load_be(payload + 4, 4));
+
+    // a sequence we sent, among the latest 2^16
+    if (pings_ == 0 || seq >= pings_ || pings_ - seq > seq_window) {
+        return false;
+    }
+
+    pongs_++;
+
+    if (seq != pings_ - 1 || sampled_) {
+        return true;
+    }
+
+    std::uint64_t sent = load_be(payload + 8, 8);
+    std::uint64_t rtt = now_us > sent ? now_us - sent : 0;
+
+    if (rtt > 0xffffffffu) {
+        rtt = 0xffffffffu;
+    }
+
+    std::uint32_t sample = static_cast<std::uint32_t>(rtt);
+
+    if (samples_ == 0) {
+        rtt_min_ = sample;
+        srtt_ = sample;
+
+    } else {
+        if (sample < rtt_min_) {
+            rtt_min_ = sample;
+        }
+
+        std::int64_t d = static_cast<std::int64_t>(sample) - srtt_;
+        srtt_ = static_cast<std::uint32_t>(srtt_ + d / 8);
+    }
+
+    rtt_last_ = sample;
+    samples_++;
+    sampled_ = true;
+
+    return true;
+}
+
+action heartbeat::on_timer(std::uint64_t now_ms) noexcept
+{
+    state_ = settled();
+
+    if (state_ == stopped) {
+        return action();
+    }
+
+    if (send_timeout_ != 0 && blocked_
+        && now_ms >= blocked_since_ + send_timeout_)
+    {
+        stop();
+        return close_with(close_reason::send_timeout);
+    }
+
+    if (read_timeout_ != 0 && now_ms >= last_data_ + read_timeout_) {
+        stop();
+        return close_with(close_reason::read_timeout);
+    }
+
+    if (ping_ && state_ == outstanding && now_ms >= written_ + timeout_) {
+        stop();
+        return close_with(close_reason::heartbeat_timeout);
+    }
+
+    if (ping_ && state_ == idle && now_ms >= last_receive_ + interval_) {
+        state_ = queued;
+        action a;
+        a.kind = action::send_ping;
+        return a;
+    }
+
+    return action();
+}
+
+std::uint64_t heartbeat::next_deadline() const noexcept
+{
+    constexpr std::uint64_t none = ~std::uint64_t(0);
+    std::uint64_t d = none;
+    state_t s = settled();
+
+    if (s == stopped) {
+        return 0;
+    }
+
+    if (send_timeout_ != 0 && blocked_ && blocked_since_ + send_timeout_ < d) {
+        d = blocked_since_ + send_timeout_;
+    }
+
+    if (read_timeout_ != 0 && last_data_ + read_timeout_ < d) {
+        d = last_data_ + read_timeout_;
+    }
+
+    if (ping_ && s == idle && last_receive_ + interval_ < d) {
+        d = last_receive_ + interval_;
+    }
+
+    if (ping_ && s == outstanding && written_ + timeout_ < d) {
+        d = written_ + timeout_;
+    }
+
+    if (d == none) {
+        return 0;
+    }
+
+    // 0 means "no timer": a deadline at time 0 is due now anyway
+    return d == 0 ? 1 : d;
+}
+
+std::size_t heartbeat::make_ping(std::uint8_t* out,
+                                 std::uint64_t now_us) noexcept
+{
+    for (std::size_t i = 0; i < 4; i++) {
+        out[i] = ping_tag[i];
+    }
+
+    store_be(out + 4, pings_, 4);
+    store_be(out + 8, now_us, 8);
+    pings_++;
+    sampled_ = false;
+
+    return ping_payload_size;
+}
+
+void heartbeat::stop() noexcept
+{
+    state_ = stopped;
+}
+
+std::uint32_t heartbeat::pings() const noexcept
+{
+    return pings_;
+}
+
+std::uint32_t heartbeat::pongs() const noexcept
+{
+    return pongs_;
+}
+
+std::uint64_t heartbeat::rtt_last_us() const noexcept
+{
+    return rtt_last_;
+}
+
+std::uint64_t heartbeat::rtt_min_us() const noexcept
+{
+    return rtt_min_;
+}
+
+std::uint64_t heartbeat::rtt_smoothed_us() const noexcept
+{
+    return srtt_;
+}
+
+std::uint32_t heartbeat::rtt_samples() const noexcept
+{
+    return samples_;
+}
+
+} // namespace wshb

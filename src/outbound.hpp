@@ -1,0 +1,550 @@
+// ngx_ws_heartbeat: one direction of the relay as seen by its send():
+// relay bytes, frame boundaries, injected control frames and swallowed Pongs.
+// This is the injection planner and the send-wrapper algorithm in one place,
+// independent of nginx: the glue supplies an Io object that performs the real
+// write. No heap, no exceptions; the relay path parses headers only.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "frame.hpp"
+
+namespace wshb {
+
+// Io::write() results (same values as NGX_ERROR and NGX_AGAIN).
+constexpr long io_error = -1;
+constexpr long io_again = -2;
+
+// The Io concept (all called synchronously from send()/flush()):
+//   long write(const std::uint8_t* p, std::size_t n);
+//       the real send: bytes written (may be short, 0 counts as again),
+//       io_again or io_error. After io_again for (p, n) the next write on
+//       this direction is retried with the same p and at least n bytes
+//       (OpenSSL's SSL_write retry rule); outbound guarantees that.
+//   bool match_pong(const std::uint8_t* payload, std::size_t n);
+//       a complete candidate Pong (FIN, RSV 0, 16-byte payload, unmasked
+//       here) was absorbed: true to swallow it, false to forward it.
+//   void on_header(const frame_header& h);  // a frame header was consumed
+//   void on_frame(const frame_header& h, const std::uint8_t* payload,
+//                 std::size_t n);           // a frame ended (control:
+//                                           // captured payload, unmasked)
+//   void on_error(scan_error e);            // stream rejected: passthrough
+
+constexpr std::size_t inject_capacity = 32; // masked Close + 16-byte reason
+constexpr std::size_t candidate_pong_size = 6 + 16; // masked, 16 B payload
+
+class outbound {
+public:
+    // sender: who produced the relay bytes (client: masked frames).
+    // swallow: absorb candidate Pongs and ask Io::match_pong().
+    outbound(role sender, bool swallow, bool allow_rsv1) noexcept;
+
+    // Queue one complete control frame to inject at the next boundary of the
+    // written stream. False if one is already queued, if it does not fit, or
+    // in passthrough.
+    bool queue(const std::uint8_t* frame, std::size_t n) noexcept;
+    bool queued() const noexcept;   // queued bytes not yet fully written
+    void drop_queued() noexcept;    // forget it (unless partially written)
+
+    // The send() wrapper body: write relay bytes p[0..n) (and any queued or
+    // held module bytes that must go first). Returns the number of relay
+    // bytes consumed (> 0), or io_again (nothing consumed, blocked), or
+    // io_error. Returns less than n only when Io::write() was short or
+    // returned io_again (so the real send cleared the ready flag).
+    template <class Io>
+    long send(Io& io, const std::uint8_t* p, std::size_t n) noexcept;
+
+    // Write module-owned bytes (held Pong to forward, queued frame) if the
+    // written stream is at a boundary and no relay retry is owed. Returns
+    // io_again if blocked, io_error, or 0 (nothing left or not allowed now).
+    template <class Io>
+    long flush(Io& io) noexcept;
+
+    bool passthrough() const noexcept; // gave up: plain forwarding
+    bool in_message() const noexcept;  // a fragmented message unfinished
+    bool blocked() const noexcept;     // last write was short or again
+    bool at_boundary() const noexcept; // written stream between frames
+    const frame_header& last_header() const noexcept;
+
+private:
+    // The scanner sees relay bytes as they are consumed: written, or
+    // absorbed into held_. The written stream is therefore at a boundary
+    // when a hold is being absorbed (it started at a boundary and none of
+    // it is written) or when there is no hold and the scanner is at one.
+    //
+    // inject_: the queued frame, inject_off_ bytes of it written; once a
+    // write of it was attempted (f_inject_started) it is in flight and
+    // goes out whole before anything else. hold(): an absorbed candidate
+    // Pong (in held_), hold_off_ bytes of it written while forwarding.
+    //
+    // retry(): the kind of bytes the last io_again (or 0) was on and
+    // retry_len_ their length: the next write must repeat them.
+    enum hold_t : std::uint8_t { hold_none, hold_absorbing, hold_forwarding };
+    enum retry_t : std::uint8_t {
+        retry_none,
+        retry_relay,
+        retry_inject,
+        retry_hold
+    };
+    // flags_: hold_t in bits 0-1, retry_t in bits 2-3, then these.
+    // Passthrough is not stored: it is the scanner's error state.
+    enum : std::uint8_t {
+        f_client = 0x10,        // relay frames are masked
+        f_swallow = 0x20,       // absorb candidate Pongs
+        f_blocked = 0x40,       // last write short or io_again
+        f_inject_started = 0x80 // a write of inject_ was attempted
+    };
+
+    // Relay writes are cut to this so that retry_len_ fits 32 bits.
+    static constexpr std::size_t max_relay_write = std::size_t(1) << 30;
+
+    bool flag(std::uint8_t f) const noexcept { return (flags_ & f) != 0; }
+    void set(std::uint8_t f) noexcept { flags_ |= f; }
+    void clear(std::uint8_t f) noexcept
+    {
+        flags_ &= static_cast<std::uint8_t>(~f);
+    }
+    hold_t hold() const noexcept { return hold_t(flags_ & 0x03); }
+    retry_t retry() const noexcept { return retry_t((flags_ >> 2) & 0x03); }
+    void set_hold(hold_t h) noexcept
+    {
+        flags_ = static_cast<std::uint8_t>((flags_ & ~0x03) | h);
+    }
+    void set_retry(retry_t r) noexcept
+    {
+        flags_ = static_cast<std::uint8_t>((flags_ & ~0x0c) | (r << 2));
+    }
+
+    bool relay_boundary() const noexcept;
+    std::uint8_t pong_byte1() const noexcept;
+    std::size_t pong_frame_size() const noexcept;
+    bool candidate(const std::uint8_t* p, std::size_t n) const noexcept;
+    std::size_t relay_length(const std::uint8_t* p,
+                             std::size_t n) const noexcept;
+    void give_up() noexcept;
+
+    template <class Io>
+    long put(Io& io, retry_t kind, const std::uint8_t* p,
+             std::size_t n) noexcept;
+    template <class Io>
+    void feed(Io& io, const std::uint8_t* p, std::size_t n) noexcept;
+    template <class Io>
+    long write_module(Io& io) noexcept;
+    template <class Io>
+    std::size_t absorb(Io& io, const std::uint8_t* p, std::size_t n) noexcept;
+
+    basic_frame_scanner<16> sc_;
+    std::uint8_t inject_[inject_capacity];
+    std::uint8_t held_[candidate_pong_size];
+    std::uint8_t inject_len_ = 0;
+    std::uint8_t inject_off_ = 0;
+    std::uint8_t hold_len_ = 0;
+    std::uint8_t hold_off_ = 0;
+    std::uint8_t flags_ = 0;
+    std::uint32_t retry_len_ = 0;
+};
+
+inline outbound::outbound(role sender, bool swallow, bool allow_rsv1) noexcept
+    : sc_(sender, allow_rsv1), inject_{}, held_{}
+{
+    flags_ = static_cast<std::uint8_t>((sender == role::client ? f_client : 0)
+                                       | (swallow ? f_swallow : 0));
+}
+
+inline bool outbound::queue(const std::uint8_t* frame, std::size_t n) noexcept
+{
+    // one frame at a time, whole, and never into a rejected stream
+    if (inject_len_ != 0 || n == 0 || n > inject_capacity || frame == nullptr
+        || passthrough())
+    {
+        return false;
+    }
+
+    for (std::size_t i = 0; i < n; i++) {
+        inject_[i] = frame[i];
+    }
+
+    inject_len_ = static_cast<std::uint8_t>(n);
+    inject_off_ = 0;
+    clear(f_inject_started);
+
+    return true;
+}
+
+inline bool outbound::queued() const noexcept
+{
+    return inject_len_ != 0;
+}
+
+inline void outbound::drop_queued() noexcept
+{
+    // a frame in flight must be finished or the stream breaks
+    if (flag(f_inject_started)) {
+        return;
+    }
+
+    inject_len_ = 0;
+    inject_off_ = 0;
+}
+
+inline bool outbound::passthrough() const noexcept
+{
+    return sc_.error() != scan_error::none;
+}
+
+inline bool outbound::in_message() const noexcept
+{
+    return sc_.in_message();
+}
+
+inline bool outbound::blocked() const noexcept
+{
+    return flag(f_blocked);
+}
+
+inline bool outbound::relay_boundary() const noexcept
+{
+    if (hold() == hold_absorbing) {
+        return true;
+    }
+
+    return hold() == hold_none && sc_.at_boundary();
+}
+
+inline bool outbound::at_boundary() const noexcept
+{
+    return !flag(f_inject_started) && relay_boundary();
+}
+
+inline const frame_header& outbound::last_header() const noexcept
+{
+    return sc_.header();
+}
+
+inline std::uint8_t outbound::pong_byte1() const noexcept
+{
+    return static_cast<std::uint8_t>((flag(f_client) ? 0x80 : 0x00) | 16);
+}
+
+inline std::size_t outbound::pong_frame_size() const noexcept
+{
+    return flag(f_client) ? candidate_pong_size : candidate_pong_size - 4;
+}
+
+// Could p[0..n) (n >= 1), at a boundary, start a FIN Pong with RSV 0 and a
+// 16-byte payload? Only its first two bytes decide.
+inline bool outbound::candidate(const std::uint8_t* p,
+                                std::size_t n) const noexcept
+{
+    return p[0] == 0x8a && (n < 2 || p[1] == pong_byte1());
+}
+
+// How many relay bytes of p[0..n) the next write may carry: to the next
+// boundary when a queued frame waits for one, and never past a boundary
+// where a candidate Pong starts (it must be absorbed, not written).
+inline std::size_t outbound::relay_length(const std::uint8_t* p,
+                                          std::size_t n) const noexcept
+{
+    if (n > max_relay_write) {
+        n = max_relay_write;
+    }
+
+    if (passthrough()) {
+        return n;
+    }
+
+    bool cut_inject = inject_len_ != 0 && !flag(f_inject_started);
+
+    if (!flag(f_swallow)) {
+        if (!cut_inject) {
+            return n;
+        }
+
+        std::size_t u = sc_.until_boundary(p, n);
+        return u == 0 || u == decltype(sc_)::npos ? n : u;
+    }
+
+    basic_frame_scanner<16> s(sc_);
+    std::size_t off = 0;
+
+    while (off < n) {
+        if (off != 0 && s.at_boundary()
+            && (cut_inject || candidate(p + off, n - off)))
+        {
+            return off;
+        }
+
+        std::size_t k = s.advance(p + off, n - off);
+
+        // a rejected stream is forwarded as it is from there on
+        if (s.error() != scan_error::none) {
+            return n;
+        }
+
+        off += k;
+    }
+
+    return n;
+}
+
+// Stream rejected (the scanner's error is the passthrough state): a hold
+// is forwarded first; a queued frame not yet started is dropped.
+inline void outbound::give_up() noexcept
+{
+    if (hold() == hold_absorbing) {
+        set_hold(hold_forwarding);
+        hold_off_ = 0;
+    }
+
+    drop_queued();
+}
+
+// One Io::write() of n > 0 bytes of the given kind. Returns the bytes
+// written (fewer than n: short write, f_blocked set), 0 on io_again or a
+// 0 write (f_blocked set, retry recorded), or io_error.
+template <class Io>
+long outbound::put(Io& io, retry_t kind, const std::uint8_t* p,
+                   std::size_t n) noexcept
+{
+    long w = io.write(p, n);
+
+    if (w == io_again || w == 0) {
+        // OpenSSL may have taken them: the next write repeats these bytes
+        set_retry(kind);
+        retry_len_ = static_cast<std::uint32_t>(n);
+        set(f_blocked);
+        return 0;
+    }
+
+    if (w < 0) {
+        return io_error;
+    }
+
+    set_retry(retry_none);
+
+    if (static_cast<std::size_t>(w) >= n) {
+        return static_cast<long>(n);
+    }
+
+    set(f_blocked);
+    return w;
+}
+
+// Runs relay bytes that were written or absorbed through the scanner.
+template <class Io>
+void outbound::feed(Io& io, const std::uint8_t* p, std::size_t n) noexcept
+{
+    std::size_t off = 0;
+
+    while (off < n && !passthrough()) {
+        bool had = sc_.header_complete() && !sc_.at_boundary();
+        std::size_t k = sc_.advance(p + off, n - off);
+
+        if (sc_.error() != scan_error::none) {
+            give_up();
+            io.on_error(sc_.error());
+            return;
+        }
+
+        if (!had && sc_.header_complete()) {
+            io.on_header(sc_.header());
+        }
+
+        if (sc_.frame_complete()) {
+            const frame_header& h = sc_.header();
+
+            if (is_control(h.op)) {
+                io.on_frame(h, sc_.control_payload(), sc_.control_size());
+            } else {
+                io.on_frame(h, nullptr, 0);
+            }
+        }
+
+        off += k;
+    }
+}
+
+// Writes the module bytes that are owed or allowed now: a frame in flight,
+// a hold being forwarded, then a queued frame if the written stream is at
+// a boundary. Returns 0 when done (or nothing allowed), io_again when a
+// write was short or blocked, io_error.
+template <class Io>
+long outbound::write_module(Io& io) noexcept
+{
+    for (;;) {
+        // the socket said stop during this call
+        if (flag(f_blocked)) {
+            return io_again;
+        }
+
+        // relay bytes are owed first: nothing may come before them
+        if (retry() == retry_relay) {
+            return 0;
+        }
+
+        bool in_flight = inject_len_ != 0 && flag(f_inject_started);
+        bool allowed = inject_len_ != 0 && relay_boundary();
+
+        // a frame in flight goes first, even before a hold
+        if (in_flight || allowed) {
+            std::size_t n = inject_len_ - inject_off_;
+            set(f_inject_started);
+            long w = put(io, retry_inject, inject_ + inject_off_, n);
+
+            if (w < 0) {
+                return w;
+            }
+
+            inject_off_ = static_cast<std::uint8_t>(inject_off_ + w);
+
+            if (flag(f_blocked)) {
+                return io_again;
+            }
+
+            inject_len_ = 0;
+            inject_off_ = 0;
+            clear(f_inject_started);
+            continue;
+        }
+
+        if (hold() == hold_forwarding) {
+            std::size_t n = hold_len_ - hold_off_;
+            long w = put(io, retry_hold, held_ + hold_off_, n);
+
+            if (w < 0) {
+                return w;
+            }
+
+            hold_off_ = static_cast<std::uint8_t>(hold_off_ + w);
+
+            if (flag(f_blocked)) {
+                return io_again;
+            }
+
+            set_hold(hold_none);
+            hold_len_ = 0;
+            hold_off_ = 0;
+            continue;
+        }
+
+        return 0;
+    }
+}
+
+// Takes relay bytes into the hold while they still look like a candidate
+// Pong. Returns the bytes taken (0 when the hold turned to forwarding).
+template <class Io>
+std::size_t outbound::absorb(Io& io, const std::uint8_t* p,
+                             std::size_t n) noexcept
+{
+    std::size_t size = pong_frame_size();
+
+    // the second byte arrived late and says it is not a candidate
+    if (hold_len_ == 1 && p[0] != pong_byte1()) {
+        set_hold(hold_forwarding);
+        hold_off_ = 0;
+        return 0;
+    }
+
+    std::size_t k = size - hold_len_;
+
+    if (n < k) {
+        k = n;
+    }
+
+    for (std::size_t i = 0; i < k; i++) {
+        held_[hold_len_ + i] = p[i];
+    }
+
+    hold_len_ = static_cast<std::uint8_t>(hold_len_ + k);
+    feed(io, p, k);
+
+    if (hold_len_ == size && hold() == hold_absorbing) {
+        if (io.match_pong(sc_.control_payload(), sc_.control_size())) {
+            set_hold(hold_none);
+            hold_len_ = 0;
+        } else {
+            set_hold(hold_forwarding);
+            hold_off_ = 0;
+        }
+    }
+
+    return k;
+}
+
+template <class Io>
+long outbound::send(Io& io, const std::uint8_t* p, std::size_t n) noexcept
+{
+    std::size_t done = 0;
+
+    clear(f_blocked);
+
+    for (;;) {
+        long r = write_module(io);
+
+        if (r == io_error) {
+            return io_error;
+        }
+
+        if (flag(f_blocked) || done == n) {
+            break;
+        }
+
+        if (hold() == hold_absorbing) {
+            done += absorb(io, p + done, n - done);
+            continue;
+        }
+
+        if (retry() != retry_relay && hold() == hold_none
+            && flag(f_swallow) && !passthrough() && sc_.at_boundary()
+            && candidate(p + done, n - done))
+        {
+            set_hold(hold_absorbing);
+            hold_len_ = 0;
+            hold_off_ = 0;
+            continue;
+        }
+
+        std::size_t len;
+
+        if (retry() == retry_relay) {
+            len = retry_len_ < n - done ? retry_len_ : n - done;
+        } else {
+            len = relay_length(p + done, n - done);
+        }
+
+        long w = put(io, retry_relay, p + done, len);
+
+        if (w < 0) {
+            return w;
+        }
+
+        if (w > 0) {
+            feed(io, p + done, static_cast<std::size_t>(w));
+            done += static_cast<std::size_t>(w);
+        }
+    }
+
+    if (done > 0) {
+        return static_cast<long>(done);
+    }
+
+    return flag(f_blocked) ? io_again : 0;
+}
+
+template <class Io>
+long outbound::flush(Io& io) noexcept
+{
+    clear(f_blocked);
+
+    long r = write_module(io);
+
+    if (r == io_error) {
+        return io_error;
+    }
+
+    return flag(f_blocked) ? io_again : 0;
+}
+
+} // namespace wshb
