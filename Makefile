@@ -76,7 +76,8 @@ MODULE_DEPS := ngx_ws_heartbeat_module.cpp $(SRC_CPP) $(SRC_HPP)
 $(MODULE): $(BUILD)/nginx/configured $(MODULE_DEPS)
 	$(MAKE) -s -f $(ABS_BUILD)/nginx/objs/Makefile -C $(BUILD)/nginx/src \
 	    modules
-	cp $(BUILD)/nginx/objs/ngx_ws_heartbeat_module.so $@
+	cp $(BUILD)/nginx/objs/ngx_ws_heartbeat_module.so $@.tmp
+	mv -f $@.tmp $@   # a running nginx keeps its mapping of the old file
 	@echo "built $@ against $(NGINX_SRC)"
 
 # the same module built with ASan + UBSan, for the integration suite
@@ -84,7 +85,8 @@ $(MODULE_ASAN): $(BUILD)/nginx-asan/configured $(MODULE_DEPS)
 	$(MAKE) -s -f $(ABS_BUILD)/nginx-asan/objs/Makefile \
 	    -C $(BUILD)/nginx-asan/src modules
 	@mkdir -p $(dir $@)
-	cp $(BUILD)/nginx-asan/objs/ngx_ws_heartbeat_module.so $@
+	cp $(BUILD)/nginx-asan/objs/ngx_ws_heartbeat_module.so $@.tmp
+	mv -f $@.tmp $@
 
 module-asan: $(MODULE_ASAN)
 

@@ -36,7 +36,17 @@ typedef struct {
     ngx_msec_t                      timeout;
     ngx_msec_t                      read_timeout;
     ngx_msec_t                      send_timeout;
+    ngx_flag_t                      drain;
+    ngx_msec_t                      drain_timeout;
 } ngx_http_ws_heartbeat_loc_conf_t;
+
+
+/* per worker: the connections to drain when the worker exits */
+
+typedef struct {
+    ngx_queue_t                     conns;
+    ngx_connection_t               *watch;
+} ngx_http_ws_heartbeat_main_conf_t;
 
 
 typedef enum {
@@ -61,6 +71,7 @@ struct ngx_http_ws_heartbeat_side_t {
     unsigned                        ping_queued:1;
     unsigned                        blocked:1;
     unsigned                        close_sent:1;   /* a Close went to it */
+    unsigned                        drain_pending:1; /* Close after message */
 
     ngx_http_ws_heartbeat_side_t(ngx_http_ws_heartbeat_ctx_t *c,
         ngx_uint_t w, bool swallow, bool rsv1) noexcept
@@ -69,7 +80,7 @@ struct ngx_http_ws_heartbeat_side_t {
                                          : wshb::role::client,
               swallow, rsv1),
           hb(), timer(), which(w), ping_queued(0), blocked(0),
-          close_sent(0)
+          close_sent(0), drain_pending(0)
     {
     }
 };
@@ -86,10 +97,12 @@ struct ngx_http_ws_heartbeat_ctx_t {
     ngx_http_ws_heartbeat_side_t        client;
     ngx_http_ws_heartbeat_side_t        upstream;
 
+    ngx_queue_t                         queue;    /* in main conf conns */
     wshb::close_reason                  reason;
     unsigned                            hooked:1;
     unsigned                            disabled:1;   /* stepped aside */
     unsigned                            close_seen:1; /* endpoint Close */
+    unsigned                            draining:1;
 
     ngx_http_ws_heartbeat_ctx_t(ngx_http_request_t *r,
         ngx_http_ws_heartbeat_loc_conf_t *lcf, bool rsv1) noexcept
@@ -97,8 +110,8 @@ struct ngx_http_ws_heartbeat_ctx_t {
           write_handler(nullptr), upstream_write_handler(nullptr),
           client(this, NGX_HTTP_WS_HB_CLIENT, lcf->upstream != 0, rsv1),
           upstream(this, NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
-          reason(wshb::close_reason::none), hooked(0), disabled(0),
-          close_seen(0)
+          queue(), reason(wshb::close_reason::none), hooked(0), disabled(0),
+          close_seen(0), draining(0)
     {
     }
 };
@@ -147,6 +160,18 @@ static void *ngx_http_ws_heartbeat_create_loc_conf(ngx_conf_t *cf) noexcept;
 static char *ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf,
     void *parent, void *child) noexcept;
 static ngx_int_t ngx_http_ws_heartbeat_init(ngx_conf_t *cf) noexcept;
+static void *ngx_http_ws_heartbeat_create_main_conf(ngx_conf_t *cf) noexcept;
+static ngx_int_t ngx_http_ws_heartbeat_init_process(ngx_cycle_t *cycle)
+    noexcept;
+static void ngx_http_ws_heartbeat_exit_process(ngx_cycle_t *cycle) noexcept;
+static void ngx_http_ws_heartbeat_exiting(ngx_event_t *ev) noexcept;
+static void ngx_http_ws_heartbeat_start_drain(
+    ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
+static void ngx_http_ws_heartbeat_finalize(ngx_http_ws_heartbeat_ctx_t *ctx)
+    noexcept;
+static bool ngx_http_ws_heartbeat_queue_close(
+    ngx_http_ws_heartbeat_side_t *s, std::uint16_t code, const char *reason)
+    noexcept;
 
 
 /* times: "low" 0 means that 0 turns the feature off */
@@ -205,6 +230,20 @@ static ngx_command_t  ngx_http_ws_heartbeat_commands[] = {
       offsetof(ngx_http_ws_heartbeat_loc_conf_t, send_timeout),
       &ngx_http_ws_heartbeat_optional },
 
+    { ngx_string("ws_heartbeat_drain"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ws_heartbeat_loc_conf_t, drain),
+      NULL },
+
+    { ngx_string("ws_heartbeat_drain_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_ws_heartbeat_set_time,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ws_heartbeat_loc_conf_t, drain_timeout),
+      &ngx_http_ws_heartbeat_positive },
+
       ngx_null_command
 };
 
@@ -213,7 +252,7 @@ static ngx_http_module_t  ngx_http_ws_heartbeat_module_ctx = {
     NULL,                                  /* preconfiguration */
     ngx_http_ws_heartbeat_init,            /* postconfiguration */
 
-    NULL,                                  /* create main configuration */
+    ngx_http_ws_heartbeat_create_main_conf, /* create main configuration */
     NULL,                                  /* init main configuration */
 
     NULL,                                  /* create server configuration */
@@ -233,10 +272,10 @@ ngx_module_t  ngx_ws_heartbeat_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     NULL,                                  /* init module */
-    NULL,                                  /* init process */
+    ngx_http_ws_heartbeat_init_process,    /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_ws_heartbeat_exit_process,    /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
@@ -318,6 +357,14 @@ struct ngx_http_ws_heartbeat_io {
     {
         ngx_http_ws_heartbeat_ctx_t  *ctx = side->ctx;
 
+        /* draining: the Close waited for the message in flight to end */
+
+        if (side->drain_pending && !side->out.in_message()) {
+            side->drain_pending = 0;
+            (void) ngx_http_ws_heartbeat_queue_close(side, 1001,
+                                                     "server shutting down");
+        }
+
         if (h.op != wshb::opcode::close || ctx->close_seen) {
             return;
         }
@@ -335,6 +382,12 @@ struct ngx_http_ws_heartbeat_io {
         ctx->upstream.out.drop_queued();
         ctx->client.ping_queued = 0;
         ctx->upstream.ping_queued = 0;
+
+        /* a draining connection keeps its grace timer */
+
+        if (ctx->draining) {
+            return;
+        }
 
         if (ctx->client.timer.timer_set) {
             ngx_del_timer(&ctx->client.timer);
@@ -652,7 +705,8 @@ static void
 ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
     ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
-    ngx_http_upstream_t  *u;
+    ngx_http_upstream_t                *u;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
 
     u = r->upstream;
 
@@ -668,6 +722,19 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
     ngx_http_ws_heartbeat_start_side(&ctx->client, r->connection, true);
     ngx_http_ws_heartbeat_start_side(&ctx->upstream, u->peer.connection,
                                      ctx->conf->upstream != 0);
+
+    if (ctx->conf->drain) {
+        hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
+                   ngx_http_get_module_main_conf(r, ngx_ws_heartbeat_module));
+
+        ngx_queue_insert_tail(&hmcf->conns, &ctx->queue);
+
+        /* a connection upgraded while the worker is already exiting */
+
+        if (ngx_exiting) {
+            ngx_http_ws_heartbeat_start_drain(ctx);
+        }
+    }
 }
 
 
@@ -794,9 +861,23 @@ ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
 static void
 ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
-    std::uint64_t  deadline;
+    std::uint64_t  deadline, limit;
 
     deadline = s->hb.next_deadline();
+
+    /*
+     * bytes from the peer move the next Ping later but do not re-arm the
+     * timer (that would cost a timer update per read); wake up at least
+     * once an interval and let the machine tell what is due
+     */
+
+    if (s->hb.pinging()) {
+        limit = (std::uint64_t) ngx_current_msec + s->ctx->conf->interval;
+
+        if (deadline == 0 || deadline > limit) {
+            deadline = limit;
+        }
+    }
 
     if (deadline == 0) {
         if (s->timer.timer_set) {
@@ -874,9 +955,18 @@ ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept
 
     /* the relay has ended (lingering close): nothing to watch */
 
-    if (r->upstream == NULL || r->upstream->peer.connection == NULL
-        || s->ctx->disabled)
-    {
+    if (r->upstream == NULL || r->upstream->peer.connection == NULL) {
+        return;
+    }
+
+    if (s->ctx->draining) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "ws heartbeat: closing, drain timeout");
+        ngx_http_ws_heartbeat_finalize(s->ctx);
+        return;
+    }
+
+    if (s->ctx->disabled) {
         return;
     }
 
@@ -929,8 +1019,10 @@ ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 }
 
 
-static void
-ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
+/* safe inside the Io callbacks of s->out: it only queues */
+
+static bool
+ngx_http_ws_heartbeat_queue_close(ngx_http_ws_heartbeat_side_t *s,
     std::uint16_t code, const char *reason) noexcept
 {
     size_t        n;
@@ -938,14 +1030,14 @@ ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
     std::uint8_t  key[4], *mask;
 
     if (s->close_sent || s->out.passthrough()) {
-        return;
+        return false;
     }
 
     mask = nullptr;
 
     if (s->which == NGX_HTTP_WS_HB_UPSTREAM) {
         if (RAND_bytes(key, sizeof(key)) != 1) {
-            return;
+            return false;
         }
 
         mask = key;
@@ -957,13 +1049,46 @@ ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
     s->out.drop_queued();
 
     if (n == 0 || !s->out.queue(frame, n)) {
-        return;
+        return false;
     }
 
     s->close_sent = 1;
     s->ping_queued = 0;
 
-    ngx_http_ws_heartbeat_flush(s);
+    return true;
+}
+
+
+static void
+ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
+    std::uint16_t code, const char *reason) noexcept
+{
+    if (ngx_http_ws_heartbeat_queue_close(s, code, reason)) {
+        ngx_http_ws_heartbeat_flush(s);
+    }
+}
+
+
+/*
+ * close() on a socket with unread input sends RST and discards what is
+ * still queued for sending: our Close frame. Read and drop what has
+ * arrived (bounded) so that the Close goes out before the FIN.
+ */
+
+static void
+ngx_http_ws_heartbeat_drain(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    size_t   total;
+    ssize_t  n;
+    u_char   buf[4096];
+
+    for (total = 0; total < 65536; total += n) {
+        n = s->conn->recv(s->conn, buf, sizeof(buf));
+
+        if (n <= 0) {
+            return;
+        }
+    }
 }
 
 
@@ -1020,6 +1145,22 @@ ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
                                          "heartbeat timeout");
     }
 
+    ngx_http_ws_heartbeat_finalize(ctx);
+}
+
+
+static void
+ngx_http_ws_heartbeat_finalize(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+    c = r->connection;
+
+    ngx_http_ws_heartbeat_drain(&ctx->upstream);
+    ngx_http_ws_heartbeat_drain(&ctx->client);
+
     /*
      * ngx_http_finalize_request(r, NGX_ERROR) alone frees r inside
      * ngx_http_terminate_request(); take a reference the way
@@ -1039,6 +1180,11 @@ ngx_http_ws_heartbeat_cleanup(void *data) noexcept
     ngx_http_ws_heartbeat_side_t  *s;
 
     ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(data);
+
+    if (ctx->queue.next != NULL) {
+        ngx_queue_remove(&ctx->queue);
+        ctx->queue.next = NULL;
+    }
 
     for (s = &ctx->client; s; s = (s == &ctx->client ? &ctx->upstream
                                                       : nullptr))
@@ -1152,6 +1298,8 @@ ngx_http_ws_heartbeat_create_loc_conf(ngx_conf_t *cf) noexcept
     conf->timeout = NGX_CONF_UNSET_MSEC;
     conf->read_timeout = NGX_CONF_UNSET_MSEC;
     conf->send_timeout = NGX_CONF_UNSET_MSEC;
+    conf->drain = NGX_CONF_UNSET;
+    conf->drain_timeout = NGX_CONF_UNSET_MSEC;
 
     return conf;
 }
@@ -1175,6 +1323,9 @@ ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 10000);
     ngx_conf_merge_msec_value(conf->read_timeout, prev->read_timeout, 0);
     ngx_conf_merge_msec_value(conf->send_timeout, prev->send_timeout, 0);
+    ngx_conf_merge_value(conf->drain, prev->drain, 1);
+    ngx_conf_merge_msec_value(conf->drain_timeout, prev->drain_timeout,
+                              5000);
 
     if (!conf->enable) {
         return NGX_CONF_OK;
@@ -1230,4 +1381,167 @@ ngx_http_ws_heartbeat_init(ngx_conf_t *cf) noexcept
     ngx_http_top_body_filter = ngx_http_ws_heartbeat_body_filter;
 
     return NGX_OK;
+}
+
+
+/* graceful drain: Close 1001 to WebSocket peers when the worker exits */
+
+
+static void
+ngx_http_ws_heartbeat_start_drain(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    ngx_http_ws_heartbeat_side_t  *s;
+
+    if (ctx->draining) {
+        return;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
+                   "ws heartbeat: draining");
+
+    ngx_http_ws_heartbeat_step_aside(ctx);
+    ctx->draining = 1;
+
+    /*
+     * after an endpoint's Close the closing handshake is under way
+     * already; otherwise each side gets Close 1001 at the next boundary
+     * that is not inside a fragmented message
+     */
+
+    if (!ctx->close_seen) {
+        for (s = &ctx->client; s; s = (s == &ctx->client ? &ctx->upstream
+                                                          : nullptr))
+        {
+            if (s->out.in_message() || !s->out.at_boundary()) {
+                s->drain_pending = 1;
+                continue;
+            }
+
+            ngx_http_ws_heartbeat_send_close(s, 1001, "server shutting down");
+        }
+    }
+
+    ngx_add_timer(&ctx->client.timer, ctx->conf->drain_timeout);
+}
+
+
+static void
+ngx_http_ws_heartbeat_exiting(ngx_event_t *ev) noexcept
+{
+    ngx_queue_t                        *q, *next;
+    ngx_connection_t                   *c;
+    ngx_http_ws_heartbeat_ctx_t        *ctx;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
+    c = static_cast<ngx_connection_t *>(ev->data);
+    hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(c->data);
+
+    /* ngx_close_idle_connections() sets c->close when the worker exits */
+
+    if (!c->close) {
+        return;
+    }
+
+    hmcf->watch = NULL;
+    ngx_close_connection(c);
+
+    for (q = ngx_queue_head(&hmcf->conns);
+         q != ngx_queue_sentinel(&hmcf->conns);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        ctx = ngx_queue_data(q, ngx_http_ws_heartbeat_ctx_t, queue);
+        ngx_http_ws_heartbeat_start_drain(ctx);
+    }
+}
+
+
+static void *
+ngx_http_ws_heartbeat_create_main_conf(ngx_conf_t *cf) noexcept
+{
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
+    hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
+               ngx_pcalloc(cf->pool,
+                           sizeof(ngx_http_ws_heartbeat_main_conf_t)));
+    if (hmcf == NULL) {
+        return NULL;
+    }
+
+    ngx_queue_init(&hmcf->conns);
+
+    return hmcf;
+}
+
+
+/*
+ * nginx tells an exiting worker's idle connections by calling their read
+ * handler with c->close set; a connection of our own, marked idle and
+ * never added to the event loop, is how the module learns of it
+ */
+
+static ngx_int_t
+ngx_http_ws_heartbeat_init_process(ngx_cycle_t *cycle) noexcept
+{
+    ngx_socket_t                        s;
+    ngx_connection_t                   *c;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    if (cycle->conf_ctx[ngx_http_module.index] == NULL) {
+        return NGX_OK;
+    }
+
+    hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
+               ngx_http_cycle_get_module_main_conf(cycle,
+                                                   ngx_ws_heartbeat_module));
+
+    ngx_queue_init(&hmcf->conns);
+
+    s = ngx_socket(AF_INET, SOCK_DGRAM, 0);
+    if (s == (ngx_socket_t) -1) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_socket_errno,
+                      "ws heartbeat: socket() failed");
+        return NGX_ERROR;
+    }
+
+    c = ngx_get_connection(s, cycle->log);
+    if (c == NULL) {
+        ngx_close_socket(s);
+        return NGX_ERROR;
+    }
+
+    c->data = hmcf;
+    c->idle = 1;
+    c->read->handler = ngx_http_ws_heartbeat_exiting;
+    c->read->log = cycle->log;
+
+    hmcf->watch = c;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_ws_heartbeat_exit_process(ngx_cycle_t *cycle) noexcept
+{
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
+    if (cycle->conf_ctx[ngx_http_module.index] == NULL) {
+        return;
+    }
+
+    hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
+               ngx_http_cycle_get_module_main_conf(cycle,
+                                                   ngx_ws_heartbeat_module));
+
+    if (hmcf->watch != NULL) {
+        ngx_close_connection(hmcf->watch);
+        hmcf->watch = NULL;
+    }
 }

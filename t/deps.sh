@@ -15,6 +15,7 @@ pkgs=(
     node-ws            # an independent client (Node.js ws)
     chromium           # a real browser client, headless over DevTools
     openssl            # test certificates
+    iproute2           # ip netns + veth: the vanished-backend test's private link
 )
 
 missing=()

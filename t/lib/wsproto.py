@@ -314,11 +314,14 @@ class Backend:
     """A raw WebSocket backend on 127.0.0.1. mode "echo": every frame comes
     back as received, unmasked (fragments and control frames included);
     "silent": frames are only recorded. Pings from nginx are answered with a
-    Pong unless answer_pings is False. Close frames are answered."""
+    Pong unless answer_pings is False. A Close is answered with a Close and
+    the TCP connection is then shut down, unless answer_close is False."""
 
     def __init__(self, mode="echo", answer_pings=True, extensions=None,
-                 upgrade="websocket", status=101, tls_context=None):
+                 upgrade="websocket", status=101, tls_context=None,
+                 answer_close=True):
         self.mode = mode
+        self.answer_close = answer_close
         self.answer_pings = answer_pings
         self.extensions = extensions
         self.upgrade = upgrade
@@ -394,10 +397,18 @@ class Backend:
         if f.opcode == PING and self.answer_pings and f.is_module_ping:
             conn.send_frame(PONG, f.payload)
             return
+        if f.opcode == CLOSE:
+            if self.answer_close:
+                # the closing handshake as a server does it: reply, then
+                # close the TCP connection first (RFC 6455 7.1.1)
+                conn.send_frame(CLOSE, f.payload[:2])
+                try:
+                    conn.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            return
         if self.mode == "echo":
             conn.send_frame(f.opcode, f.payload, f.fin, f.rsv)
-        elif f.opcode == CLOSE:
-            conn.send_frame(CLOSE, f.payload[:2])
 
     def accept(self, timeout=10.0):
         return self.conns.get(timeout=timeout)

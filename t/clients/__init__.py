@@ -1,0 +1,1 @@
+"""Real WebSocket clients driven by the integration tests."""
