@@ -71,7 +71,7 @@ $(BUILD)/%/configured: config
 	|| { tail -20 $(ABS_BUILD)/$*/configure.log; exit 1; }
 	touch $@
 
-MODULE_DEPS := ngx_ws_heartbeat_module.cpp $(SRC_CPP) $(SRC_HPP)
+MODULE_DEPS := ngx_ws_heartbeat_module.cpp $(wildcard ngx/*) $(SRC_CPP) $(SRC_HPP)
 
 $(MODULE): $(BUILD)/nginx/configured $(MODULE_DEPS)
 	$(MAKE) -s -f $(ABS_BUILD)/nginx/objs/Makefile -C $(BUILD)/nginx/src \
@@ -96,9 +96,15 @@ deps:
 unit: $(BUILD)/unit/run_tests
 	$(BUILD)/unit/run_tests
 
-$(BUILD)/unit/run_tests: $(SRC_CPP) $(SRC_HPP) $(UNIT_CPP)
+# Catch2's main compiles slowly: once, on its own
+$(BUILD)/unit/main.o: t/unit/main.cpp
 	@mkdir -p $(BUILD)/unit
-	$(CXX) $(UNIT_FLAGS) $(UNIT_CPP) $(SRC_CPP) -o $@
+	$(CXX) $(UNIT_FLAGS) -c $< -o $@
+
+$(BUILD)/unit/run_tests: $(BUILD)/unit/main.o $(SRC_CPP) $(SRC_HPP) \
+                         $(UNIT_CPP) $(wildcard t/unit/*.hpp)
+	$(CXX) $(UNIT_FLAGS) $(BUILD)/unit/main.o \
+	    $(filter-out t/unit/main.cpp,$(UNIT_CPP)) $(SRC_CPP) -o $@
 
 $(BUILD)/fuzz/%: t/fuzz/%.cpp $(SRC_CPP) $(SRC_HPP)
 	@mkdir -p $(BUILD)/fuzz

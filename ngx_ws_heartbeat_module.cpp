@@ -8,123 +8,11 @@
  */
 
 
-extern "C" {
-#include <ngx_config.h>
-#include <ngx_core.h>
-#include <ngx_http.h>
-}
+#include "ngx/ngx_ws_heartbeat.hpp"
 
 #include <openssl/rand.h>
 
 #include <new>
-#include <type_traits>
-
-#include "frame.hpp"
-#include "frame_builder.hpp"
-#include "heartbeat.hpp"
-#include "outbound.hpp"
-
-
-#define NGX_HTTP_WS_HEARTBEAT_MIN_TIME  10
-#define NGX_HTTP_WS_HEARTBEAT_MAX_TIME  (30LL * 24 * 60 * 60 * 1000)
-
-
-typedef struct {
-    ngx_flag_t                      enable;
-    ngx_flag_t                      upstream;
-    ngx_msec_t                      interval;
-    ngx_msec_t                      timeout;
-    ngx_msec_t                      read_timeout;
-    ngx_msec_t                      send_timeout;
-    ngx_flag_t                      drain;
-    ngx_msec_t                      drain_timeout;
-} ngx_http_ws_heartbeat_loc_conf_t;
-
-
-/* per worker: the connections to drain when the worker exits */
-
-typedef struct {
-    ngx_queue_t                     conns;
-    ngx_connection_t               *watch;
-} ngx_http_ws_heartbeat_main_conf_t;
-
-
-typedef enum {
-    NGX_HTTP_WS_HB_CLIENT = 0,
-    NGX_HTTP_WS_HB_UPSTREAM
-} ngx_http_ws_heartbeat_side_e;
-
-
-struct ngx_http_ws_heartbeat_ctx_t;
-
-
-/* one peer of the relay: the bytes sent to it and the heartbeat on it */
-struct ngx_http_ws_heartbeat_side_t {
-    ngx_http_ws_heartbeat_ctx_t    *ctx;
-    ngx_connection_t               *conn;
-    ngx_send_pt                     send;
-    ngx_recv_pt                     recv;
-    wshb::outbound                  out;     /* bytes written to this peer */
-    wshb::heartbeat                 hb;      /* liveness of this peer */
-    ngx_event_t                     timer;
-    unsigned                        which:1;
-    unsigned                        ping_queued:1;
-    unsigned                        blocked:1;
-    unsigned                        close_sent:1;   /* a Close went to it */
-    unsigned                        drain_pending:1; /* Close after message */
-
-    ngx_http_ws_heartbeat_side_t(ngx_http_ws_heartbeat_ctx_t *c,
-        ngx_uint_t w, bool swallow, bool rsv1) noexcept
-        : ctx(c), conn(nullptr), send(nullptr), recv(nullptr),
-          out(w == NGX_HTTP_WS_HB_CLIENT ? wshb::role::server
-                                         : wshb::role::client,
-              swallow, rsv1),
-          hb(), timer(), which(w), ping_queued(0), blocked(0),
-          close_sent(0), drain_pending(0)
-    {
-    }
-};
-
-
-struct ngx_http_ws_heartbeat_ctx_t {
-    ngx_http_request_t                 *request;
-    ngx_http_ws_heartbeat_loc_conf_t   *conf;
-    ngx_http_event_handler_pt           header_write_handler;
-    ngx_http_event_handler_pt           write_handler;
-    ngx_http_upstream_handler_pt        upstream_write_handler;
-
-    /* client: frames to the client; upstream: frames to the upstream */
-    ngx_http_ws_heartbeat_side_t        client;
-    ngx_http_ws_heartbeat_side_t        upstream;
-
-    ngx_queue_t                         queue;    /* in main conf conns */
-    wshb::close_reason                  reason;
-    unsigned                            hooked:1;
-    unsigned                            disabled:1;   /* stepped aside */
-    unsigned                            close_seen:1; /* endpoint Close */
-    unsigned                            draining:1;
-
-    ngx_http_ws_heartbeat_ctx_t(ngx_http_request_t *r,
-        ngx_http_ws_heartbeat_loc_conf_t *lcf, bool rsv1) noexcept
-        : request(r), conf(lcf), header_write_handler(nullptr),
-          write_handler(nullptr), upstream_write_handler(nullptr),
-          client(this, NGX_HTTP_WS_HB_CLIENT, lcf->upstream != 0, rsv1),
-          upstream(this, NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
-          queue(), reason(wshb::close_reason::none), hooked(0), disabled(0),
-          close_seen(0), draining(0)
-    {
-    }
-};
-
-/*
- * Both sides are named by the peer they talk to: ctx->client.out carries
- * upstream frames (and our Pings) to the client and may swallow upstream
- * Pongs; ctx->upstream.out carries client frames to the upstream and
- * swallows the client's Pongs to our Pings.
- */
-
-static_assert(std::is_trivially_destructible<ngx_http_ws_heartbeat_ctx_t>
-              ::value, "ctx lives in r->pool without a destructor");
 
 
 static ngx_int_t ngx_http_ws_heartbeat_header_filter(ngx_http_request_t *r)
@@ -244,12 +132,19 @@ static ngx_command_t  ngx_http_ws_heartbeat_commands[] = {
       offsetof(ngx_http_ws_heartbeat_loc_conf_t, drain_timeout),
       &ngx_http_ws_heartbeat_positive },
 
+    { ngx_string("ws_heartbeat_status"),
+      NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_ws_heartbeat_status,
+      0,
+      0,
+      NULL },
+
       ngx_null_command
 };
 
 
 static ngx_http_module_t  ngx_http_ws_heartbeat_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_ws_heartbeat_add_variables,   /* preconfiguration */
     ngx_http_ws_heartbeat_init,            /* postconfiguration */
 
     ngx_http_ws_heartbeat_create_main_conf, /* create main configuration */
@@ -295,6 +190,17 @@ static ngx_str_t  ngx_http_ws_heartbeat_deflate =
     ngx_string("permessage-deflate");
 
 
+static std::uint64_t
+ngx_http_ws_heartbeat_now_us() noexcept
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (std::uint64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+
 /* the Io of wshb::outbound: the real send of one peer's connection */
 
 struct ngx_http_ws_heartbeat_io {
@@ -336,13 +242,26 @@ struct ngx_http_ws_heartbeat_io {
 
     bool match_pong(const std::uint8_t *payload, std::size_t n) noexcept
     {
-        struct timespec  ts;
+        std::uint32_t                  samples;
+        ngx_http_ws_heartbeat_side_t  *peer;
+        ngx_http_ws_heartbeat_stats_t *st;
 
-        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        peer = sender();
+        samples = peer->hb.rtt_samples();
 
-        return sender()->hb.on_pong(payload, n,
-                                    (std::uint64_t) ts.tv_sec * 1000000
-                                    + ts.tv_nsec / 1000);
+        if (!peer->hb.on_pong(payload, n, ngx_http_ws_heartbeat_now_us())) {
+            return false;
+        }
+
+        st = side->ctx->stats;
+        ngx_http_ws_heartbeat_count(st, pongs[peer->which]);
+
+        if (peer->hb.rtt_samples() != samples) {
+            ngx_http_ws_heartbeat_count_rtt(st, peer->which,
+                                            peer->hb.rtt_last_us());
+        }
+
+        return true;
     }
 
     void on_header(const wshb::frame_header &h) noexcept
@@ -356,6 +275,15 @@ struct ngx_http_ws_heartbeat_io {
                   std::size_t n) noexcept
     {
         ngx_http_ws_heartbeat_ctx_t  *ctx = side->ctx;
+
+        if (h.op == wshb::opcode::close) {
+            ngx_http_ws_heartbeat_count_close_frame(ctx->stats,
+                                                    sender()->which,
+                                                    payload, n);
+            if (ctx->first_close == 0) {
+                ctx->first_close = sender()->which + 1;
+            }
+        }
 
         /* draining: the Close waited for the message in flight to end */
 
@@ -397,12 +325,17 @@ struct ngx_http_ws_heartbeat_io {
             ngx_del_timer(&ctx->upstream.timer);
         }
 
-        (void) payload;
-        (void) n;
     }
 
     void on_error(wshb::scan_error e) noexcept
     {
+        if (side->ctx->end == NGX_HTTP_WS_HB_END_NONE) {
+            side->ctx->end = NGX_HTTP_WS_HB_END_INVALID_FRAME;
+        }
+
+        ngx_http_ws_heartbeat_count(side->ctx->stats,
+                                    ends[NGX_HTTP_WS_HB_END_INVALID_FRAME]);
+
         ngx_log_error(NGX_LOG_INFO, side->conn->log, 0,
                       "%s sent invalid WebSocket frame (%s), "
                       "ws heartbeat disabled for this connection",
@@ -723,10 +656,14 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
     ngx_http_ws_heartbeat_start_side(&ctx->upstream, u->peer.connection,
                                      ctx->conf->upstream != 0);
 
-    if (ctx->conf->drain) {
-        hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
-                   ngx_http_get_module_main_conf(r, ngx_ws_heartbeat_module));
+    hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
+               ngx_http_get_module_main_conf(r, ngx_ws_heartbeat_module));
 
+    ctx->stats = hmcf->stats;
+    ngx_http_ws_heartbeat_count(ctx->stats, connections);
+    ngx_http_ws_heartbeat_count(ctx->stats, active);
+
+    if (ctx->conf->drain) {
         ngx_queue_insert_tail(&hmcf->conns, &ctx->queue);
 
         /* a connection upgraded while the worker is already exiting */
@@ -797,6 +734,9 @@ ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf, size_t size)
 
     if (n > 0) {
         s->hb.on_receive(ngx_current_msec);
+
+    } else if ((n == 0 || n == NGX_ERROR) && s->ctx->first_eof == 0) {
+        s->ctx->first_eof = s->which + 1;
     }
 
     return n;
@@ -893,17 +833,6 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_side_t *s) noexcept
 }
 
 
-static std::uint64_t
-ngx_http_ws_heartbeat_now_us() noexcept
-{
-    struct timespec  ts;
-
-    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-
-    return (std::uint64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-
 static void
 ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
@@ -938,6 +867,7 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
                    s->which == NGX_HTTP_WS_HB_CLIENT ? "client" : "upstream");
 
     s->ping_queued = 1;
+    ngx_http_ws_heartbeat_count(s->ctx->stats, pings[s->which]);
 
     ngx_http_ws_heartbeat_flush(s);
 }
@@ -1106,7 +1036,21 @@ ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
     clcf = static_cast<ngx_http_core_loc_conf_t *>(
                ngx_http_get_module_loc_conf(r, ngx_http_core_module));
 
-    ctx->reason = reason;
+    switch (reason) {
+
+    case wshb::close_reason::read_timeout:
+        ctx->end = NGX_HTTP_WS_HB_END_READ_TIMEOUT;
+        break;
+
+    case wshb::close_reason::send_timeout:
+        ctx->end = NGX_HTTP_WS_HB_END_SEND_TIMEOUT;
+        break;
+
+    default:
+        ctx->end = dead->which == NGX_HTTP_WS_HB_CLIENT
+                   ? NGX_HTTP_WS_HB_END_CLIENT_HEARTBEAT
+                   : NGX_HTTP_WS_HB_END_UPSTREAM_HEARTBEAT;
+    }
 
     if (dead->which == NGX_HTTP_WS_HB_CLIENT) {
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
@@ -1184,6 +1128,17 @@ ngx_http_ws_heartbeat_cleanup(void *data) noexcept
     if (ctx->queue.next != NULL) {
         ngx_queue_remove(&ctx->queue);
         ctx->queue.next = NULL;
+    }
+
+    if (ctx->stats != NULL && ctx->client.conn != NULL) {
+        (void) ngx_atomic_fetch_add(&ctx->stats->active, -1);
+
+        /* invalid frames were counted when they were seen */
+
+        if (ctx->end != NGX_HTTP_WS_HB_END_INVALID_FRAME) {
+            (void) ngx_atomic_fetch_add(
+                       &ctx->stats->ends[ngx_http_ws_heartbeat_end(ctx)], 1);
+        }
     }
 
     for (s = &ctx->client; s; s = (s == &ctx->client ? &ctx->upstream
@@ -1374,6 +1329,16 @@ ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf, void *parent,
 static ngx_int_t
 ngx_http_ws_heartbeat_init(ngx_conf_t *cf) noexcept
 {
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
+    hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
+               ngx_http_conf_get_module_main_conf(cf,
+                                                  ngx_ws_heartbeat_module));
+
+    if (ngx_http_ws_heartbeat_stats_init(cf, hmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_ws_heartbeat_header_filter;
 
@@ -1401,6 +1366,10 @@ ngx_http_ws_heartbeat_start_drain(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 
     ngx_http_ws_heartbeat_step_aside(ctx);
     ctx->draining = 1;
+
+    if (ctx->end == NGX_HTTP_WS_HB_END_NONE) {
+        ctx->end = NGX_HTTP_WS_HB_END_DRAIN;
+    }
 
     /*
      * after an endpoint's Close the closing handshake is under way

@@ -12,6 +12,7 @@ pkgs=(
     clang-14 libclang-rt-14-dev   # libFuzzer targets (make fuzz)
     python3-pytest python3-websockets   # integration harness, backends, clients
     python3-h2         # an HTTP/2 client: h2 upgrades must be left alone
+    python3-prometheus-client   # parses the status endpoint's exposition
     node-ws            # an independent client (Node.js ws)
     chromium           # a real browser client, headless over DevTools
     openssl            # test certificates

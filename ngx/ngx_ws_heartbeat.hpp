@@ -1,0 +1,202 @@
+
+/*
+ * ngx_ws_heartbeat_module: the types the glue files share. The only place
+ * besides the glue .cpp files that includes nginx headers.
+ */
+
+
+#ifndef NGX_WS_HEARTBEAT_HPP
+#define NGX_WS_HEARTBEAT_HPP
+
+
+/* nginx headers first: they define 64-bit off_t */
+
+extern "C" {
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+}
+
+#include <type_traits>
+
+#include "frame.hpp"
+#include "frame_builder.hpp"
+#include "heartbeat.hpp"
+#include "outbound.hpp"
+
+
+#define NGX_HTTP_WS_HEARTBEAT_MIN_TIME  10
+#define NGX_HTTP_WS_HEARTBEAT_MAX_TIME  (30LL * 24 * 60 * 60 * 1000)
+
+
+typedef struct {
+    ngx_flag_t                      enable;
+    ngx_flag_t                      upstream;
+    ngx_msec_t                      interval;
+    ngx_msec_t                      timeout;
+    ngx_msec_t                      read_timeout;
+    ngx_msec_t                      send_timeout;
+    ngx_flag_t                      drain;
+    ngx_msec_t                      drain_timeout;
+} ngx_http_ws_heartbeat_loc_conf_t;
+
+
+/* why a managed connection ended: $ws_heartbeat_close_reason, counters */
+
+typedef enum {
+    NGX_HTTP_WS_HB_END_NONE = 0,            /* still open */
+    NGX_HTTP_WS_HB_END_CLIENT_HEARTBEAT,
+    NGX_HTTP_WS_HB_END_UPSTREAM_HEARTBEAT,
+    NGX_HTTP_WS_HB_END_READ_TIMEOUT,
+    NGX_HTTP_WS_HB_END_SEND_TIMEOUT,
+    NGX_HTTP_WS_HB_END_INVALID_FRAME,
+    NGX_HTTP_WS_HB_END_DRAIN,
+    NGX_HTTP_WS_HB_END_CLIENT_CLOSE,
+    NGX_HTTP_WS_HB_END_UPSTREAM_CLOSE,
+    NGX_HTTP_WS_HB_END_OTHER,
+    NGX_HTTP_WS_HB_END_N
+} ngx_http_ws_heartbeat_end_e;
+
+
+#define NGX_HTTP_WS_HB_CODES        17      /* 1000..1015, other */
+#define NGX_HTTP_WS_HB_RTT_BUCKETS  14      /* 1ms .. 10s, +Inf */
+
+
+/*
+ * Counters in shared memory, summed over all workers and kept across
+ * reloads. Updated with atomic adds only; no lock anywhere.
+ */
+
+typedef struct {
+    ngx_atomic_t                    connections;
+    ngx_atomic_t                    active;
+    ngx_atomic_t                    pings[2];       /* by side */
+    ngx_atomic_t                    pongs[2];
+    ngx_atomic_t                    ends[NGX_HTTP_WS_HB_END_N];
+    ngx_atomic_t                    close_frames[2][NGX_HTTP_WS_HB_CODES];
+    ngx_atomic_t                    rtt[2][NGX_HTTP_WS_HB_RTT_BUCKETS];
+    ngx_atomic_t                    rtt_sum_us[2];
+    ngx_atomic_t                    rtt_count[2];
+} ngx_http_ws_heartbeat_stats_t;
+
+
+typedef struct {
+    ngx_queue_t                     conns;  /* per worker: to drain */
+    ngx_connection_t               *watch;  /* per worker: exit signal */
+    ngx_shm_zone_t                 *zone;
+    ngx_http_ws_heartbeat_stats_t  *stats;
+} ngx_http_ws_heartbeat_main_conf_t;
+
+
+typedef enum {
+    NGX_HTTP_WS_HB_CLIENT = 0,
+    NGX_HTTP_WS_HB_UPSTREAM
+} ngx_http_ws_heartbeat_side_e;
+
+
+struct ngx_http_ws_heartbeat_ctx_t;
+
+
+/* one peer of the relay: the bytes sent to it and the heartbeat on it */
+struct ngx_http_ws_heartbeat_side_t {
+    ngx_http_ws_heartbeat_ctx_t    *ctx;
+    ngx_connection_t               *conn;
+    ngx_send_pt                     send;
+    ngx_recv_pt                     recv;
+    wshb::outbound                  out;     /* bytes written to this peer */
+    wshb::heartbeat                 hb;      /* liveness of this peer */
+    ngx_event_t                     timer;
+    unsigned                        which:1;
+    unsigned                        ping_queued:1;
+    unsigned                        blocked:1;
+    unsigned                        close_sent:1;   /* a Close went to it */
+    unsigned                        drain_pending:1; /* Close after message */
+
+    ngx_http_ws_heartbeat_side_t(ngx_http_ws_heartbeat_ctx_t *c,
+        ngx_uint_t w, bool swallow, bool rsv1) noexcept
+        : ctx(c), conn(nullptr), send(nullptr), recv(nullptr),
+          out(w == NGX_HTTP_WS_HB_CLIENT ? wshb::role::server
+                                         : wshb::role::client,
+              swallow, rsv1),
+          hb(), timer(), which(w), ping_queued(0), blocked(0),
+          close_sent(0), drain_pending(0)
+    {
+    }
+};
+
+
+struct ngx_http_ws_heartbeat_ctx_t {
+    ngx_http_request_t                 *request;
+    ngx_http_ws_heartbeat_loc_conf_t   *conf;
+    ngx_http_event_handler_pt           header_write_handler;
+    ngx_http_event_handler_pt           write_handler;
+    ngx_http_upstream_handler_pt        upstream_write_handler;
+
+    /* client: frames to the client; upstream: frames to the upstream */
+    ngx_http_ws_heartbeat_side_t        client;
+    ngx_http_ws_heartbeat_side_t        upstream;
+
+    ngx_queue_t                         queue;    /* in main conf conns */
+    ngx_http_ws_heartbeat_stats_t      *stats;
+    ngx_http_ws_heartbeat_end_e         end;
+    unsigned                            hooked:1;
+    unsigned                            disabled:1;   /* stepped aside */
+    unsigned                            close_seen:1; /* endpoint Close */
+    unsigned                            draining:1;
+    unsigned                            first_close:2; /* 1 client, 2 up */
+    unsigned                            first_eof:2;   /* 1 client, 2 up */
+
+    ngx_http_ws_heartbeat_ctx_t(ngx_http_request_t *r,
+        ngx_http_ws_heartbeat_loc_conf_t *lcf, bool rsv1) noexcept
+        : request(r), conf(lcf), header_write_handler(nullptr),
+          write_handler(nullptr), upstream_write_handler(nullptr),
+          client(this, NGX_HTTP_WS_HB_CLIENT, lcf->upstream != 0, rsv1),
+          upstream(this, NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
+          queue(), stats(nullptr), end(NGX_HTTP_WS_HB_END_NONE), hooked(0),
+          disabled(0), close_seen(0), draining(0), first_close(0),
+          first_eof(0)
+    {
+    }
+};
+
+/*
+ * Both sides are named by the peer they talk to: ctx->client.out carries
+ * upstream frames (and our Pings) to the client and may swallow upstream
+ * Pongs; ctx->upstream.out carries client frames to the upstream and
+ * swallows the client's Pongs to our Pings.
+ */
+
+static_assert(std::is_trivially_destructible<ngx_http_ws_heartbeat_ctx_t>
+              ::value, "ctx lives in r->pool without a destructor");
+
+
+
+
+extern "C" {
+extern ngx_module_t  ngx_ws_heartbeat_module;
+}
+
+
+/* ngx/ngx_ws_heartbeat_stats.cpp */
+
+ngx_int_t ngx_http_ws_heartbeat_stats_init(ngx_conf_t *cf,
+    ngx_http_ws_heartbeat_main_conf_t *hmcf) noexcept;
+ngx_int_t ngx_http_ws_heartbeat_add_variables(ngx_conf_t *cf) noexcept;
+char *ngx_http_ws_heartbeat_status(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf) noexcept;
+void ngx_http_ws_heartbeat_count_rtt(ngx_http_ws_heartbeat_stats_t *st,
+    ngx_uint_t side, std::uint64_t us) noexcept;
+void ngx_http_ws_heartbeat_count_close_frame(
+    ngx_http_ws_heartbeat_stats_t *st, ngx_uint_t from,
+    const std::uint8_t *payload, std::size_t n) noexcept;
+ngx_http_ws_heartbeat_end_e ngx_http_ws_heartbeat_end(
+    ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
+
+
+#define ngx_http_ws_heartbeat_count(st, field)                               \
+    if ((st) != NULL) {                                                      \
+        (void) ngx_atomic_fetch_add(&(st)->field, 1);                         \
+    }
+
+
+#endif /* NGX_WS_HEARTBEAT_HPP */
