@@ -285,12 +285,18 @@ struct ngx_http_ws_heartbeat_io {
             }
         }
 
-        /* draining: the Close waited for the message in flight to end */
+        /*
+         * draining: the Close waited for the message in flight to end,
+         * unless an endpoint's own Close has just gone that way
+         */
 
         if (side->drain_pending && !side->out.in_message()) {
             side->drain_pending = 0;
-            (void) ngx_http_ws_heartbeat_queue_close(side, 1001,
-                                                     "server shutting down");
+
+            if (h.op != wshb::opcode::close) {
+                (void) ngx_http_ws_heartbeat_queue_close(side, 1001,
+                                                   "server shutting down");
+            }
         }
 
         if (h.op != wshb::opcode::close || ctx->close_seen) {

@@ -13,6 +13,8 @@ ALL = """
     ws_heartbeat_upstream on;
     ws_heartbeat_read_timeout 5m;
     ws_heartbeat_send_timeout 2s;
+    ws_heartbeat_drain on;
+    ws_heartbeat_drain_timeout 3s;
 """
 
 
@@ -67,6 +69,13 @@ def test_every_directive_in_every_context(nginx_factory, where):
      '"off"'),
     ("ws_heartbeat_upstream", "yes",
      'invalid value "yes" in "ws_heartbeat_upstream" directive'),
+    ("ws_heartbeat_drain", "sometimes",
+     'invalid value "sometimes" in "ws_heartbeat_drain" directive'),
+    ("ws_heartbeat_drain_timeout", "0",
+     'invalid value "0" in "ws_heartbeat_drain_timeout" directive, it must '
+     'be between 10ms and 30d'),
+    ("ws_heartbeat_status", "json",
+     'invalid number of arguments in "ws_heartbeat_status" directive'),
     ("ws_heartbeat", "on off",
      'invalid number of arguments in "ws_heartbeat" directive'),
     ("ws_heartbeat_interval", "",
@@ -90,6 +99,9 @@ def test_bad_value_is_rejected(nginx_factory, directive, value, message):
     ("ws_heartbeat_upstream", "off"),
     ("ws_heartbeat_read_timeout", "0"),
     ("ws_heartbeat_send_timeout", "1s"),
+    ("ws_heartbeat_drain", "off"),
+    ("ws_heartbeat_drain_timeout", "1s"),
+    ("ws_heartbeat_status", ""),
 ])
 def test_duplicate_is_rejected(nginx_factory, directive, value):
     rc, out = conf_t(nginx_factory, """
@@ -143,3 +155,19 @@ def test_unknown_directive_without_module(nginx_factory):
                       load_module=False)
     rc, out = n.test_config()
     assert rc != 0 and 'unknown directive "ws_heartbeat"' in out, out
+
+
+def test_status_location(nginx_factory):
+    rc, out = conf_t(nginx_factory, """
+    server {
+        listen 127.0.0.1:1;
+        location = /status { ws_heartbeat_status; }
+    }
+""")
+    assert rc == 0, out
+
+
+def test_status_not_in_http_context(nginx_factory):
+    rc, out = conf_t(nginx_factory, "ws_heartbeat_status;")
+    assert rc != 0 and '"ws_heartbeat_status" directive is not allowed ' \
+        'here' in out, out
