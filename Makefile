@@ -154,9 +154,12 @@ demo: deps module
 	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) \
 	    $(PYTHON) t/demo.py --seconds $(DEMO_SECONDS)
 
+# the C++ core and its tests; the nginx glue (ngx_ws_heartbeat_module.cpp,
+# ngx/) follows nginx's own layout (declarations aligned in columns, one
+# blank line rules), which clang-format cannot reproduce: keep it by hand
 format:
-	clang-format -i ngx_ws_heartbeat_module.cpp src/*.hpp src/*.cpp \
-	    t/unit/*.cpp t/fuzz/*.cpp
+	clang-format -i src/*.hpp src/*.cpp t/unit/*.cpp t/unit/*.hpp \
+	    t/fuzz/*.cpp
 
 clean:
 	rm -rf $(BUILD)

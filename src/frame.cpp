@@ -127,13 +127,13 @@ bool basic_frame_scanner<Capture>::header_byte(std::uint8_t b) noexcept
         }
 
         std::uint8_t ext = len7 == 126 ? 2 : len7 == 127 ? 8 : 0;
-        h_.header_size = static_cast<std::uint8_t>(2 + ext
-                                                   + (h_.masked ? 4 : 0));
+        h_.header_size =
+            static_cast<std::uint8_t>(2 + ext + (h_.masked ? 4 : 0));
         h_.len = ext == 0 ? len7 : 0;
 
     } else {
-        std::uint8_t ext = static_cast<std::uint8_t>(h_.header_size - 2
-                                                     - (h_.masked ? 4 : 0));
+        std::uint8_t ext =
+            static_cast<std::uint8_t>(h_.header_size - 2 - (h_.masked ? 4 : 0));
 
         if (pos_ < 2 + ext) {
             h_.len = (h_.len << 8) | b;
@@ -227,8 +227,9 @@ std::size_t basic_frame_scanner<Capture>::advance(const std::uint8_t* p,
 }
 
 template <std::size_t Capture>
-std::size_t basic_frame_scanner<Capture>::until_boundary(
-    const std::uint8_t* p, std::size_t n) const noexcept
+std::size_t
+basic_frame_scanner<Capture>::until_boundary(const std::uint8_t* p,
+                                             std::size_t n) const noexcept
 {
     if (err_ != scan_error::none) {
         return npos;

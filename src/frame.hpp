@@ -72,7 +72,7 @@ struct frame_header {
     std::uint8_t rsv = 0;         // the RSV bits as in byte 0 (0x70 mask)
     std::uint8_t header_size = 0; // 2 .. 14
     std::uint8_t mask[4] = {0, 0, 0, 0};
-    std::uint64_t len = 0;        // payload length
+    std::uint64_t len = 0; // payload length
 };
 
 // Incremental scanner over one direction of a WebSocket stream. It parses

@@ -185,8 +185,8 @@ std::size_t build_close(std::uint16_t code, const char* reason,
         payload[2 + j] = r[j];
     }
 
-    return build_control(opcode::close, payload, 2 + reason_len, mask, out,
-                         cap, err);
+    return build_control(opcode::close, payload, 2 + reason_len, mask, out, cap,
+                         err);
 }
 
 } // namespace wshb

@@ -177,8 +177,7 @@ action heartbeat::on_timer(std::uint64_t now_ms) noexcept
     }
 
     if (send_timeout_ != 0 && blocked_
-        && now_ms >= blocked_since_ + send_timeout_)
-    {
+        && now_ms >= blocked_since_ + send_timeout_) {
         stop();
         return close_with(close_reason::send_timeout);
     }

@@ -43,11 +43,11 @@ public:
     void start(const heartbeat_config& cf, std::uint64_t now_ms) noexcept;
 
     // Events.
-    void on_receive(std::uint64_t now_ms) noexcept;    // any bytes from peer
-    void on_data(std::uint64_t now_ms) noexcept;       // data frame from peer
+    void on_receive(std::uint64_t now_ms) noexcept;      // any bytes from peer
+    void on_data(std::uint64_t now_ms) noexcept;         // data frame from peer
     void on_ping_written(std::uint64_t now_ms) noexcept; // ours hit the socket
     void on_write_blocked(std::uint64_t now_ms) noexcept; // write to peer short
-    void on_write_progress() noexcept;                 // write fully done
+    void on_write_progress() noexcept;                    // write fully done
 
     // A Pong from the peer. True when it answers one of our Pings (payload
     // is ours: tag matches and sequence is one we sent, the latest 2^16):
@@ -98,7 +98,7 @@ private:
     std::uint32_t timeout_ = 0;
     std::uint32_t read_timeout_ = 0;
     std::uint32_t send_timeout_ = 0;
-    std::uint32_t pings_ = 0;    // also the next sequence number
+    std::uint32_t pings_ = 0; // also the next sequence number
     std::uint32_t pongs_ = 0;
     std::uint32_t samples_ = 0;
     std::uint32_t rtt_last_ = 0; // us, samples clamped to 32 bits

@@ -44,8 +44,8 @@ public:
     // written stream. False if one is already queued, if it does not fit, or
     // in passthrough.
     bool queue(const std::uint8_t* frame, std::size_t n) noexcept;
-    bool queued() const noexcept;   // queued bytes not yet fully written
-    void drop_queued() noexcept;    // forget it (unless partially written)
+    bool queued() const noexcept; // queued bytes not yet fully written
+    void drop_queued() noexcept;  // forget it (unless partially written)
 
     // The send() wrapper body: write relay bytes p[0..n) (and any queued or
     // held module bytes that must go first). Returns the number of relay
@@ -270,8 +270,7 @@ inline std::size_t outbound::relay_length(const std::uint8_t* p,
 
     while (off < n) {
         if (off != 0 && s.at_boundary()
-            && (cut_inject || candidate(p + off, n - off)))
-        {
+            && (cut_inject || candidate(p + off, n - off))) {
             return off;
         }
 
@@ -496,8 +495,8 @@ long outbound::send(Io& io, const std::uint8_t* p, std::size_t n) noexcept
             continue;
         }
 
-        if (retry() != retry_relay && hold() == hold_none
-            && flag(f_swallow) && !passthrough() && sc_.at_boundary()
+        if (retry() != retry_relay && hold() == hold_none && flag(f_swallow)
+            && !passthrough() && sc_.at_boundary()
             && candidate(p + done, n - done))
         {
             set_hold(hold_absorbing);

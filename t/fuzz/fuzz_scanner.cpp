@@ -24,7 +24,7 @@ namespace {
 constexpr std::uint32_t bytewise_seed = 0xffffffffu;
 
 struct event {
-    std::size_t end;      // stream offset after the frame
+    std::size_t end; // stream offset after the frame
     wshb::frame_header h;
     std::uint8_t ctrl[wshb::max_control_payload];
     std::size_t ctrl_n;
@@ -112,8 +112,7 @@ outcome scan(wshb::role r, bool rsv1, const std::uint8_t* s, std::size_t n,
             check(got > 0, "no progress");
             check(got == m || sc.frame_complete(), "stopped early");
             check(!was_boundary || ub == 0, "until_boundary not 0");
-            check(was_boundary
-                      || ub == (sc.frame_complete() ? got : sc.npos),
+            check(was_boundary || ub == (sc.frame_complete() ? got : sc.npos),
                   "until_boundary disagrees with advance");
             check(sc.frame_complete() == sc.at_boundary(),
                   "boundary bookkeeping");
@@ -127,8 +126,7 @@ outcome scan(wshb::role r, bool rsv1, const std::uint8_t* s, std::size_t n,
                 e.ctrl_n = 0;
                 check(e.h.header_size >= 2 && e.h.header_size <= 14,
                       "header size");
-                check(e.end - start == e.h.header_size + e.h.len,
-                      "frame size");
+                check(e.end - start == e.h.header_size + e.h.len, "frame size");
                 if (wshb::is_control(e.h.op)) {
                     e.ctrl_n = sc.control_size();
                     check(e.ctrl_n <= C, "capture overflow");
@@ -161,8 +159,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
         return 0;
     }
 
-    wshb::role r = (data[0] & 1) != 0 ? wshb::role::client
-                                      : wshb::role::server;
+    wshb::role r = (data[0] & 1) != 0 ? wshb::role::client : wshb::role::server;
     bool rsv1 = (data[0] & 2) != 0;
     std::uint32_t seed = data[0] >> 2;
     const std::uint8_t* s = data + 1;
@@ -171,8 +168,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
     outcome whole = scan<125>(r, rsv1, s, n, 0);
     outcome chunked = scan<16>(r, rsv1, s, n, seed + 1);
     // byte by byte too, for inputs small enough to keep the fuzzer fast
-    outcome bytewise = n <= 4096 ? scan<16>(r, rsv1, s, n, bytewise_seed)
-                                 : chunked;
+    outcome bytewise =
+        n <= 4096 ? scan<16>(r, rsv1, s, n, bytewise_seed) : chunked;
 
     for (const outcome* o : {&chunked, &bytewise}) {
         check(o->err == whole.err, "error differs between chunkings");

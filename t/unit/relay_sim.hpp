@@ -70,10 +70,10 @@ inline reference reference_of(const bytes& s, wshb::role r, bool swallow,
         if (sc.frame_complete()) {
             const wshb::frame_header& h = sc.header();
             bool cand = s[start] == 0x8a && s[start + 1] == pong_b1;
-            reference::frame f{start, pos - start, h.op, h.len,
-                               swallow && cand
-                                   && ours(sc.control_payload(),
-                                           sc.control_size())};
+            reference::frame f{
+                start, pos - start, h.op, h.len,
+                swallow && cand
+                    && ours(sc.control_payload(), sc.control_size())};
             ref.frames.push_back(f);
             start = pos;
         }
@@ -92,12 +92,12 @@ inline reference reference_of(const bytes& s, wshb::role r, bool swallow,
 // Random choices. Chooser: std::uint32_t pick(std::uint32_t n) in [0, n),
 // where 0 is always the plain, progressing choice.
 struct options {
-    std::uint32_t grow_max = 4096;  // most bytes the buffer grows by
-    std::uint32_t again_odds = 0;   // 1 in N writes says again (0: never)
-    std::uint32_t short_odds = 0;   // 1 in N writes is short
-    std::uint32_t zero_odds = 0;    // 1 in N writes returns 0
-    std::uint32_t queue_odds = 0;   // 1 in N steps queues a frame
-    std::uint32_t flush_odds = 6;   // 1 in N steps calls flush()
+    std::uint32_t grow_max = 4096; // most bytes the buffer grows by
+    std::uint32_t again_odds = 0;  // 1 in N writes says again (0: never)
+    std::uint32_t short_odds = 0;  // 1 in N writes is short
+    std::uint32_t zero_odds = 0;   // 1 in N writes returns 0
+    std::uint32_t queue_odds = 0;  // 1 in N steps queues a frame
+    std::uint32_t flush_odds = 6;  // 1 in N steps calls flush()
 };
 
 template <class Chooser>
@@ -126,8 +126,7 @@ struct fake_io {
     std::size_t errors = 0;
     wshb::scan_error err = wshb::scan_error::none;
 
-    fake_io(const bytes& s, Chooser& c, const options& o)
-        : in(s), ch(c), opt(o)
+    fake_io(const bytes& s, Chooser& c, const options& o) : in(s), ch(c), opt(o)
     {
     }
 
@@ -175,11 +174,11 @@ struct fake_io {
         } else if (opt.zero_odds != 0 && ch.pick(opt.zero_odds) == 1) {
             r = 0;
             w = 0;
-        } else if (n > 1 && opt.short_odds != 0
-                   && ch.pick(opt.short_odds) == 1)
+        } else if (n > 1 && opt.short_odds != 0 && ch.pick(opt.short_odds) == 1)
         {
-            w = 1 + ch.pick(static_cast<std::uint32_t>(
-                        n - 1 > 0xffffffu ? 0xffffffu : n - 1));
+            w = 1
+                + ch.pick(static_cast<std::uint32_t>(
+                    n - 1 > 0xffffffu ? 0xffffffu : n - 1));
             r = static_cast<long>(w);
         } else {
             r = static_cast<long>(n);
@@ -221,8 +220,7 @@ struct fake_io {
 
     void on_header(const wshb::frame_header&) { headers++; }
 
-    void on_frame(const wshb::frame_header& h, const std::uint8_t*,
-                  std::size_t)
+    void on_frame(const wshb::frame_header& h, const std::uint8_t*, std::size_t)
     {
         frames.push_back(h);
     }
@@ -250,8 +248,7 @@ inline bytes inject_frame(wshb::role r, std::uint32_t k, std::uint32_t extra)
         payload[i] = static_cast<std::uint8_t>(i * 31 + k);
     }
 
-    wshb::opcode op = extra % 3 == 0 ? wshb::opcode::pong
-                                     : wshb::opcode::ping;
+    wshb::opcode op = extra % 3 == 0 ? wshb::opcode::pong : wshb::opcode::ping;
     std::size_t n = wshb::build_control(
         op, payload, len, r == wshb::role::client ? mask : nullptr, out,
         sizeof(out));
@@ -277,9 +274,8 @@ struct result {
 // byte-identical to an injected one, so a greedy match is not enough.
 inline std::string check_output(const bytes& s, const reference& ref,
                                 const bytes& out,
-                                const std::vector<bytes>& injects,
-                                bool swallow, wshb::role r,
-                                bool inject_may_be_dropped)
+                                const std::vector<bytes>& injects, bool swallow,
+                                wshb::role r, bool inject_may_be_dropped)
 {
     std::size_t n = ref.frames.size();
     std::size_t m = injects.size();
@@ -303,8 +299,7 @@ inline std::string check_output(const bytes& s, const reference& ref,
     std::size_t tail = s.size() - ref.tail;
     std::uint8_t b1 = r == wshb::role::client ? 0x90 : 0x10;
     bool cand = ref.end == reference::truncated && swallow
-                && s[ref.tail] == 0x8a
-                && (tail == 1 || s[ref.tail + 1] == b1);
+                && s[ref.tail] == 0x8a && (tail == 1 || s[ref.tail + 1] == b1);
 
     // all frames placed, j injections placed: does the rest fit?
     auto finished = [&](std::size_t j) {
@@ -318,8 +313,8 @@ inline std::string check_output(const bytes& s, const reference& ref,
             return o == out.size();
         }
 
-        bool all = matches(o, s.data() + ref.tail, tail)
-                   && o + tail == out.size();
+        bool all =
+            matches(o, s.data() + ref.tail, tail) && o + tail == out.size();
 
         // an unfinished candidate Pong may sit in the hold
         return all || (cand && o == out.size());
@@ -377,8 +372,8 @@ inline std::string check_output(const bytes& s, const reference& ref,
 }
 
 template <class Chooser>
-result run(const bytes& s, wshb::role r, bool swallow, bool rsv1,
-           Chooser& ch, const options& opt)
+result run(const bytes& s, wshb::role r, bool swallow, bool rsv1, Chooser& ch,
+           const options& opt)
 {
     result res;
     reference ref = reference_of(s, r, swallow, rsv1);
@@ -405,8 +400,7 @@ result run(const bytes& s, wshb::role r, bool swallow, bool rsv1,
             avail = s.size() - avail < g ? s.size() : avail + g;
         }
 
-        if (opt.queue_odds != 0 && !ob.queued()
-            && ch.pick(opt.queue_odds) == 1)
+        if (opt.queue_odds != 0 && !ob.queued() && ch.pick(opt.queue_odds) == 1)
         {
             bytes f = inject_frame(r, counter, ch.pick(1000));
             bool ok = ob.queue(f.data(), f.size());
@@ -435,8 +429,7 @@ result run(const bytes& s, wshb::role r, bool swallow, bool rsv1,
             }
 
             if ((rc == wshb::io_again)
-                != (io.writes != writes && io.last_incomplete))
-            {
+                != (io.writes != writes && io.last_incomplete)) {
                 io.fail("flush() result does not match the last write");
                 break;
             }
@@ -541,9 +534,7 @@ result run(const bytes& s, wshb::role r, bool swallow, bool rsv1,
         }
     }
 
-    if (io.headers < io.frames.size()
-        || io.headers > io.frames.size() + 1)
-    {
+    if (io.headers < io.frames.size() || io.headers > io.frames.size() + 1) {
         res.problem = "on_header count off";
         return res;
     }

@@ -77,8 +77,8 @@ scan_log scan(role r, bool rsv1, const bytes& s, const wire::chunking& c)
                 if (!was_boundary && ub != sc.npos) {
                     broken("until_boundary missed the error");
                 }
-                if (sc.advance(p, n) != 0 || sc.until_boundary(p, n)
-                    != sc.npos || sc.error() != log.err)
+                if (sc.advance(p, n) != 0 || sc.until_boundary(p, n) != sc.npos
+                    || sc.error() != log.err)
                 {
                     broken("error state not terminal");
                 }
@@ -371,8 +371,8 @@ TEST_CASE("scanner: capture", "[frame]")
         scan_log log = scan_all_ways<16>(role::client, false, s);
 
         REQUIRE(log.frames.size() == 1);
-        CHECK(log.frames[0].ctrl == bytes(payload.begin(),
-                                          payload.begin() + 16));
+        CHECK(log.frames[0].ctrl
+              == bytes(payload.begin(), payload.begin() + 16));
 
         log = scan_all_ways<125>(role::client, false, s);
         REQUIRE(log.frames.size() == 1);
@@ -425,8 +425,8 @@ TEST_CASE("scanner: data payloads are skipped, not read", "[frame]")
         // the payload pointer aims at a PROT_NONE mapping: any read of a
         // data payload byte would fault
         const std::size_t size = 1 << 20;
-        void* m = mmap(nullptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
-                       -1, 0);
+        void* m =
+            mmap(nullptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         REQUIRE(m != MAP_FAILED);
         const std::uint8_t* payload = static_cast<const std::uint8_t*>(m);
 
@@ -477,8 +477,7 @@ TEST_CASE("scanner: until_boundary looks ahead without consuming", "[frame]")
     CHECK(sc.until_boundary(s.data() + 3, 4) == sc.npos);
     CHECK(sc.advance(s.data() + 3, s.size() - 3) == s.size() - 3);
     CHECK(sc.control_size() == 20);
-    CHECK(bytes(sc.control_payload(), sc.control_payload() + 20)
-          == filler(20));
+    CHECK(bytes(sc.control_payload(), sc.control_payload() + 20) == filler(20));
 
     // a look-ahead over bytes that will be rejected says npos
     frame_scanner sc2(role::client);
@@ -535,14 +534,14 @@ TEST_CASE("scanner: RFC 6455 negative cases", "[frame]")
 
     SECTION("RSV1 without permessage-deflate")
     {
-        check_negative({role::server, false, two(0xc1, 0),
-                        scan_error::bad_rsv, 0});
+        check_negative(
+            {role::server, false, two(0xc1, 0), scan_error::bad_rsv, 0});
     }
 
     SECTION("RSV1 on a control frame")
     {
-        check_negative({role::server, true, two(0xc9, 0),
-                        scan_error::bad_rsv, 0});
+        check_negative(
+            {role::server, true, two(0xc9, 0), scan_error::bad_rsv, 0});
     }
 
     SECTION("RSV1 on a continuation frame")
@@ -554,26 +553,26 @@ TEST_CASE("scanner: RFC 6455 negative cases", "[frame]")
 
     SECTION("RSV2")
     {
-        check_negative({role::server, true, two(0xa2, 0),
-                        scan_error::bad_rsv, 0});
+        check_negative(
+            {role::server, true, two(0xa2, 0), scan_error::bad_rsv, 0});
     }
 
     SECTION("RSV3")
     {
-        check_negative({role::server, true, two(0x92, 0),
-                        scan_error::bad_rsv, 0});
+        check_negative(
+            {role::server, true, two(0x92, 0), scan_error::bad_rsv, 0});
     }
 
     SECTION("control frame over 125 bytes")
     {
         bytes s = wire::header(0x89, 126, nullptr);
         wire::append(s, filler(126));
-        check_negative({role::server, false, s,
-                        scan_error::bad_control_size, 1});
+        check_negative(
+            {role::server, false, s, scan_error::bad_control_size, 1});
 
         s = wire::header(0x88, 70000, mask2);
-        check_negative({role::client, false, s,
-                        scan_error::bad_control_size, 1});
+        check_negative(
+            {role::client, false, s, scan_error::bad_control_size, 1});
     }
 
     SECTION("control frame without FIN")
@@ -622,8 +621,8 @@ TEST_CASE("scanner: RFC 6455 negative cases", "[frame]")
     {
         bytes s = wire::frame(0x81, wire::text("a"), nullptr);
         wire::append(s, two(0x00, 0));
-        check_negative({role::server, false, s,
-                        scan_error::bad_continuation, 3});
+        check_negative(
+            {role::server, false, s, scan_error::bad_continuation, 3});
     }
 
     SECTION("text frame inside an unfinished message")
@@ -631,16 +630,14 @@ TEST_CASE("scanner: RFC 6455 negative cases", "[frame]")
         bytes s = msg_start;
         wire::append(s, wire::frame(0x89, bytes(), nullptr));
         wire::append(s, two(0x81, 0));
-        check_negative({role::server, false, s,
-                        scan_error::bad_data_frame, 5});
+        check_negative({role::server, false, s, scan_error::bad_data_frame, 5});
     }
 
     SECTION("binary frame inside an unfinished message")
     {
         bytes s = msg_start;
         wire::append(s, two(0x02, 0));
-        check_negative({role::server, false, s,
-                        scan_error::bad_data_frame, 3});
+        check_negative({role::server, false, s, scan_error::bad_data_frame, 3});
     }
 }
 
@@ -674,8 +671,7 @@ TEST_CASE("scanner: opcode helpers and error words", "[frame]")
           == "control frame too long");
     CHECK(std::string(to_string(scan_error::bad_control_fragment))
           == "fragmented control frame");
-    CHECK(std::string(to_string(scan_error::bad_size))
-          == "non-minimal length");
+    CHECK(std::string(to_string(scan_error::bad_size)) == "non-minimal length");
     CHECK(std::string(to_string(scan_error::bad_size_64))
           == "64-bit length with top bit set");
     CHECK(std::string(to_string(scan_error::bad_mask)) == "wrong mask bit");

@@ -30,8 +30,7 @@ bytes scan_back(const std::uint8_t* f, std::size_t n, bool masked)
 
 bool utf8(const char* s)
 {
-    return valid_utf8(reinterpret_cast<const std::uint8_t*>(s),
-                      std::strlen(s));
+    return valid_utf8(reinterpret_cast<const std::uint8_t*>(s), std::strlen(s));
 }
 
 bool utf8(const bytes& b)
@@ -61,8 +60,8 @@ TEST_CASE("builder: control frames", "[frame_builder]")
 
     SECTION("masked pong matches RFC 6455 5.7")
     {
-        std::size_t n = build_control(opcode::pong, hello.data(), 5, mask,
-                                      out, sizeof(out), &err);
+        std::size_t n = build_control(opcode::pong, hello.data(), 5, mask, out,
+                                      sizeof(out), &err);
         bytes want = {0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d,
                       0x7f, 0x9f, 0x4d, 0x51, 0x58};
 
@@ -89,38 +88,42 @@ TEST_CASE("builder: control frames", "[frame_builder]")
     SECTION("data opcodes are refused")
     {
         CHECK(build_control(opcode::text, hello.data(), 5, nullptr, out,
-                            sizeof(out), &err) == 0);
+                            sizeof(out), &err)
+              == 0);
         CHECK(err == build_error::not_control);
-        CHECK(build_control(opcode::cont, nullptr, 0, nullptr, out,
-                            sizeof(out), &err) == 0);
+        CHECK(build_control(opcode::cont, nullptr, 0, nullptr, out, sizeof(out),
+                            &err)
+              == 0);
         CHECK(err == build_error::not_control);
         CHECK(build_control(opcode::crsvb, nullptr, 0, nullptr, out,
-                            sizeof(out), &err) == 0);
+                            sizeof(out), &err)
+              == 0);
         CHECK(err == build_error::not_control);
     }
 
     SECTION("payload over 125 bytes")
     {
         bytes big(126, 0);
-        CHECK(build_control(opcode::ping, big.data(), big.size(), nullptr,
-                            out, sizeof(out), &err) == 0);
+        CHECK(build_control(opcode::ping, big.data(), big.size(), nullptr, out,
+                            sizeof(out), &err)
+              == 0);
         CHECK(err == build_error::payload_too_long);
     }
 
     SECTION("buffer too small")
     {
-        CHECK(build_control(opcode::ping, hello.data(), 5, mask, out, 10,
-                            &err) == 0);
+        CHECK(build_control(opcode::ping, hello.data(), 5, mask, out, 10, &err)
+              == 0);
         CHECK(err == build_error::buffer_too_small);
-        CHECK(build_control(opcode::ping, hello.data(), 5, mask, out, 11,
-                            &err) == 11);
+        CHECK(build_control(opcode::ping, hello.data(), 5, mask, out, 11, &err)
+              == 11);
         CHECK(err == build_error::none);
     }
 
     SECTION("err may be null")
     {
-        CHECK(build_control(opcode::text, nullptr, 0, nullptr, out,
-                            sizeof(out)) == 0);
+        CHECK(build_control(opcode::text, nullptr, 0, nullptr, out, sizeof(out))
+              == 0);
     }
 }
 
@@ -146,11 +149,11 @@ TEST_CASE("builder: close frames", "[frame_builder]")
 
     SECTION("codes that may not be sent")
     {
-        for (std::uint16_t c : {0, 999, 1004, 1005, 1006, 1015, 1016, 2999,
-                                5000, 65535}) {
+        for (std::uint16_t c :
+             {0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535})
+        {
             INFO(c);
-            CHECK(build_close(c, "", 0, nullptr, out, sizeof(out), &err)
-                  == 0);
+            CHECK(build_close(c, "", 0, nullptr, out, sizeof(out), &err) == 0);
             CHECK(err == build_error::bad_close_code);
         }
     }
@@ -159,7 +162,8 @@ TEST_CASE("builder: close frames", "[frame_builder]")
     {
         std::string r(124, 'x');
         CHECK(build_close(1000, r.data(), r.size(), nullptr, out, sizeof(out),
-                          &err) == 0);
+                          &err)
+              == 0);
         CHECK(err == build_error::reason_too_long);
         CHECK(build_close(1000, r.data(), 123, mask, out, sizeof(out), &err)
               == 131);
@@ -167,8 +171,8 @@ TEST_CASE("builder: close frames", "[frame_builder]")
 
     SECTION("reason that is not UTF-8")
     {
-        CHECK(build_close(1000, "\xc0\xaf", 2, nullptr, out, sizeof(out),
-                          &err) == 0);
+        CHECK(build_close(1000, "\xc0\xaf", 2, nullptr, out, sizeof(out), &err)
+              == 0);
         CHECK(err == build_error::bad_reason_utf8);
     }
 
@@ -202,14 +206,14 @@ TEST_CASE("builder: valid_utf8 is strict", "[frame_builder]")
     {
         CHECK(utf8(""));
         CHECK(utf8("plain ascii"));
-        CHECK(utf8("\xc2\x80"));             // U+0080
-        CHECK(utf8("\xdf\xbf"));             // U+07FF
-        CHECK(utf8("\xe0\xa0\x80"));         // U+0800
-        CHECK(utf8("\xed\x9f\xbf"));         // U+D7FF
-        CHECK(utf8("\xee\x80\x80"));         // U+E000
-        CHECK(utf8("\xef\xbf\xbf"));         // U+FFFF
-        CHECK(utf8("\xf0\x90\x80\x80"));     // U+10000
-        CHECK(utf8("\xf4\x8f\xbf\xbf"));     // U+10FFFF
+        CHECK(utf8("\xc2\x80"));         // U+0080
+        CHECK(utf8("\xdf\xbf"));         // U+07FF
+        CHECK(utf8("\xe0\xa0\x80"));     // U+0800
+        CHECK(utf8("\xed\x9f\xbf"));     // U+D7FF
+        CHECK(utf8("\xee\x80\x80"));     // U+E000
+        CHECK(utf8("\xef\xbf\xbf"));     // U+FFFF
+        CHECK(utf8("\xf0\x90\x80\x80")); // U+10000
+        CHECK(utf8("\xf4\x8f\xbf\xbf")); // U+10FFFF
         CHECK(utf8("\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5"));
         CHECK(utf8(bytes{0x00}));
     }
@@ -253,9 +257,11 @@ TEST_CASE("builder: valid_utf8 is strict", "[frame_builder]")
             std::size_t i = 0;
             while (i < b.size()) {
                 unsigned c = b[i];
-                std::size_t k = c < 0x80 ? 0 : c >= 0xc0 && c < 0xe0 ? 1
+                std::size_t k = c < 0x80                ? 0
+                                : c >= 0xc0 && c < 0xe0 ? 1
                                 : c >= 0xe0 && c < 0xf0 ? 2
-                                : c >= 0xf0 && c < 0xf8 ? 3 : 9;
+                                : c >= 0xf0 && c < 0xf8 ? 3
+                                                        : 9;
                 if (k == 9 || i + k >= b.size() + (k == 0 ? 1 : 0)) {
                     if (k == 0) {
                         i++;
@@ -288,7 +294,8 @@ TEST_CASE("builder: valid_utf8 is strict", "[frame_builder]")
                 bytes two = {std::uint8_t(a), std::uint8_t(b)};
                 mismatches += utf8(two) != ref(two);
                 for (unsigned c : {0x00u, 0x41u, 0x80u, 0x8fu, 0x90u, 0x9fu,
-                                   0xa0u, 0xbfu, 0xc0u}) {
+                                   0xa0u, 0xbfu, 0xc0u})
+                {
                     bytes three = {std::uint8_t(a), std::uint8_t(b),
                                    std::uint8_t(c)};
                     mismatches += utf8(three) != ref(three);

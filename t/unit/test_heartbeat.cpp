@@ -373,7 +373,7 @@ TEST_CASE("heartbeat: Ping payload and Pong matching", "[heartbeat]")
         pong_payload second = first;
         second.b[7] = 1;
 
-        (void) ping_of(hb, 0);
+        (void)ping_of(hb, 0);
         CHECK_FALSE(hb.on_pong(first.b, 16, 0));
         CHECK(hb.on_pong(second.b, 16, 0));
         CHECK(hb.pings() == 65537);
@@ -384,8 +384,6 @@ TEST_CASE("heartbeat: close reason words", "[heartbeat]")
 {
     CHECK(std::string(to_string(close_reason::heartbeat_timeout))
           == "heartbeat timeout");
-    CHECK(std::string(to_string(close_reason::read_timeout))
-          == "read timeout");
-    CHECK(std::string(to_string(close_reason::send_timeout))
-          == "send timeout");
+    CHECK(std::string(to_string(close_reason::read_timeout)) == "read timeout");
+    CHECK(std::string(to_string(close_reason::send_timeout)) == "send timeout");
 }

@@ -102,8 +102,8 @@ bytes ping_inject(const char* tag)
 {
     bytes payload = wire::text(tag);
     std::uint8_t out[inject_capacity];
-    std::size_t n = build_control(opcode::ping, payload.data(),
-                                  payload.size(), nullptr, out, sizeof(out));
+    std::size_t n = build_control(opcode::ping, payload.data(), payload.size(),
+                                  nullptr, out, sizeof(out));
     return bytes(out, out + n);
 }
 
@@ -246,8 +246,7 @@ TEST_CASE("outbound: Pong swallowing", "[outbound]")
         bytes s = cat({short_pong, data});
         REQUIRE(ob.send(io, s.data(), 1) == 1);
         CHECK(io.out.empty());
-        REQUIRE(ob.send(io, s.data() + 1, s.size() - 1)
-                == long(s.size() - 1));
+        REQUIRE(ob.send(io, s.data() + 1, s.size() - 1) == long(s.size() - 1));
         CHECK(io.out == s);
         CHECK(io.asked.empty());
     }
@@ -401,9 +400,9 @@ TEST_CASE("outbound: rejected stream turns to passthrough", "[outbound]")
         CHECK_FALSE(ob.queue(inj.data(), inj.size()));
 
         // our Pong too goes out as it is now
-        REQUIRE(ob.send(io, s.data() + good.size() + 1,
-                        s.size() - good.size() - 1)
-                == long(s.size() - good.size() - 1));
+        REQUIRE(
+            ob.send(io, s.data() + good.size() + 1, s.size() - good.size() - 1)
+            == long(s.size() - good.size() - 1));
         CHECK(io.out == s);
         CHECK(io.asked.empty());
         CHECK(io.errors.size() == 1);
@@ -415,8 +414,7 @@ TEST_CASE("outbound: rejected stream turns to passthrough", "[outbound]")
         bytes s = cat({good, bad, pong});
         REQUIRE(ob.send(io, s.data(), 1) == 1);
         REQUIRE(ob.queue(inj.data(), inj.size()));
-        REQUIRE(ob.send(io, s.data() + 1, s.size() - 1)
-                == long(s.size() - 1));
+        REQUIRE(ob.send(io, s.data() + 1, s.size() - 1) == long(s.size() - 1));
         CHECK(io.out == cat({good, inj, bad, pong}));
         CHECK(ob.passthrough());
     }
@@ -427,8 +425,7 @@ TEST_CASE("outbound: rejected stream turns to passthrough", "[outbound]")
         bytes s = cat({bad64, good});
         REQUIRE(ob.send(io, s.data(), 2) == 2);
         REQUIRE(ob.queue(inj.data(), inj.size()));
-        REQUIRE(ob.send(io, s.data() + 2, s.size() - 2)
-                == long(s.size() - 2));
+        REQUIRE(ob.send(io, s.data() + 2, s.size() - 2) == long(s.size() - 2));
         CHECK(io.out == s);
         CHECK_FALSE(ob.queued());
         REQUIRE(io.errors.size() == 1);
@@ -488,8 +485,7 @@ std::size_t random_len(std::mt19937& rng)
 // Random valid stream for one direction: messages of 1-4 fragments with
 // control frames between fragments, our Pongs, foreign 16-byte Pongs,
 // other Pongs, Pings and Closes; masked when the sender is a client.
-generated gen_stream(std::mt19937& rng, role r, bool rsv1,
-                     std::size_t count)
+generated gen_stream(std::mt19937& rng, role r, bool rsv1, std::size_t count)
 {
     generated g;
     bool client = r == role::client;
@@ -616,13 +612,12 @@ TEST_CASE("outbound: property: output is input minus swallowed Pongs plus "
                     bool rsv1 = seed % 2 == 0;
                     generated g = gen_stream(rng, r, rsv1, 10 + seed * 4);
                     mt_chooser ch(seed * 31 + swallow);
-                    sim::result res = sim::run(g.s, r, swallow, rsv1, ch,
-                                               m.opt);
+                    sim::result res =
+                        sim::run(g.s, r, swallow, rsv1, ch, m.opt);
 
                     INFO("role " << (r == role::client ? "client" : "server")
-                                 << " swallow " << swallow << " mode "
-                                 << m.name << " seed " << seed << " size "
-                                 << g.s.size());
+                                 << " swallow " << swallow << " mode " << m.name
+                                 << " seed " << seed << " size " << g.s.size());
                     if (!res.problem.empty()) {
                         FAIL(res.problem);
                     }

@@ -17,8 +17,7 @@ enum class len_form { minimal, f16, f64 };
 // Header for a frame whose first byte is b0 (FIN, RSV, opcode), payload
 // length len, optional mask, length written in the given form.
 inline bytes header(std::uint8_t b0, std::uint64_t len,
-                    const std::uint8_t* mask,
-                    len_form form = len_form::minimal)
+                    const std::uint8_t* mask, len_form form = len_form::minimal)
 {
     bytes h;
     std::uint8_t m = mask != nullptr ? 0x80 : 0;
@@ -26,8 +25,9 @@ inline bytes header(std::uint8_t b0, std::uint64_t len,
     h.push_back(b0);
 
     if (form == len_form::minimal) {
-        form = len < 126 ? len_form::minimal
-               : len < 65536 ? len_form::f16 : len_form::f64;
+        form = len < 126     ? len_form::minimal
+               : len < 65536 ? len_form::f16
+                             : len_form::f64;
     }
 
     if (form == len_form::minimal) {
@@ -54,8 +54,7 @@ inline bytes header(std::uint8_t b0, std::uint64_t len,
 
 // A whole frame; the payload is given unmasked and masked here.
 inline bytes frame(std::uint8_t b0, const bytes& payload,
-                   const std::uint8_t* mask,
-                   len_form form = len_form::minimal)
+                   const std::uint8_t* mask, len_form form = len_form::minimal)
 {
     bytes f = header(b0, payload.size(), mask, form);
 
