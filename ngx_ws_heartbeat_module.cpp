@@ -759,6 +759,17 @@ ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept
         return;
     }
 
+    /*
+     * ngx_http_upstream_upgrade() does not check that the 101 header went
+     * out whole; nothing of ours may go before its rest
+     */
+
+    if (s->which == NGX_HTTP_WS_HB_CLIENT
+        && (s->conn->buffered || s->ctx->request->out != NULL))
+    {
+        return;
+    }
+
     io.side = s;
 
     rc = s->out.flush(io);
