@@ -60,6 +60,8 @@ static void ngx_http_ws_heartbeat_finalize(ngx_http_ws_heartbeat_ctx_t *ctx)
 static bool ngx_http_ws_heartbeat_queue_close(
     ngx_http_ws_heartbeat_side_t *s, std::uint16_t code, const char *reason)
     noexcept;
+static void ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
+    std::uint16_t code, const char *reason) noexcept;
 
 
 /* times: "low" 0 means that 0 turns the feature off */
@@ -297,6 +299,12 @@ struct ngx_http_ws_heartbeat_io {
                 (void) ngx_http_ws_heartbeat_queue_close(side, 1001,
                                                    "server shutting down");
             }
+        }
+
+        /* a Close has gone to this peer: the module sends none of its own */
+
+        if (h.op == wshb::opcode::close) {
+            side->close_sent = 1;
         }
 
         if (h.op != wshb::opcode::close || ctx->close_seen) {
@@ -909,6 +917,8 @@ ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept
     if (s->ctx->draining) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "ws heartbeat: closing, drain timeout");
+        ngx_http_ws_heartbeat_send_close(&s->ctx->client, 1001,
+                                         "server shutting down");
         ngx_http_ws_heartbeat_finalize(s->ctx);
         return;
     }
@@ -1389,20 +1399,21 @@ ngx_http_ws_heartbeat_start_drain(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
     }
 
     /*
-     * after an endpoint's Close the closing handshake is under way
-     * already; otherwise each side gets Close 1001 at the next boundary
-     * that is not inside a fragmented message
+     * the upstream gets Close 1001 at the next boundary that is not inside
+     * a fragmented message; the client hears of it through the upstream's
+     * own Close, which comes after the last message the upstream sends, so
+     * nothing reaches the client after a Close. Only what is still open at
+     * the drain timeout gets a Close from the module itself. After an
+     * endpoint's Close the closing handshake is under way already.
      */
 
-    if (!ctx->close_seen) {
-        for (s = &ctx->client; s; s = (s == &ctx->client ? &ctx->upstream
-                                                          : nullptr))
-        {
-            if (s->out.in_message() || !s->out.at_boundary()) {
-                s->drain_pending = 1;
-                continue;
-            }
+    s = &ctx->upstream;
 
+    if (!ctx->close_seen) {
+        if (s->out.in_message() || !s->out.at_boundary()) {
+            s->drain_pending = 1;
+
+        } else {
             ngx_http_ws_heartbeat_send_close(s, 1001, "server shutting down");
         }
     }

@@ -18,7 +18,9 @@ def wait_exit(n, timeout):
     return False
 
 
-def test_quit_sends_close_1001_both_ways(ws_proxy):
+def test_quit_closes_through_the_backend(ws_proxy):
+    """The backend gets Close 1001 from nginx; the client hears it through
+    the backend's own Close, after the backend's last message."""
     n, port, b = ws_proxy("""
             ws_heartbeat on;
             ws_heartbeat_drain_timeout 3s;""")
@@ -29,13 +31,13 @@ def test_quit_sends_close_1001_both_ways(ws_proxy):
     assert conn.next_frame().payload == b"hi"
     t0 = time.monotonic()
     n.signal(signal.SIGQUIT)
-    f = c.recv_frame(timeout=5)
-    assert f is not None and f.opcode == CLOSE, f
-    assert f.close_code == 1001 and f.payload[2:] == b"server shutting down"
-    assert time.monotonic() - t0 < 1.0
     g = conn.next_frame(timeout=5)
     assert g is not None and g.opcode == CLOSE and g.close_code == 1001
-    assert g.masked
+    assert g.masked and g.payload[2:] == b"server shutting down"
+    f = c.recv_frame(timeout=5)
+    assert f is not None and f.opcode == CLOSE, f
+    assert f.close_code == 1001      # the backend's reply, passed through
+    assert time.monotonic() - t0 < 1.0
     # the client completes the closing handshake: nginx lets it through,
     # the relay ends, the worker exits long before the drain timeout
     c.send_frame(CLOSE, f.payload[:2])
@@ -55,7 +57,11 @@ def test_drain_timeout_bounds_a_silent_peer(ws_proxy):
     b.accept()
     t0 = time.monotonic()
     n.signal(signal.SIGQUIT)
-    # the client never answers the Close: closed when the grace ends
+    # the backend never answers the Close: when the grace ends the client
+    # gets the module's own Close 1001, then the connection is closed
+    f = c.recv_frame(timeout=5)
+    assert f is not None and f.opcode == CLOSE and f.close_code == 1001, f
+    assert f.payload[2:] == b"server shutting down"
     assert c.wait_closed(5)
     took = time.monotonic() - t0
     assert 0.4 <= took <= 1.5, took
@@ -79,13 +85,18 @@ def test_message_in_flight_finishes_first(ws_proxy):
     # the backend heard about it ...
     g = conn.next_frame(timeout=5)
     assert g is not None and g.opcode == CLOSE and g.close_code == 1001
-    # ... but the client gets no Close inside the unfinished message
+    # ... the client gets no Close inside the unfinished message, nor
+    # before the backend's own Close
     assert c.recv_frame(timeout=0.3) is None
     conn.send_frame(CONT, b"part two", fin=True)
+    conn.send_frame(TEXT, b"one more")
+    conn.send_frame(CLOSE, g.payload[:2])
     f = c.recv_frame()
     assert (f.opcode, f.fin, f.payload) == (CONT, 1, b"part two")
+    assert c.recv_frame().payload == b"one more"
     f = c.recv_frame()
     assert f is not None and f.opcode == CLOSE and f.close_code == 1001
+    assert f.payload[2:] == b""      # the backend's, not the module's
     c.close()
 
 
