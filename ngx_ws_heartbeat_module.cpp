@@ -343,12 +343,11 @@ struct ngx_http_ws_heartbeat_io {
 
     void on_error(wshb::scan_error e) noexcept
     {
+        /* counted once, as the connection's end, when it ends */
+
         if (side->ctx->end == NGX_HTTP_WS_HB_END_NONE) {
             side->ctx->end = NGX_HTTP_WS_HB_END_INVALID_FRAME;
         }
-
-        ngx_http_ws_heartbeat_count(side->ctx->stats,
-                                    ends[NGX_HTTP_WS_HB_END_INVALID_FRAME]);
 
         ngx_log_error(NGX_LOG_INFO, side->conn->log, 0,
                       "%s sent invalid WebSocket frame (%s), "
@@ -969,7 +968,9 @@ ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
     {
         s->hb.stop();
 
-        if (s->timer.timer_set) {
+        /* a draining connection keeps its grace timer */
+
+        if (s->timer.timer_set && !(ctx->draining && s == &ctx->client)) {
             ngx_del_timer(&s->timer);
         }
     }
@@ -1159,13 +1160,8 @@ ngx_http_ws_heartbeat_cleanup(void *data) noexcept
 
     if (ctx->stats != NULL && ctx->client.conn != NULL) {
         (void) ngx_atomic_fetch_add(&ctx->stats->active, -1);
-
-        /* invalid frames were counted when they were seen */
-
-        if (ctx->end != NGX_HTTP_WS_HB_END_INVALID_FRAME) {
-            (void) ngx_atomic_fetch_add(
-                       &ctx->stats->ends[ngx_http_ws_heartbeat_end(ctx)], 1);
-        }
+        (void) ngx_atomic_fetch_add(
+                   &ctx->stats->ends[ngx_http_ws_heartbeat_end(ctx)], 1);
     }
 
     for (s = &ctx->client; s; s = (s == &ctx->client ? &ctx->upstream

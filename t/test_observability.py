@@ -1,0 +1,830 @@
+"""Observability: the shared-memory counters behind ws_heartbeat_status
+(Prometheus text and JSON) and the $ws_heartbeat_* variables, on a real
+nginx with the real module. The counters must add up to exactly what
+happened on the wire, summed over all workers and kept across reloads; the
+variables must tell the same story per connection in the access log."""
+
+import collections
+import contextlib
+import http.client
+import json
+import os
+import re
+import signal
+import threading
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from lib.nginx import free_port, wait_for, wait_port
+from lib.wsproto import CLOSE, TEXT, Client, close_payload, encode_frame
+
+P = "nginx_ws_heartbeat_"
+
+FAMILIES = {
+    P + "connections_total": "counter",
+    P + "connections_active": "gauge",
+    P + "pings_total": "counter",
+    P + "pongs_total": "counter",
+    P + "closes_total": "counter",
+    P + "close_frames_total": "counter",
+    P + "rtt_seconds": "histogram",
+}
+
+PEERS = ("client", "upstream")
+REASONS = ("client_heartbeat_timeout", "upstream_heartbeat_timeout",
+           "read_timeout", "send_timeout", "invalid_frame", "drain",
+           "client_close", "upstream_close", "other")
+CODES = tuple(str(c) for c in range(1000, 1016)) + ("other",)
+LE = ("0.001000", "0.002500", "0.005000", "0.010000", "0.025000",
+      "0.050000", "0.100000", "0.250000", "0.500000", "1.000000",
+      "2.500000", "5.000000", "10.000000", "+Inf")
+
+PROM_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# one access log line per finished WebSocket connection
+LOG_FORMAT = ("$pid $uri reason=$ws_heartbeat_close_reason "
+              "pings=$ws_heartbeat_pings pongs=$ws_heartbeat_pongs "
+              "rtt=$ws_heartbeat_rtt rtt_min=$ws_heartbeat_rtt_min "
+              "rtt_avg=$ws_heartbeat_rtt_avg "
+              "up_rtt=$ws_heartbeat_upstream_rtt "
+              "up_pings=$ws_heartbeat_upstream_pings "
+              "up_pongs=$ws_heartbeat_upstream_pongs")
+
+MS = re.compile(r"^\d+\.\d{3}$")   # milliseconds, microsecond precision
+
+
+# -- helpers ------------------------------------------------------------------
+
+def fetch(port, path="/status", method="GET", headers=None):
+    """(status, {lowercase header: value}, body bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        body = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def key(name, **labels):
+    return name, frozenset(labels.items())
+
+
+def parse_prom(text):
+    """{(sample name, frozenset(labels)): value}; also checks that no sample
+    appears twice."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            k = key(s.name, **s.labels)
+            assert k not in out, "duplicate sample %r" % (k,)
+            out[k] = s.value
+    return out
+
+
+def json_to_samples(doc):
+    """The JSON document as the Prometheus samples it must equal."""
+    out = {
+        key(P + "connections_total"): doc["connections"]["total"],
+        key(P + "connections_active"): doc["connections"]["active"],
+    }
+    for peer in PEERS:
+        out[key(P + "pings_total", peer=peer)] = doc["pings"][peer]
+        out[key(P + "pongs_total", peer=peer)] = doc["pongs"][peer]
+        h = doc["rtt_seconds"][peer]
+        for le, v in h["buckets"].items():
+            out[key(P + "rtt_seconds_bucket", peer=peer, le=le)] = v
+        out[key(P + "rtt_seconds_sum", peer=peer)] = h["sum"]
+        out[key(P + "rtt_seconds_count", peer=peer)] = h["count"]
+    for reason, v in doc["closes"].items():
+        out[key(P + "closes_total", reason=reason)] = v
+    for frm, codes in doc["close_frames"].items():
+        for code, v in codes.items():
+            out[key(P + "close_frames_total", code=code, **{"from": frm})] = v
+    return out
+
+
+class Status:
+    """The ws_heartbeat_status endpoint of one nginx."""
+
+    def __init__(self, port, path="/status"):
+        self.port = port
+        self.path = path
+
+    def text(self):
+        st, hdr, body = fetch(self.port, self.path)
+        assert st == 200, (st, body)
+        assert hdr["content-type"] == PROM_TYPE, hdr
+        return body.decode()
+
+    def get(self):
+        return parse_prom(self.text())
+
+    def json(self, suffix="?format=json", headers=None):
+        st, hdr, body = fetch(self.port, self.path + suffix, headers=headers)
+        assert st == 200, (st, body)
+        assert hdr["content-type"] == "application/json", hdr
+        return json.loads(body)
+
+    def wait(self, predicate, what, timeout=10.0):
+        """Poll until predicate(samples) holds; return those samples."""
+        last = {}
+
+        def ok():
+            last["s"] = s = self.get()
+            return s if predicate(s) else None
+
+        try:
+            return wait_for(ok, timeout, interval=0.05, what=what)
+        except TimeoutError:
+            raise AssertionError("timed out waiting for %s; last scrape:\n%s"
+                                 % (what, dump(last.get("s", {}))))
+
+
+def dump(s):
+    return "\n".join("%s%s %g" % (n, dict(sorted(l)), v)
+                     for (n, l), v in sorted(s.items(), key=str) if v)
+
+
+def val(s, name, **labels):
+    return s[key(P + name, **labels)]
+
+
+def closes(s):
+    return {r: val(s, "closes_total", reason=r) for r in REASONS}
+
+
+def frames(s):
+    """{(from, code): n} of the close frame counters that are not 0."""
+    out = {}
+    for frm in PEERS:
+        for code in CODES:
+            v = val(s, "close_frames_total", code=code, **{"from": frm})
+            if v:
+                out[frm, code] = v
+    return out
+
+
+def read_log(path, status=False):
+    """Access log lines in LOG_FORMAT as dicts; those of the status
+    requests only if status is true."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        pid, uri, *kv = line.split()
+        d = dict(x.split("=", 1) for x in kv)
+        d["pid"], d["uri"], d["line"] = int(pid), uri, line
+        if status or uri != "/status":
+            out.append(d)
+    return out
+
+
+def server_conf(port, bport, log, extra="", listen="", locations=""):
+    """A WebSocket proxy server logging LOG_FORMAT, plus a status location."""
+    return """
+    server {
+        listen 127.0.0.1:%(port)d %(listen)s;
+        access_log %(log)s wshb;
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection "upgrade";
+        %(extra)s
+        location /ws/ {
+            proxy_pass http://127.0.0.1:%(bport)d;
+        }
+        %(locations)s
+    }
+""" % dict(port=port, listen=listen, log=log, extra=extra, bport=bport,
+           locations=locations)
+
+
+def status_conf(port, listen=""):
+    return """
+    server {
+        listen 127.0.0.1:%d %s;
+        location = /status {
+            ws_heartbeat_status;
+            add_header X-Worker $pid always;
+        }
+    }
+""" % (port, listen)
+
+
+LOG_FORMAT_CONF = "log_format wshb '%s';\n" % LOG_FORMAT
+
+
+@contextlib.contextmanager
+def pumping(clients):
+    """Each client reads and answers Pings in its own thread until the
+    block ends or its connection is closed."""
+    stop = threading.Event()
+
+    def run(c):
+        while not stop.is_set() and not c.closed:
+            try:
+                c.pump(0.05)
+            except OSError:
+                return
+
+    threads = [threading.Thread(target=run, args=(c,), daemon=True)
+               for c in clients]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+
+
+def client_closes(c, conn, code=1000):
+    """The client starts the closing handshake; the backend (answer_close
+    off) answers it the way a server does and closes the TCP connection."""
+    c.send_frame(CLOSE, close_payload(code, b"bye"))
+    f = conn.next_frame(timeout=5)
+    assert f is not None and f.opcode == CLOSE and f.close_code == code, f
+    conn.send_frame(CLOSE, close_payload(code))
+    conn.close()
+    f = c.recv_frame(timeout=5)
+    assert f is not None and f.opcode == CLOSE and f.close_code == code, f
+    assert c.wait_closed(5)
+
+
+def reply(c, f):
+    """Echo a Close; nginx may have closed the connection already."""
+    try:
+        c.send_frame(CLOSE, f.payload[:2])
+    except OSError:
+        pass
+
+
+# -- 1. a scripted scenario on two workers ------------------------------------
+
+def test_counters_add_up_across_two_workers(nginx_factory, backend, tmp_path):
+    """N live and M dead clients, and one connection for each other way to
+    end, over two workers: the counters equal what happened, exactly, and
+    so does the access log, line by line."""
+    N, M = 4, 3                   # live clients, dead clients
+    b = backend(answer_close=False)
+    silent = backend(answer_close=False, answer_pings=False, mode="silent")
+    port, sport = free_port(), free_port()
+    log = str(tmp_path / "ws.log")
+    n = nginx_factory(LOG_FORMAT_CONF + status_conf(sport, "reuseport")
+                      + server_conf(port, b.port, log, listen="reuseport",
+                                    extra="""
+        ws_heartbeat on;
+        ws_heartbeat_interval 200ms;
+        ws_heartbeat_timeout 500ms;""", locations="""
+        location /rt/ {
+            proxy_pass http://127.0.0.1:%d;
+            ws_heartbeat_read_timeout 600ms;
+        }
+        location /updead/ {
+            proxy_pass http://127.0.0.1:%d;
+            ws_heartbeat_upstream on;
+        }
+        location /other/ {
+            proxy_pass http://127.0.0.1:%d;
+            ws_heartbeat_interval 10s;
+            proxy_read_timeout 800ms;
+        }""" % (b.port, silent.port, b.port)), port=port, workers=2)
+    wait_port(sport)
+    status = Status(sport)
+    s = status.get()
+    assert val(s, "connections_total") == 0, dump(s)
+
+    opened = []
+
+    def open_ws(path, be=b, **kw):
+        c = Client(port, path, **kw)
+        assert c.status == 101, c.head
+        opened.append(c)
+        return c, be.accept()
+
+    try:
+        live = [open_ws("/ws/live/%d" % i) for i in range(N)]
+        dead = [open_ws("/ws/dead/%d" % i, answer_pings=False)
+                for i in range(M)]
+        rt, _ = open_ws("/rt/idle")                 # answers, sends no data
+        updead, _ = open_ws("/updead/x", be=silent)  # backend never answers
+        # nginx's own proxy_read_timeout ends it, no Close frame at all
+        quiet, _ = open_ws("/other/quiet", answer_pings=False)
+        with pumping([c for c, _ in live] + [rt, updead]):
+            # the client starts the closing handshake
+            c, conn = open_ws("/ws/client-close")
+            client_closes(c, conn)
+
+            # the backend starts it, with an application code
+            c, conn = open_ws("/ws/upstream-close")
+            conn.send_frame(CLOSE, close_payload(4000, b"app going away"))
+            f = c.recv_frame(timeout=5)
+            assert f is not None and f.close_code == 4000, f
+            c.send_frame(CLOSE, f.payload[:2])
+            g = conn.next_frame(timeout=5)
+            assert g is not None and g.close_code == 4000, g
+            conn.close()
+            assert c.wait_closed(5)
+
+            # an unmasked client frame: the module steps aside at once
+            c, conn = open_ws("/ws/invalid")
+            c.send_raw(encode_frame(TEXT, b"unmasked", mask=False))
+            assert c.recv_frame(timeout=5).payload == b"unmasked"  # echo
+            n.wait_log(r"client sent invalid WebSocket frame")
+            c.close()
+            # counted once, when the connection ends
+            status.wait(lambda s: val(s, "closes_total",
+                                      reason="invalid_frame") == 1,
+                        "invalid_frame counted")
+
+            expected = dict.fromkeys(REASONS, 0)
+            expected.update(client_heartbeat_timeout=M, read_timeout=1,
+                            upstream_heartbeat_timeout=1, client_close=1,
+                            upstream_close=1, invalid_frame=1, other=1)
+            total = N + M + 6
+            s = status.wait(lambda s: closes(s) == expected
+                            and val(s, "connections_active") == N,
+                            "every scripted end counted")
+
+            # phase A, the live clients still open
+            assert val(s, "connections_total") == total
+            assert val(s, "connections_active") == N
+            assert closes(s) == expected
+            # Close frames of the endpoints only: the module's own Closes
+            # (heartbeat, read timeout) are not counted
+            assert frames(s) == {("client", "1000"): 1,
+                                 ("upstream", "1000"): 1,
+                                 ("upstream", "other"): 1,
+                                 ("client", "other"): 1}, dump(s)
+            pings = val(s, "pings_total", peer="client")
+            pongs = val(s, "pongs_total", peer="client")
+            assert pings >= pongs > 0, dump(s)
+            # the upstream heartbeat only ran on /updead/: one Ping, no Pong
+            assert val(s, "pings_total", peer="upstream") == 1, dump(s)
+            assert val(s, "pongs_total", peer="upstream") == 0, dump(s)
+            assert val(s, "rtt_seconds_count", peer="upstream") == 0
+
+            # the dead clients got exactly one Ping each and then the Close
+            for c, _ in dead:
+                assert c.wait_closed(5)
+                assert len(c.pings) == 1, c.pings
+            assert quiet.wait_closed(5)
+            assert quiet.recv_frame(timeout=0) is None, "no Close frame"
+
+            # the connections so far must have been spread over both
+            # workers; if the kernel put them all on one, add more
+            extra = 0
+            while len({d["pid"] for d in read_log(log)}) < 2 and extra < 40:
+                c, conn = open_ws("/ws/more/%d" % extra)
+                client_closes(c, conn)
+                extra += 1
+                wait_for(lambda: len(read_log(log)) == M + 6 + extra,
+                         what="log line of /ws/more/%d" % extra)
+
+        # (read by their pump threads, now stopped)
+        f = rt.recv_frame(timeout=5)
+        assert f is not None and f.close_code == 1001, f
+        assert f.payload[2:] == b"read timeout"
+        f = updead.recv_frame(timeout=5)
+        assert f is not None and f.close_code == 1011, f
+        assert f.payload[2:] == b"upstream timeout"
+
+        # phase B: the live clients close; nothing is left open
+        for c, conn in live:
+            client_closes(c, conn)
+        expected["client_close"] += N + extra
+        total += extra
+        s = status.wait(lambda s: val(s, "connections_active") == 0
+                        and closes(s) == expected, "all connections ended")
+    finally:
+        for c in opened:
+            c.close()
+
+    assert val(s, "connections_total") == total
+    assert sum(closes(s).values()) == total, "each connection ends once"
+    assert frames(s) == {("client", "1000"): 1 + N + extra,
+                         ("upstream", "1000"): 1 + N + extra,
+                         ("upstream", "other"): 1,
+                         ("client", "other"): 1}, dump(s)
+
+    # the access log: one line per connection, the reason its URI scripted
+    lines = read_log(log)
+    assert len(lines) == total, "\n".join(d["line"] for d in lines)
+    want = {"live": "client_close", "dead": "client_heartbeat_timeout",
+            "idle": "read_timeout", "x": "upstream_heartbeat_timeout",
+            "client-close": "client_close", "upstream-close": "upstream_close",
+            "invalid": "invalid_frame", "more": "client_close",
+            "quiet": "other"}
+    for d in lines:
+        part = d["uri"].split("/")[2]
+        assert d["reason"] == want[part], d["line"]
+    assert collections.Counter(d["reason"] for d in lines) == \
+        {r: v for r, v in expected.items() if v}
+    pids = {d["pid"] for d in lines}
+    assert len(pids) >= 2, "all connections on one worker: %s" % pids
+    assert pids <= set(n.worker_pids()), (pids, n.worker_pids())
+
+    # per-connection figures add up to the shared counters
+    assert sum(int(d["pings"]) for d in lines) == \
+        val(s, "pings_total", peer="client")
+    assert sum(int(d["pongs"]) for d in lines) == \
+        val(s, "pongs_total", peer="client")
+    assert sum(int(d["up_pings"]) for d in lines) == 1
+    for d in lines:
+        part = d["uri"].split("/")[2]
+        if part == "dead":
+            assert (d["pings"], d["pongs"], d["rtt"]) == ("1", "0", "-"), \
+                d["line"]
+        if part in ("live", "idle", "x"):
+            assert int(d["pongs"]) >= 1 and MS.match(d["rtt"]), d["line"]
+        if part == "x":
+            assert (d["up_pings"], d["up_pongs"], d["up_rtt"]) == \
+                ("1", "0", "-"), d["line"]
+        else:
+            assert (d["up_pings"], d["up_pongs"], d["up_rtt"]) == \
+                ("0", "0", "-"), d["line"]
+
+    # every Pong answered the latest Ping: one RTT sample each
+    assert val(s, "rtt_seconds_count", peer="client") == \
+        val(s, "pongs_total", peer="client")
+    assert val(s, "rtt_seconds_bucket", peer="client", le="+Inf") == \
+        val(s, "rtt_seconds_count", peer="client")
+
+    # both workers answer the status request with the same sums
+    body, seen = status.text(), {}
+    for _ in range(60):
+        st, hdr, got = fetch(sport)
+        assert st == 200
+        seen[int(hdr["x-worker"])] = got.decode()
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, "status always served by %s" % list(seen)
+    for pid, got in seen.items():
+        assert got == body, "worker %d reports other sums" % pid
+
+
+# -- 2. the exposition formats ------------------------------------------------
+
+def check_exposition(text):
+    """Families in one block each, HELP and TYPE first; the parser's view."""
+    families, current = [], None
+    lines = text.splitlines()
+    assert text.endswith("\n") and all(lines), "no blank or missing lines"
+    for i, line in enumerate(lines):
+        if line.startswith("# HELP "):
+            name = line.split()[2]
+            assert lines[i + 1].startswith("# TYPE %s " % name), line
+            assert name not in families, "%s twice" % name
+            families.append(name)
+            current = name
+        elif line.startswith("# TYPE "):
+            assert line.split()[2] == current, line
+        else:
+            sample = re.split(r"[{ ]", line, 1)[0]
+            suffixes = ("_bucket", "_sum", "_count") \
+                if FAMILIES.get(current) == "histogram" else ("",)
+            assert sample in [current + x for x in suffixes], line
+    assert families == list(FAMILIES), families
+
+    parsed = {f.name: f for f in text_string_to_metric_families(text)}
+    assert len(parsed) == len(FAMILIES)
+    for name, typ in FAMILIES.items():
+        f = parsed[name[:-len("_total")] if typ == "counter" else name]
+        assert f.type == typ, (name, f.type)
+        assert f.documentation, name
+
+
+def test_prometheus_and_json_agree(nginx_factory, backend, tmp_path):
+    """The Prometheus text parses, family by family, the histograms are
+    cumulative up to +Inf == _count, and the JSON carries the same values
+    one to one."""
+    b = backend()
+    port = free_port()
+    log = str(tmp_path / "ws.log")
+    nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+        ws_heartbeat on;
+        ws_heartbeat_upstream on;
+        ws_heartbeat_interval 100ms;
+        ws_heartbeat_timeout 300ms;""", locations="""
+        location = /status { ws_heartbeat_status; }"""), port=port)
+    status = Status(port)
+
+    # a fresh nginx: every sample there, all 0
+    text = status.text()
+    check_exposition(text)
+    s = parse_prom(text)
+    assert set(s.values()) == {0}, dump(s)
+    assert len(s) == 2 + 2 * 2 + len(REASONS) + 2 * len(CODES) \
+        + 2 * (len(LE) + 2)
+
+    # some activity on both peers, then nothing open: the values hold still
+    c = Client(port, "/ws/live")
+    d = Client(port, "/ws/dead", answer_pings=False)
+    try:
+        c.pump(0.6)
+        c.send_frame(CLOSE, close_payload(1000))
+        assert c.wait_closed(5)
+        assert d.wait_closed(5)
+    finally:
+        c.close()
+        d.close()
+    status.wait(lambda s: val(s, "connections_active") == 0
+                and sum(closes(s).values()) == 2, "both connections ended")
+
+    text = status.text()
+    check_exposition(text)
+    s = parse_prom(text)
+    for peer in PEERS:
+        buckets = [val(s, "rtt_seconds_bucket", peer=peer, le=le)
+                   for le in LE]
+        assert len([k for k in s if k[0] == P + "rtt_seconds_bucket"
+                    and dict(k[1])["peer"] == peer]) == len(LE)
+        assert buckets == sorted(buckets), "cumulative: %s" % buckets
+        count = val(s, "rtt_seconds_count", peer=peer)
+        assert buckets[-1] == count > 0, (peer, buckets, count)
+        assert 0 < val(s, "rtt_seconds_sum", peer=peer) < 0.5 * count
+        pongs = val(s, "pongs_total", peer=peer)
+        assert val(s, "pings_total", peer=peer) >= pongs >= count
+    # a label value for every reason, sender and code
+    assert {dict(k[1])["reason"] for k in s
+            if k[0] == P + "closes_total"} == set(REASONS)
+    assert {(dict(k[1])["from"], dict(k[1])["code"]) for k in s
+            if k[0] == P + "close_frames_total"} == \
+        {(f, c) for f in PEERS for c in CODES}
+    assert closes(s)["client_close"] == 1
+    assert closes(s)["client_heartbeat_timeout"] == 1
+
+    # JSON, however asked for, is one document with the same values
+    docs = [status.json("?format=json"), status.json("?format=JSON"),
+            status.json("", {"Accept": "application/json"}),
+            status.json("", {"Accept": "text/html, application/json;q=0.9"})]
+    for doc in docs[1:]:
+        assert doc == docs[0]
+    doc = docs[0]
+    assert set(doc) == {"connections", "pings", "pongs", "closes",
+                        "close_frames", "rtt_seconds"}
+    assert list(doc["closes"]) == list(REASONS)
+    assert list(doc["close_frames"]["client"]) == list(CODES)
+    assert list(doc["rtt_seconds"]["upstream"]["buckets"]) == list(LE)
+    assert json_to_samples(doc) == s
+    # the format argument wins over Accept
+    st, hdr, body = fetch(port, "/status?format=prometheus",
+                          headers={"Accept": "application/json"})
+    assert st == 200 and hdr["content-type"] == PROM_TYPE
+    assert parse_prom(body.decode()) == s
+
+    # HEAD: the headers of GET, no body
+    st, hdr, body = fetch(port, "/status", "HEAD")
+    assert st == 200 and body == b""
+    assert int(hdr["content-length"]) == len(text.encode())
+
+
+# -- 3. the variables ---------------------------------------------------------
+
+def test_variables_in_access_log(nginx_factory, backend, tmp_path):
+    """$ws_heartbeat_* in the access log of a dead and of a live client,
+    with the upstream heartbeat on, and of a request the module does not
+    manage."""
+    b = backend()
+    port = free_port()
+    log = str(tmp_path / "ws.log")
+    nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+        ws_heartbeat on;
+        ws_heartbeat_upstream on;
+        ws_heartbeat_interval 100ms;
+        ws_heartbeat_timeout 400ms;""", locations="""
+        location = /status { ws_heartbeat_status; }"""), port=port)
+
+    dead = Client(port, "/ws/dead", answer_pings=False)
+    live = Client(port, "/ws/live")
+    try:
+        t0 = time.monotonic()
+        live.pump(0.8)
+        assert not live.closed
+        live.send_frame(CLOSE, close_payload(1000))
+        f = live.recv_frame(timeout=5)
+        assert f is not None and f.close_code == 1000, f
+        assert live.wait_closed(5)
+        assert dead.wait_closed(max(0.1, 5 - (time.monotonic() - t0)))
+    finally:
+        live.close()
+        dead.close()
+    # a request the module does not manage: every variable is "-"
+    st, _, _ = fetch(port, "/status")
+    assert st == 200
+    lines = wait_for(lambda: len(read_log(log, True)) == 3
+                     and read_log(log, True),
+                     what="3 access log lines")
+    by = {d["uri"]: d for d in lines}
+
+    d = by["/ws/dead"]
+    assert d["reason"] == "client_heartbeat_timeout", d["line"]
+    assert int(d["pings"]) == len(dead.pings) == 1, d["line"]
+    assert d["pongs"] == "0", d["line"]
+    assert d["rtt"] == d["rtt_min"] == d["rtt_avg"] == "-", d["line"]
+    # the backend answers the upstream Pings all the same
+    assert int(d["up_pings"]) >= 1 and int(d["up_pongs"]) >= 1, d["line"]
+    assert int(d["up_pongs"]) <= int(d["up_pings"]), d["line"]
+    assert MS.match(d["up_rtt"]), d["line"]
+
+    d = by["/ws/live"]
+    assert d["reason"] == "client_close", d["line"]
+    assert int(d["pings"]) == len(live.pings) >= 4, d["line"]
+    assert 1 <= int(d["pongs"]) <= int(d["pings"]) <= int(d["pongs"]) + 1, \
+        d["line"]
+    for v in ("rtt", "rtt_min", "rtt_avg", "up_rtt"):
+        assert MS.match(d[v]), d["line"]
+        assert float(d[v]) < 1000, d["line"]
+    assert float(d["rtt_min"]) <= float(d["rtt"]), d["line"]
+    assert float(d["rtt_min"]) <= float(d["rtt_avg"]), d["line"]
+    assert 1 <= int(d["up_pongs"]) <= int(d["up_pings"]), d["line"]
+
+    d = by["/status"]
+    for v in ("reason", "pings", "pongs", "rtt", "rtt_min", "rtt_avg",
+              "up_rtt", "up_pings", "up_pongs"):
+        assert d[v] == "-", d["line"]
+
+
+# -- 4. reload, restart, methods ----------------------------------------------
+
+def test_counters_survive_reload(nginx_factory, backend, tmp_path):
+    """nginx -s reload keeps the counters (the old worker's drain included),
+    a restart resets them; the status handler answers GET and HEAD only."""
+    b = backend()
+    port = free_port()
+    log = str(tmp_path / "ws.log")
+    n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+        ws_heartbeat on;
+        ws_heartbeat_interval 10s;
+        ws_heartbeat_drain_timeout 3s;""", locations="""
+        location = /status { ws_heartbeat_status; }"""), port=port,
+                      workers=2)
+    status = Status(port)
+
+    c = Client(port, "/ws/before")
+    c.send_frame(CLOSE, close_payload(1000))
+    assert c.wait_closed(5)
+    c.close()
+    live = Client(port, "/ws/live")
+    try:
+        before = status.wait(lambda s: val(s, "connections_total") == 2
+                             and val(s, "connections_active") == 1
+                             and closes(s)["client_close"] == 1,
+                             "two connections, one open")
+        old = set(n.worker_pids())
+        assert len(old) == 2
+
+        # a real change of configuration, then nginx -s reload
+        with open(n.conf) as f:
+            conf = f.read()
+        with open(n.conf, "w") as f:
+            f.write(conf.replace("ws_heartbeat_interval 10s",
+                                 "ws_heartbeat_interval 9s"))
+        n.signal(signal.SIGHUP)
+
+        # the old worker drains the open connection
+        f = live.recv_frame(timeout=5)
+        assert f is not None and f.close_code == 1001, f
+        reply(live, f)
+        assert live.wait_closed(5)
+        wait_for(lambda: not any(os.path.exists("/proc/%d" % p)
+                                 for p in old),
+                 timeout=10, what="the old workers to exit")
+    finally:
+        live.close()
+
+    # only new workers are left to answer: the counters are those of before,
+    # plus the drain the old worker counted on its way out
+    after = status.get()
+    assert set(n.worker_pids()).isdisjoint(old)
+    assert val(after, "connections_total") == \
+        val(before, "connections_total") == 2
+    assert val(after, "connections_active") == 0
+    assert closes(after) == dict(closes(before), drain=1)
+    assert [d["reason"] for d in read_log(log)] == ["client_close", "drain"]
+
+    c = Client(port, "/ws/after")
+    c.send_frame(CLOSE, close_payload(1000))
+    assert c.wait_closed(5)
+    c.close()
+    s = status.wait(lambda s: val(s, "connections_active") == 0
+                    and val(s, "connections_total") == 3,
+                    "the new worker counts on")
+    assert closes(s)["client_close"] == 2
+
+    # only GET and HEAD
+    for method in ("POST", "PUT", "DELETE"):
+        st, _, _ = fetch(port, "/status", method)
+        assert st == 405, method
+    st, _, body = fetch(port, "/status?format=json", "POST")
+    assert st == 405 and b"connections" not in body
+    assert status.get() == s
+
+    # a full restart (new shared memory) is what resets them
+    n.stop()
+    n.start(port)
+    s = status.get()
+    assert val(s, "connections_total") == 0 and set(s.values()) == {0}
+
+
+# -- 5. each connection ends once; invalid frames -----------------------------
+#
+# closes_total counts each connection once, when it ends, by the reason
+# it ended for: an invalid frame (the module stepped aside, nginx relayed
+# the rest as stock nginx) or the drain it was already in.
+
+def test_invalid_frames_both_ways_count_one_end(nginx_factory, backend,
+                                                tmp_path):
+    """One connection with an invalid frame from each side is one end,
+    not one per direction."""
+    b = backend(answer_close=False)
+    port = free_port()
+    log = str(tmp_path / "ws.log")
+    n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+        ws_heartbeat on;
+        ws_heartbeat_interval 10s;""", locations="""
+        location = /status { ws_heartbeat_status; }"""), port=port)
+    status = Status(port)
+    c = Client(port, "/ws/x")
+    try:
+        conn = b.accept()
+        c.send_raw(encode_frame(TEXT, b"unmasked", mask=False))
+        assert c.recv_frame(timeout=5).payload == b"unmasked"
+        conn.send(b"\x83\x00")          # reserved opcode from the backend
+        n.wait_log(r"upstream sent invalid WebSocket frame")
+        c.close()
+        s = status.wait(lambda s: val(s, "connections_active") == 0,
+                        "the connection ended")
+    finally:
+        c.close()
+    assert [d["reason"] for d in read_log(log)] == ["invalid_frame"]
+    assert val(s, "connections_total") == 1
+    assert closes(s) == dict(dict.fromkeys(REASONS, 0), invalid_frame=1), \
+        dump(s)
+
+
+def invalid_frame_while_draining(nginx_factory, backend, tmp_path):
+    """Reload with one connection open; once the backend has the drain's
+    Close 1001, the client sends an unmasked frame.
+    -> (nginx, status, client, log)."""
+    b = backend(answer_close=False, mode="silent")
+    port = free_port()
+    log = str(tmp_path / "ws.log")
+    n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+        ws_heartbeat on;
+        ws_heartbeat_interval 10s;
+        ws_heartbeat_drain_timeout 1s;""", locations="""
+        location = /status { ws_heartbeat_status; }"""), port=port)
+    status = Status(port)
+    c = Client(port, "/ws/x")
+    try:
+        conn = b.accept()
+        status.wait(lambda s: val(s, "connections_active") == 1, "open")
+        n.signal(signal.SIGHUP)
+        g = conn.next_frame(timeout=5)
+        assert g is not None and g.close_code == 1001, g
+        c.send_raw(encode_frame(TEXT, b"unmasked", mask=False))
+        n.wait_log(r"client sent invalid WebSocket frame")
+    except BaseException:
+        c.close()
+        raise
+    return n, status, c, log
+
+
+def test_invalid_frame_while_draining_counts_one_end(nginx_factory, backend,
+                                                     tmp_path):
+    """The connection ends once, as drain (what its log line says), not
+    as both invalid_frame and drain."""
+    n, status, c, log = invalid_frame_while_draining(nginx_factory, backend,
+                                                     tmp_path)
+    try:
+        c.close()
+        s = status.wait(lambda s: val(s, "connections_active") == 0,
+                        "the connection ended")
+    finally:
+        c.close()
+    assert [d["reason"] for d in read_log(log)] == ["drain"]
+    assert val(s, "connections_total") == 1
+    assert closes(s) == dict(dict.fromkeys(REASONS, 0), drain=1), dump(s)
+
+
+def test_drain_timeout_still_ends_it_after_invalid_frame(nginx_factory,
+                                                         backend, tmp_path):
+    """ws_heartbeat_drain_timeout 1s bounds the connection all the same
+    (the invalid frame must not cancel the drain's grace timer)."""
+    n, status, c, log = invalid_frame_while_draining(nginx_factory, backend,
+                                                     tmp_path)
+    t0 = time.monotonic()
+    try:
+        closed = c.wait_closed(3)
+        took = time.monotonic() - t0
+    finally:
+        c.close()
+    assert closed, "still open %.1fs after the drain's Close (timeout 1s)" \
+        % took
