@@ -35,7 +35,7 @@ static void ngx_http_ws_heartbeat_upstream_write_handler(
 static void ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept;
 static void ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s)
     noexcept;
-static void ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_side_t *s)
+static void ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx)
     noexcept;
 static void ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx)
     noexcept;
@@ -229,7 +229,7 @@ struct ngx_http_ws_heartbeat_io {
         if (!side->blocked) {
             side->blocked = 1;
             side->hb.on_write_blocked(ngx_current_msec);
-            ngx_http_ws_heartbeat_arm(side);
+            ngx_http_ws_heartbeat_arm(side->ctx);
         }
 
         return rc;
@@ -331,12 +331,8 @@ struct ngx_http_ws_heartbeat_io {
             return;
         }
 
-        if (ctx->client.timer.timer_set) {
-            ngx_del_timer(&ctx->client.timer);
-        }
-
-        if (ctx->upstream.timer.timer_set) {
-            ngx_del_timer(&ctx->upstream.timer);
+        if (ctx->timer.timer_set) {
+            ngx_del_timer(&ctx->timer);
         }
 
     }
@@ -635,15 +631,10 @@ ngx_http_ws_heartbeat_start_side(ngx_http_ws_heartbeat_side_t *s,
 
     s->hb.start(hc, ngx_current_msec);
 
-    s->timer.handler = ngx_http_ws_heartbeat_timer_handler;
-    s->timer.data = s;
-    s->timer.log = c->log;
-    s->timer.cancelable = 1;
-
     c->send = ngx_http_ws_heartbeat_send;
     c->recv = ngx_http_ws_heartbeat_recv;
 
-    ngx_http_ws_heartbeat_arm(s);
+    ngx_http_ws_heartbeat_arm(s->ctx);
 }
 
 
@@ -664,6 +655,11 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
 
     ctx->upstream_write_handler = u->write_event_handler;
     u->write_event_handler = ngx_http_ws_heartbeat_upstream_write_handler;
+
+    ctx->timer.handler = ngx_http_ws_heartbeat_timer_handler;
+    ctx->timer.data = ctx;
+    ctx->timer.log = r->connection->log;
+    ctx->timer.cancelable = 1;
 
     ngx_http_ws_heartbeat_start_side(&ctx->client, r->connection, true);
     ngx_http_ws_heartbeat_start_side(&ctx->upstream, u->peer.connection,
@@ -710,7 +706,7 @@ ngx_http_ws_heartbeat_after_write(ngx_http_ws_heartbeat_side_t *s) noexcept
     if (s->ping_queued && !s->out.queued()) {
         s->ping_queued = 0;
         s->hb.on_ping_written(ngx_current_msec);
-        ngx_http_ws_heartbeat_arm(s);
+        ngx_http_ws_heartbeat_arm(s->ctx);
     }
 }
 
@@ -822,8 +818,10 @@ ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
 }
 
 
-static void
-ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_side_t *s) noexcept
+/* when one side needs the timer next; 0: never */
+
+static std::uint64_t
+ngx_http_ws_heartbeat_deadline(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
     std::uint64_t  deadline, limit;
 
@@ -843,17 +841,41 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_side_t *s) noexcept
         }
     }
 
+    return deadline;
+}
+
+
+/* one timer per connection serves both sides */
+
+static void
+ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    std::uint64_t  deadline, d;
+
+    /* a draining connection's timer is the drain's grace timer */
+
+    if (ctx->draining) {
+        return;
+    }
+
+    deadline = ngx_http_ws_heartbeat_deadline(&ctx->client);
+    d = ngx_http_ws_heartbeat_deadline(&ctx->upstream);
+
+    if (d != 0 && (deadline == 0 || d < deadline)) {
+        deadline = d;
+    }
+
     if (deadline == 0) {
-        if (s->timer.timer_set) {
-            ngx_del_timer(&s->timer);
+        if (ctx->timer.timer_set) {
+            ngx_del_timer(&ctx->timer);
         }
 
         return;
     }
 
-    ngx_add_timer(&s->timer, deadline > ngx_current_msec
-                             ? (ngx_msec_t) (deadline - ngx_current_msec)
-                             : 0);
+    ngx_add_timer(&ctx->timer, deadline > ngx_current_msec
+                               ? (ngx_msec_t) (deadline - ngx_current_msec)
+                               : 0);
 }
 
 
@@ -902,10 +924,11 @@ ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept
 {
     wshb::action                   a;
     ngx_http_request_t            *r;
+    ngx_http_ws_heartbeat_ctx_t   *ctx;
     ngx_http_ws_heartbeat_side_t  *s;
 
-    s = static_cast<ngx_http_ws_heartbeat_side_t *>(ev->data);
-    r = s->ctx->request;
+    ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(ev->data);
+    r = ctx->request;
 
     /* the relay has ended (lingering close): nothing to watch */
 
@@ -913,46 +936,41 @@ ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept
         return;
     }
 
-    if (s->ctx->draining) {
+    if (ctx->draining) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "ws heartbeat: closing, drain timeout");
-        ngx_http_ws_heartbeat_send_close(&s->ctx->client, 1001,
+        ngx_http_ws_heartbeat_send_close(&ctx->client, 1001,
                                          "server shutting down");
-        ngx_http_ws_heartbeat_finalize(s->ctx);
+        ngx_http_ws_heartbeat_finalize(ctx);
         return;
     }
 
-    if (s->ctx->disabled) {
+    if (ctx->disabled) {
         return;
     }
 
-    if (ev->timedout) {
-        ev->timedout = 0;
+    for (s = &ctx->client; s; s = (s == &ctx->client ? &ctx->upstream
+                                                      : nullptr))
+    {
+        /* unread bytes from the peer prove it alive (the relay is blocked) */
+
+        if (s->conn->read->ready) {
+            s->hb.on_receive(ngx_current_msec);
+        }
+
+        a = s->hb.on_timer(ngx_current_msec);
+
+        if (a.kind == wshb::action::close) {
+            ngx_http_ws_heartbeat_close(ctx, s, a.reason);
+            return;
+        }
+
+        if (a.kind == wshb::action::send_ping) {
+            ngx_http_ws_heartbeat_send_ping(s);
+        }
     }
 
-    /* unread bytes from the peer prove it alive (the relay is blocked) */
-
-    if (s->conn->read->ready) {
-        s->hb.on_receive(ngx_current_msec);
-    }
-
-    a = s->hb.on_timer(ngx_current_msec);
-
-    switch (a.kind) {
-
-    case wshb::action::send_ping:
-        ngx_http_ws_heartbeat_send_ping(s);
-        break;
-
-    case wshb::action::close:
-        ngx_http_ws_heartbeat_close(s->ctx, s, a.reason);
-        return;
-
-    default:
-        break;
-    }
-
-    ngx_http_ws_heartbeat_arm(s);
+    ngx_http_ws_heartbeat_arm(ctx);
 }
 
 
@@ -967,12 +985,12 @@ ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
                                                       : nullptr))
     {
         s->hb.stop();
+    }
 
-        /* a draining connection keeps its grace timer */
+    /* a draining connection keeps its grace timer */
 
-        if (s->timer.timer_set && !(ctx->draining && s == &ctx->client)) {
-            ngx_del_timer(&s->timer);
-        }
+    if (ctx->timer.timer_set && !ctx->draining) {
+        ngx_del_timer(&ctx->timer);
     }
 }
 
@@ -1148,8 +1166,7 @@ ngx_http_ws_heartbeat_finalize(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 static void
 ngx_http_ws_heartbeat_cleanup(void *data) noexcept
 {
-    ngx_http_ws_heartbeat_ctx_t   *ctx;
-    ngx_http_ws_heartbeat_side_t  *s;
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
 
     ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(data);
 
@@ -1164,16 +1181,8 @@ ngx_http_ws_heartbeat_cleanup(void *data) noexcept
                    &ctx->stats->ends[ngx_http_ws_heartbeat_end(ctx)], 1);
     }
 
-    for (s = &ctx->client; s; s = (s == &ctx->client ? &ctx->upstream
-                                                      : nullptr))
-    {
-        if (s->timer.timer_set) {
-            ngx_del_timer(&s->timer);
-        }
-
-        if (s->timer.posted) {
-            ngx_delete_posted_event(&s->timer);
-        }
+    if (ctx->timer.timer_set) {
+        ngx_del_timer(&ctx->timer);
     }
 
     /* the client connection outlives r; the upstream one is closed by now */
@@ -1414,7 +1423,7 @@ ngx_http_ws_heartbeat_start_drain(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
         }
     }
 
-    ngx_add_timer(&ctx->client.timer, ctx->conf->drain_timeout);
+    ngx_add_timer(&ctx->timer, ctx->conf->drain_timeout);
 }
 
 

@@ -105,7 +105,6 @@ struct ngx_http_ws_heartbeat_side_t {
     ngx_recv_pt                     recv;
     wshb::outbound                  out;     /* bytes written to this peer */
     wshb::heartbeat                 hb;      /* liveness of this peer */
-    ngx_event_t                     timer;
     unsigned                        which:1;
     unsigned                        ping_queued:1;
     unsigned                        blocked:1;
@@ -118,7 +117,7 @@ struct ngx_http_ws_heartbeat_side_t {
           out(w == NGX_HTTP_WS_HB_CLIENT ? wshb::role::server
                                          : wshb::role::client,
               swallow, rsv1),
-          hb(), timer(), which(w), ping_queued(0), blocked(0),
+          hb(), which(w), ping_queued(0), blocked(0),
           close_sent(0), drain_pending(0)
     {
     }
@@ -136,6 +135,7 @@ struct ngx_http_ws_heartbeat_ctx_t {
     ngx_http_ws_heartbeat_side_t        client;
     ngx_http_ws_heartbeat_side_t        upstream;
 
+    ngx_event_t                         timer;    /* both sides' timer */
     ngx_queue_t                         queue;    /* in main conf conns */
     ngx_http_ws_heartbeat_stats_t      *stats;
     ngx_http_ws_heartbeat_end_e         end;
@@ -152,7 +152,7 @@ struct ngx_http_ws_heartbeat_ctx_t {
           write_handler(nullptr), upstream_write_handler(nullptr),
           client(this, NGX_HTTP_WS_HB_CLIENT, lcf->upstream != 0, rsv1),
           upstream(this, NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
-          queue(), stats(nullptr), end(NGX_HTTP_WS_HB_END_NONE), hooked(0),
+          timer(), queue(), stats(nullptr), end(NGX_HTTP_WS_HB_END_NONE), hooked(0),
           disabled(0), close_seen(0), draining(0), first_close(0),
           first_eof(0)
     {
