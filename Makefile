@@ -60,8 +60,7 @@ $(BUILD)/%/configured: config
 	if [ -f conf_flags ]; then \
 	    . ./conf_flags; \
 	else \
-	    NGX_CONF_FLAGS=(--with-compat --with-http_ssl_module \
-	        --without-http_rewrite_module --without-http_gzip_module); \
+	    NGX_CONF_FLAGS=(--with-compat --with-http_ssl_module); \
 	fi; \
 	if [ -x configure ]; then conf=./configure; else conf=auto/configure; fi; \
 	$$conf "$${NGX_CONF_FLAGS[@]}" $(NGINX_CONFIGURE_ARGS) \
@@ -163,3 +162,30 @@ format:
 
 clean:
 	rm -rf $(BUILD)
+
+# The Debian package libnginx-mod-http-ws-heartbeat, built the way Debian
+# builds its own nginx modules: `dh $@ --with nginx` (nginx-dev's addon)
+# in a copy of the source tree under build/deb/; dpkg-buildpackage leaves
+# the .deb (and .buildinfo, .changes, -dbgsym) in build/.
+DEB_PKG   := libnginx-mod-http-ws-heartbeat
+DEB_FILES := config ngx_ws_heartbeat_module.cpp ngx src debian README.md \
+             examples
+DEB_STAMP := $(BUILD)/deb.stamp
+
+.PHONY: deb
+
+deb: $(DEB_STAMP)
+	@ls $(BUILD)/$(DEB_PKG)_*.deb >/dev/null 2>&1 \
+	|| { rm -f $(DEB_STAMP); $(MAKE) --no-print-directory $(DEB_STAMP); }
+	@ls $(BUILD)/$(DEB_PKG)_*.deb
+
+$(DEB_STAMP): $(MODULE_DEPS) config README.md \
+              $(wildcard debian/* debian/source/* docs/*.md examples/*)
+	rm -rf $(BUILD)/deb $(BUILD)/$(DEB_PKG)[_-]*
+	mkdir -p $(BUILD)/deb/docs
+	cp -a $(DEB_FILES) $(BUILD)/deb/
+	cp -a docs/*.md $(BUILD)/deb/docs/
+	cd $(BUILD)/deb && dpkg-buildpackage -b -us -uc \
+	    >$(ABS_BUILD)/deb.log 2>&1 \
+	|| { tail -40 $(ABS_BUILD)/deb.log; exit 1; }
+	touch $@

@@ -17,6 +17,8 @@ pkgs=(
     chromium           # a real browser client, headless over DevTools
     openssl            # test certificates
     iproute2           # ip netns + veth: the vanished-backend test's private link
+    debhelper          # make deb: dh and the nginx addon nginx-dev ships
+    dpkg-dev           # make deb: dpkg-buildpackage
 )
 
 missing=()
