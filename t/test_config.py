@@ -2,6 +2,8 @@
 accepted; each bad value is rejected with a message naming the directive
 and the value."""
 
+import os
+
 import pytest
 
 from conftest import proxy_server
@@ -149,6 +151,8 @@ def test_no_warning_when_off(nginx_factory):
     assert rc == 0 and "[warn]" not in out, out
 
 
+@pytest.mark.skipif(not os.environ.get("NGX_WS_HEARTBEAT_MODULE", "x"),
+                    reason="the module is built into this nginx")
 def test_unknown_directive_without_module(nginx_factory):
     """Sanity: the directives come from the module."""
     n = nginx_factory("ws_heartbeat on;", start=False, check=False,

@@ -70,7 +70,9 @@ class Nginx:
                 % self.asan_dir)
         self.access_log = os.path.join(self.prefix, "logs", "access.log")
         tmp = os.path.join(self.prefix, "tmp")
-        lm = "load_module %s;" % os.path.abspath(MODULE) if load_module else ""
+        # NGX_WS_HEARTBEAT_MODULE= (empty): an nginx with the module built in
+        lm = "load_module %s;" % os.path.abspath(MODULE) \
+            if load_module and MODULE else ""
         with open(self.conf, "w") as f:
             f.write("""
 %(lm)s
