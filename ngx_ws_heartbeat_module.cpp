@@ -694,7 +694,33 @@ ngx_http_ws_heartbeat_side(ngx_connection_t *c) noexcept
     ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(
               ngx_http_get_module_ctx(r, ngx_ws_heartbeat_module));
 
+    if (ctx == NULL) {
+        return nullptr;
+    }
+
     return c == ctx->client.conn ? &ctx->client : &ctx->upstream;
+}
+
+
+/*
+ * r->ctx is zeroed by an internal redirect (post_action after the relay):
+ * the saved functions are out of reach, nginx's own I/O functions are
+ * what an upgraded connection had
+ */
+
+static void
+ngx_http_ws_heartbeat_unhook(ngx_connection_t *c) noexcept
+{
+#if (NGX_SSL)
+    if (c->ssl) {
+        c->send = ngx_ssl_write;
+        c->recv = ngx_ssl_recv;
+        return;
+    }
+#endif
+
+    c->send = ngx_io.send;
+    c->recv = ngx_io.recv;
 }
 
 
@@ -720,6 +746,12 @@ ngx_http_ws_heartbeat_send(ngx_connection_t *c, u_char *buf, size_t size)
     ngx_http_ws_heartbeat_side_t  *s;
 
     s = ngx_http_ws_heartbeat_side(c);
+
+    if (s == nullptr) {
+        ngx_http_ws_heartbeat_unhook(c);
+        return c->send(c, buf, size);
+    }
+
     io.side = s;
 
     n = s->out.send(io, buf, size);
@@ -738,6 +770,11 @@ ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf, size_t size)
     ngx_http_ws_heartbeat_side_t  *s;
 
     s = ngx_http_ws_heartbeat_side(c);
+
+    if (s == nullptr) {
+        ngx_http_ws_heartbeat_unhook(c);
+        return c->recv(c, buf, size);
+    }
 
     n = s->recv(c, buf, size);
 
