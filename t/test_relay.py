@@ -4,6 +4,7 @@ left alone."""
 
 import os
 import random
+import socket
 import threading
 import time
 
@@ -204,3 +205,31 @@ def test_integrity_under_pings(ws_proxy):
     f = c.recv_frame()
     assert f.opcode == CLOSE and f.close_code == 1000
     c.close()
+
+
+def test_post_action_after_the_relay(ws_proxy):
+    """post_action runs an internal redirect after the relay, which zeroes
+    r->ctx while the module's wrappers are still on the connection."""
+    n, port, b = ws_proxy("""
+            ws_heartbeat on;
+            ws_heartbeat_interval 50ms;
+            post_action @after;
+        }
+        location @after {
+            return 204;""", log_level="debug")
+    c = Client(port)
+    conn = b.accept()
+    c.pump(0.2)
+    c.send_frame(TEXT, b"bye")
+    assert conn.next_frame().payload == b"bye"
+    # the client closes its side first: nginx ends the relay, runs the
+    # post_action, then reads what is left on the connection
+    c.send_frame(CLOSE, wsproto.close_payload(1000))
+    c.sock.shutdown(socket.SHUT_WR)
+    assert conn.closed.wait(5)
+    c.wait_closed(5)
+    c.close()
+    n.stop()
+    log = n.log()
+    assert "post action: \"@after\"" in log
+    assert "exited on signal" not in log
