@@ -148,6 +148,7 @@ test: deps
 	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
 	$(MAKE) integration
 	$(MAKE) integration-asan
+	$(MAKE) reliability-quick
 
 demo: deps module
 	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) \
@@ -189,3 +190,32 @@ $(DEB_STAMP): $(MODULE_DEPS) config README.md \
 	    >$(ABS_BUILD)/deb.log 2>&1 \
 	|| { tail -40 $(ABS_BUILD)/deb.log; exit 1; }
 	touch $@
+
+# Reliability suite (t/reliability/, see its README.md): hostile frames,
+# network faults in namespaces of its own, process faults, a soak, and the
+# same again with the ASan module and with nginx under valgrind. Needs root
+# (ip netns). RELIABILITY=quick|full gates it: `make integration` collects
+# t/reliability but runs none of it. RELIABILITY_BUGS=fail turns the tests
+# of known bugs (xfail) into failures.
+RELIABILITY_PYTEST = $(PYTHON) -m pytest -p no:cacheprovider -q \
+                     t/reliability $(PYTEST_ARGS)
+
+.PHONY: reliability reliability-quick reliability-valgrind
+
+reliability-quick: module
+	RELIABILITY=quick NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) \
+	    $(RELIABILITY_PYTEST)
+
+reliability-valgrind: module
+	@command -v valgrind >/dev/null || { echo "reliability-valgrind:" \
+	    "valgrind is missing (apt-get install valgrind)"; exit 1; }
+	RELIABILITY=quick RELIABILITY_VALGRIND=1 \
+	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) $(RELIABILITY_PYTEST)
+
+reliability: module module-asan
+	RELIABILITY=full NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) \
+	    $(RELIABILITY_PYTEST)
+	RELIABILITY=quick NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE_ASAN)) \
+	NGX_WS_HEARTBEAT_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" \
+	    $(RELIABILITY_PYTEST)
+	$(MAKE) reliability-valgrind

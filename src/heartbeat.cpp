@@ -192,6 +192,13 @@ action heartbeat::on_timer(std::uint64_t now_ms) noexcept
         return close_with(close_reason::heartbeat_timeout);
     }
 
+    // a Ping stuck behind writes the peer does not take, and silence
+    if (ping_ && state_ == queued && blocked_
+        && now_ms >= stuck_since() + timeout_) {
+        stop();
+        return close_with(close_reason::heartbeat_timeout);
+    }
+
     if (ping_ && state_ == idle && now_ms >= last_receive_ + interval_) {
         state_ = queued;
         action a;
@@ -226,6 +233,10 @@ std::uint64_t heartbeat::next_deadline() const noexcept
 
     if (ping_ && s == outstanding && written_ + timeout_ < d) {
         d = written_ + timeout_;
+    }
+
+    if (ping_ && s == queued && blocked_ && stuck_since() + timeout_ < d) {
+        d = stuck_since() + timeout_;
     }
 
     if (d == none) {

@@ -90,6 +90,14 @@ private:
 
     state_t settled() const noexcept;
 
+    // A queued Ping that cannot be written: the peer neither reads (the
+    // writes block) nor sends; from when both are true.
+    std::uint64_t stuck_since() const noexcept
+    {
+        return blocked_since_ > last_receive_ ? blocked_since_
+                                              : last_receive_;
+    }
+
     std::uint64_t last_receive_ = 0;  // ms
     std::uint64_t last_data_ = 0;     // ms
     std::uint64_t written_ = 0;       // ms, our outstanding Ping's write

@@ -61,6 +61,12 @@ public:
     template <class Io>
     long flush(Io& io) noexcept;
 
+    // The sender's stream has ended (EOF or error): the bytes of a Pong
+    // absorbed so far can no longer make a whole one; forward them as they
+    // are, then flush(). Returns as flush().
+    template <class Io>
+    long release(Io& io) noexcept;
+
     bool passthrough() const noexcept; // gave up: plain forwarding
     bool in_message() const noexcept;  // a fragmented message unfinished
     bool blocked() const noexcept;     // last write was short or again
@@ -544,6 +550,17 @@ long outbound::flush(Io& io) noexcept
     }
 
     return flag(f_blocked) ? io_again : 0;
+}
+
+template <class Io>
+long outbound::release(Io& io) noexcept
+{
+    if (hold() == hold_absorbing) {
+        set_hold(hold_forwarding);
+        hold_off_ = 0;
+    }
+
+    return flush(io);
 }
 
 } // namespace wshb

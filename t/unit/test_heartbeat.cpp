@@ -387,3 +387,48 @@ TEST_CASE("heartbeat: close reason words", "[heartbeat]")
     CHECK(std::string(to_string(close_reason::read_timeout)) == "read timeout");
     CHECK(std::string(to_string(close_reason::send_timeout)) == "send timeout");
 }
+
+TEST_CASE("heartbeat: a Ping stuck behind a peer that does not read",
+          "[heartbeat]")
+{
+    heartbeat hb;
+    hb.start(config(100, 30), 0);
+
+    // the Ping is due and asked for, but the writes to the peer block
+    REQUIRE(is(hb.on_timer(100), action::send_ping));
+    hb.on_write_blocked(105);
+
+    SECTION("silent and not reading: dead a timeout after both began")
+    {
+        CHECK(hb.next_deadline() == 135);
+        CHECK(is(hb.on_timer(134), action::none));
+        CHECK(is(hb.on_timer(135), action::close,
+                 close_reason::heartbeat_timeout));
+    }
+
+    SECTION("bytes from the peer move the deadline")
+    {
+        hb.on_receive(120);
+        CHECK(hb.next_deadline() == 150);
+        CHECK(is(hb.on_timer(149), action::none));
+        CHECK(is(hb.on_timer(150), action::close,
+                 close_reason::heartbeat_timeout));
+    }
+
+    SECTION("write progress clears it")
+    {
+        hb.on_write_progress();
+        CHECK(is(hb.on_timer(200), action::none));
+        hb.on_write_blocked(210);
+        CHECK(hb.next_deadline() == 240);
+    }
+
+    SECTION("written at last: the Pong deadline takes over")
+    {
+        hb.on_write_progress();
+        hb.on_ping_written(120);
+        CHECK(hb.next_deadline() == 150);
+        CHECK(is(hb.on_timer(150), action::close,
+                 close_reason::heartbeat_timeout));
+    }
+}

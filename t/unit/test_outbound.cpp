@@ -241,6 +241,17 @@ TEST_CASE("outbound: Pong swallowing", "[outbound]")
         CHECK(io.asked.size() == 1);
     }
 
+    SECTION("the stream ends inside a held Pong: release() forwards it")
+    {
+        REQUIRE(ob.send(io, ours.data(), 9) == 9);
+        CHECK(io.out.empty());
+        CHECK(ob.release(io) == 0);
+        CHECK(io.out == bytes(ours.begin(), ours.begin() + 9));
+        CHECK(io.asked.empty());
+        CHECK(ob.release(io) == 0); // once only
+        CHECK(io.out.size() == 9);
+    }
+
     SECTION("split after its first byte, then not a candidate")
     {
         bytes s = cat({short_pong, data});
