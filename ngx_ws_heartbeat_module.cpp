@@ -35,6 +35,8 @@ static void ngx_http_ws_heartbeat_upstream_write_handler(
 static void ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept;
 static void ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s)
     noexcept;
+static void ngx_http_ws_heartbeat_release(ngx_http_ws_heartbeat_side_t *s)
+    noexcept;
 static void ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx)
     noexcept;
 static void ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx)
@@ -343,6 +345,15 @@ struct ngx_http_ws_heartbeat_io {
 
         if (side->ctx->end == NGX_HTTP_WS_HB_END_NONE) {
             side->ctx->end = NGX_HTTP_WS_HB_END_INVALID_FRAME;
+        }
+
+        /* one line per connection: the other direction may follow */
+
+        if (side->ctx->disabled) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, side->conn->log, 0,
+                           "ws heartbeat: invalid frame (%s) after "
+                           "stepping aside", wshb::to_string(e));
+            return;
         }
 
         ngx_log_error(NGX_LOG_INFO, side->conn->log, 0,
@@ -781,11 +792,37 @@ ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf, size_t size)
     if (n > 0) {
         s->hb.on_receive(ngx_current_msec);
 
-    } else if ((n == 0 || n == NGX_ERROR) && s->ctx->first_eof == 0) {
-        s->ctx->first_eof = s->which + 1;
+    } else if (n == 0 || n == NGX_ERROR) {
+        if (s->ctx->first_eof == 0) {
+            s->ctx->first_eof = s->which + 1;
+        }
+
+        /* the start of a Pong held back from the other side goes on */
+
+        ngx_http_ws_heartbeat_release(s->which == NGX_HTTP_WS_HB_CLIENT
+                                      ? &s->ctx->upstream : &s->ctx->client);
     }
 
     return n;
+}
+
+
+static void
+ngx_http_ws_heartbeat_release(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    ngx_http_ws_heartbeat_io  io;
+
+    if (s->conn == NULL || !s->conn->write->ready) {
+        return;
+    }
+
+    io.side = s;
+
+    if (s->out.release(io) == NGX_AGAIN) {
+        (void) ngx_handle_write_event(s->conn->write, 0);
+    }
+
+    ngx_http_ws_heartbeat_after_write(s);
 }
 
 
@@ -1018,10 +1055,17 @@ ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 
     ctx->disabled = 1;
 
+    /* a queued Ping not yet started goes too (safe in Io callbacks) */
+
     for (s = &ctx->client; s; s = (s == &ctx->client ? &ctx->upstream
                                                       : nullptr))
     {
         s->hb.stop();
+
+        if (s->ping_queued) {
+            s->out.drop_queued();
+            s->ping_queued = 0;
+        }
     }
 
     /* a draining connection keeps its grace timer */
