@@ -191,6 +191,37 @@ $(DEB_STAMP): $(MODULE_DEPS) config README.md \
 	|| { tail -40 $(ABS_BUILD)/deb.log; exit 1; }
 	touch $@
 
+# Benchmarks (bench/, docs/benchmarks.md): the load generator / echo
+# backend, sizeof of the per-connection state, and bench/run.py, which runs
+# every configuration of the same nginx in one run. The packages only the
+# benchmark needs (ngx_lua, gnuplot, valgrind, ...) come from bench/deps.sh,
+# not t/deps.sh. `make bench QUICK=1` is the short version; it writes to
+# build/bench/quick/ instead of docs/bench/. BENCH_ARGS: more run.py flags.
+BENCH_DIR  := $(BUILD)/bench
+BENCH_OUT  := $(if $(QUICK),$(BENCH_DIR)/quick,docs/bench)
+BENCH_ARGS ?=
+
+.PHONY: bench bench-deps bench-tools
+
+bench-deps:
+	@bench/deps.sh
+
+$(BENCH_DIR)/wsbench: bench/wsbench.cpp
+	@mkdir -p $(BENCH_DIR)
+	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Werror -pthread $< -o $@ -lcrypto
+
+$(BENCH_DIR)/sizeof_ctx: bench/sizeof_ctx.cpp bench/sizeof.sh $(MODULE)
+	@mkdir -p $(BENCH_DIR)
+	bench/sizeof.sh $(BUILD) $(abspath $@)
+
+bench-tools: $(BENCH_DIR)/wsbench $(BENCH_DIR)/sizeof_ctx
+
+bench: bench-deps
+	$(MAKE) module
+	$(MAKE) bench-tools
+	$(PYTHON) bench/run.py --out $(BENCH_OUT) $(if $(QUICK),--quick) \
+	    $(BENCH_ARGS)
+
 # Reliability suite (t/reliability/, see its README.md): hostile frames,
 # network faults in namespaces of its own, process faults, a soak, and the
 # same again with the ASan module and with nginx under valgrind. Needs root
