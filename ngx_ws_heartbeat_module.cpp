@@ -349,12 +349,14 @@ struct ngx_http_ws_heartbeat_io {
 
         /* one line per connection: the other direction may follow */
 
-        if (side->ctx->disabled) {
+        if (side->ctx->invalid) {
             ngx_log_debug1(NGX_LOG_DEBUG_HTTP, side->conn->log, 0,
                            "ws heartbeat: invalid frame (%s) after "
                            "stepping aside", wshb::to_string(e));
             return;
         }
+
+        side->ctx->invalid = 1;
 
         ngx_log_error(NGX_LOG_INFO, side->conn->log, 0,
                       "%s sent invalid WebSocket frame (%s), "

@@ -141,6 +141,7 @@ struct ngx_http_ws_heartbeat_ctx_t {
     ngx_http_ws_heartbeat_end_e         end;
     unsigned                            hooked:1;
     unsigned                            disabled:1;   /* stepped aside */
+    unsigned                            invalid:1;    /* logged it */
     unsigned                            close_seen:1; /* endpoint Close */
     unsigned                            draining:1;
     unsigned                            first_close:2; /* 1 client, 2 up */
@@ -153,7 +154,7 @@ struct ngx_http_ws_heartbeat_ctx_t {
           client(this, NGX_HTTP_WS_HB_CLIENT, lcf->upstream != 0, rsv1),
           upstream(this, NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
           timer(), queue(), stats(nullptr), end(NGX_HTTP_WS_HB_END_NONE), hooked(0),
-          disabled(0), close_seen(0), draining(0), first_close(0),
+          disabled(0), invalid(0), close_seen(0), draining(0), first_close(0),
           first_eof(0)
     {
     }
