@@ -403,7 +403,13 @@ ngx_http_ws_heartbeat_header_filter(ngx_http_request_t *r) noexcept
         return ngx_http_next_header_filter(r);
     }
 
-    p = ngx_pcalloc(r->pool, sizeof(ngx_http_ws_heartbeat_ctx_t));
+    /*
+     * from the connection's pool, which is small: the context goes to a
+     * block of its own size, while in r->pool it often opens a new
+     * request_pool_size (4k) block; the connection outlives the request
+     */
+
+    p = ngx_pcalloc(r->connection->pool, sizeof(ngx_http_ws_heartbeat_ctx_t));
     if (p == NULL) {
         return NGX_ERROR;
     }
