@@ -318,7 +318,10 @@ def test_reload_drain_off_keeps_connections(fleet, nginx_factory):
         await asyncio.sleep(max(0.0, t0 + 1.5 - time.monotonic()))
         closed = [c.conn_id for c in clients + backs if c.closes]
         assert not closed, "Close within 1.5s of the reload: %s" % closed[:10]
-        assert sorted(p for p in old if alive(p)) == sorted(old)
+        # every old worker that holds connections is still there (one that
+        # got none of them exits at once, as stock nginx does)
+        holding = {c.worker for c in clients}
+        assert sorted(p for p in holding if alive(p)) == sorted(holding)
         late = time.monotonic() - 0.3
         stalled = [c.conn_id for c in clients if c.busy and (
             len(c.got) - before[c.conn_id] < 20 or c.last_msg_at < late)]
