@@ -1001,6 +1001,28 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
 }
 
 
+/* has the peer ACKed anything within the last ms? (true if unknown) */
+
+static bool
+ngx_http_ws_heartbeat_acks(ngx_connection_t *c, ngx_msec_t ms) noexcept
+{
+#if (NGX_HAVE_TCP_INFO)
+    socklen_t        len;
+    struct tcp_info  ti;
+
+    len = sizeof(struct tcp_info);
+
+    if (getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == -1) {
+        return true;
+    }
+
+    return ti.tcpi_last_ack_recv < ms;
+#else
+    return true;
+#endif
+}
+
+
 static void
 ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept
 {
@@ -1037,6 +1059,18 @@ ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept
         /* unread bytes from the peer prove it alive (the relay is blocked) */
 
         if (s->conn->read->ready) {
+            s->hb.on_receive(ngx_current_msec);
+        }
+
+        /*
+         * a Ping stuck behind writes that block: a peer that still ACKs
+         * is alive, only slow to read (nginx writes again only once a
+         * good part of the socket buffer has drained)
+         */
+
+        if (s->ping_queued && s->blocked
+            && ngx_http_ws_heartbeat_acks(s->conn, ctx->conf->timeout))
+        {
             s->hb.on_receive(ngx_current_msec);
         }
 

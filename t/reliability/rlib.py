@@ -28,6 +28,7 @@ import random
 import re
 import secrets
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -203,6 +204,7 @@ class RNginx(Nginx):
         self.returncode = self.proc.returncode
         self.proc = None
         self.stderr_file.close()
+        shutil.rmtree(self.sockdir, ignore_errors=True)
 
     def reload(self):
         os.kill(self.pid, signal.SIGHUP)

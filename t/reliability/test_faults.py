@@ -7,6 +7,7 @@ stock nginx (the module loaded, ws_heartbeat off)."""
 
 import contextlib
 import random
+import socket
 import threading
 import time
 
@@ -411,3 +412,77 @@ def test_reset_mid_frame_while_the_other_side_streams(pair, who):
             assert other.rec.wait_eof(slow(5)), "%s: relay open" % loc
             stop.set()
             t.join(5)
+
+
+@rlib.no_valgrind
+@pytest.mark.parametrize("reader", ["client", "upstream"])
+def test_slow_reader_is_not_declared_dead(rnginx, reader):
+    """The other side of "a Ping stuck behind writes the peer does not
+    take": a live peer that reads slowly (16 KiB every 300ms) while the
+    other side streams as fast as it can, and sends nothing. The writes to
+    it block again and again and a Ping waits behind the frames; yet it
+    reads, so it is alive and must not be closed (timeout 1s)."""
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    port = free_port()
+    n = rnginx(rlib.server(port, lsock.getsockname()[1], """
+            ws_heartbeat on;
+            ws_heartbeat_upstream on;
+            ws_heartbeat_interval 200ms;
+            ws_heartbeat_timeout 1s;"""), port=port)
+    accepted = []
+
+    def backend():
+        b, _ = lsock.accept()
+        head, _ = wsproto.read_http_head(b)
+        key = [l.split(":", 1)[1].strip() for l in head.split("\r\n")
+               if l.lower().startswith("sec-websocket-key:")][0]
+        b.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket"
+                  b"\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+                  + wsproto.accept_key(key.encode()) + b"\r\n\r\n")
+        accepted.append(b)
+
+    t = threading.Thread(target=backend, daemon=True)
+    t.start()
+    sock = socket.socket()
+    if reader == "client":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    with rlib.client_on(sock):
+        c = wsproto.Client(port, "/slow", answer_pings=False)
+    t.join(10)
+    lsock.close()
+    b = accepted[0]
+    stop = threading.Event()
+
+    def stream():
+        frame = raw_frame(BINARY, b"r" * 30000, masked=reader == "upstream")
+        try:
+            while not stop.is_set():
+                (b if reader == "client" else c.sock).sendall(frame)
+        except OSError:
+            pass
+
+    slow_sock = c.sock if reader == "client" else b
+    with rlib.closing(c), contextlib.ExitStack() as cleanup:
+        cleanup.callback(rlib.close, b)
+        cleanup.callback(stop.set)
+        threading.Thread(target=stream, daemon=True).start()
+        t0 = time.monotonic()
+        got = 0
+        slow_sock.settimeout(0.05)
+        while time.monotonic() - t0 < rlib.scale(4.0, 10.0):
+            try:
+                data = slow_sock.recv(16384)
+            except socket.timeout:
+                data = b"?"
+            assert data, "closed after %.1fs" % (time.monotonic() - t0)
+            got += len(data)
+            assert "heartbeat timeout" not in n.log(), \
+                "a live slow reader (%d bytes read) closed after %.1fs" \
+                % (got, time.monotonic() - t0)
+            time.sleep(0.3)
+        # Pings were due (queued, stuck behind the frames)
+        st = n.status()
+        assert st['nginx_ws_heartbeat_pings_total{peer="%s"}' % reader] >= 1

@@ -149,6 +149,8 @@ class WsClient:
         self.frames = asyncio.Queue()
         self.answer = True
         self.half_closed = False
+        self.t0 = time.monotonic()
+        self.pongs = []
         self.task = asyncio.ensure_future(self._read())
 
     async def _read(self):
@@ -166,6 +168,12 @@ class WsClient:
                                 not self.writer.transport.is_closing() \
                                 and not self.half_closed:
                             self.writer.write(encode_frame(PONG, f.payload))
+                            # when each Ping came and its Pong went (for
+                            # the report of a failed lifecycle)
+                            self.pongs.append((
+                                round(time.monotonic() - self.t0, 3),
+                                self.writer.transport.get_write_buffer_size()
+                            ))
                     else:
                         self.frames.put_nowait(f)
         except (ConnectionError, OSError):
@@ -218,9 +226,10 @@ async def lifecycle(port, rng, stats, ident):
         step = "ending"
         await ending(c, fault, writer)
     except Exception as e:
-        raise AssertionError("/%s/%d/%s: %s after %.1fs: %r"
+        raise AssertionError("/%s/%d/%s: %s after %.1fs: %r; Pongs sent at "
+                             "(s, bytes left in the transport): %r"
                              % (loc, ident, fault, step,
-                                time.monotonic() - t0, e))
+                                time.monotonic() - t0, e, c.pongs[-5:]))
     finally:
         c.task.cancel()
         writer.transport.abort()
