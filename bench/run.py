@@ -1,0 +1,1377 @@
+#!/usr/bin/python3
+"""The ngx_ws_heartbeat benchmark (make bench).
+
+One run starts the echo backend (build/bench/wsbench server) and the same
+nginx binary (Debian's /usr/sbin/nginx) in every configuration, each in its
+own prefix on 127.0.0.1 ports, and drives them with build/bench/wsbench
+client, alternating the configurations round by round:
+
+  A  stock nginx, module not loaded
+  B  module loaded, ws_heartbeat off
+  C  ws_heartbeat on, client side, interval 50ms (Pings really flow)
+  D  as C plus ws_heartbeat_upstream on
+  L  a Lua frame-by-frame proxy (ngx_lua + resty.websocket) with Pings
+
+Sections: throughput (64 B and 64 KiB messages, 1 and 100 connections, flat
+out), latency at a fixed moderate rate, idle heartbeat connections (worker
+CPU and RSS per connection from /proc, with and without the module, and with
+the backend pinging instead), mass dead-peer detection in network namespaces
+made here, a callgrind profile of the relay, and sizeof of the module's
+per-connection state. Everything is written as JSON to --out and summarised
+as text (and Markdown tables, and a gnuplot plot) there.
+
+Only processes started here are stopped, by pid. Traffic stays on
+127.0.0.0/8 or inside the namespaces this script creates and deletes.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "t"))
+
+from lib.nginx import free_port, wait_for, wait_port  # noqa: E402
+
+BUILD = os.path.join(ROOT, os.environ.get("BUILD", "build"))
+WSBENCH = os.path.join(BUILD, "bench", "wsbench")
+SIZEOF = os.path.join(BUILD, "bench", "sizeof_ctx")
+MODULE = os.path.abspath(os.environ.get(
+    "NGX_WS_HEARTBEAT_MODULE",
+    os.path.join(BUILD, "ngx_ws_heartbeat_module.so")))
+NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
+LUA_MODULES = "/usr/lib/nginx/modules"
+LUA_PROXY = os.path.join(ROOT, "bench", "lua_proxy.lua")
+
+HB_FAST = ("ws_heartbeat on; ws_heartbeat_interval 50ms; "
+           "ws_heartbeat_timeout 1s;")
+CONFIGS = [
+    ("A", "stock nginx, module not loaded", dict(module=False, loc="")),
+    ("B", "module loaded, ws_heartbeat off",
+     dict(module=True, loc="ws_heartbeat off;")),
+    ("C", "heartbeat on, client side (50ms)", dict(module=True, loc=HB_FAST)),
+    ("D", "heartbeat on, client + upstream (50ms)",
+     dict(module=True, loc=HB_FAST + " ws_heartbeat_upstream on;")),
+    ("L", "Lua frame proxy with Pings (50ms)", dict(lua=True)),
+]
+
+WORK = None   # set in main(): build/bench/run
+LOG = None
+
+
+def say(*a):
+    line = " ".join(str(x) for x in a)
+    print(line, flush=True)
+    if LOG:
+        LOG.write(line + "\n")
+        LOG.flush()
+
+
+# ----------------------------------------------------------------- processes
+
+class Proc:
+    """A process started here (optionally inside a network namespace: `ip
+    netns exec` execs the program, so the pid is the program's)."""
+
+    def __init__(self, argv, log, ns=None):
+        if ns:
+            argv = ["ip", "netns", "exec", ns] + argv
+        self.argv = argv
+        self.logf = open(log, "w")
+        self.log = log
+        self.p = subprocess.Popen(argv, stdout=self.logf,
+                                  stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def send(self, sig):
+        if self.alive():
+            os.kill(self.p.pid, sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.alive():
+            os.kill(self.p.pid, sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        self.logf.close()
+        return self.p.returncode
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def wait_file(path, timeout, proc=None, what=None):
+    def ok():
+        if proc is not None and not proc.alive():
+            raise RuntimeError("%s exited early:\n%s" % (
+                what or proc.argv[0], tail(proc.log)))
+        return os.path.exists(path)
+    wait_for(ok, timeout, 0.01, what or path)
+
+
+def tail(path, n=3000):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()[-n:]
+    except OSError:
+        return ""
+
+
+class Backend:
+    """wsbench server: echo, Pong, optional Pings (ping_ms)."""
+
+    def __init__(self, name, ports, threads=1, ping_ms=0, ns=None,
+                 host="127.0.0.1"):
+        self.name = name
+        self.ports = ports
+        base = os.path.join(WORK, name)
+        self.ready = base + ".ready"
+        self.json = base + ".json"
+        for f in (self.ready, self.json):
+            if os.path.exists(f):
+                os.unlink(f)
+        argv = [WSBENCH, "server", "-t", str(threads), "--ready-file",
+                self.ready, "--json", self.json]
+        for p in ports:
+            argv += ["--listen", "%s:%d" % (host, p)]
+        if ping_ms:
+            argv += ["--ping-interval", str(ping_ms)]
+        self.proc = Proc(argv, base + ".log", ns)
+        wait_file(self.ready, 10, self.proc, "backend " + name)
+
+    def stop(self):
+        self.proc.stop()
+        try:
+            return read_json(self.json)
+        except (OSError, ValueError):
+            return {}
+
+
+class Nginx:
+    """One nginx in its own prefix (t/lib/nginx.py style): own pid, logs and
+    temp paths, 127.0.0.1 listeners (or a namespace's addresses)."""
+
+    def __init__(self, name, cfg, backends, port, workers=1, wc=4096,
+                 log_level="warn", listen=None, ns=None, master=True,
+                 wrapper=None, hb=None):
+        self.name = name
+        self.prefix = os.path.join(WORK, "nginx-" + name)
+        shutil.rmtree(self.prefix, ignore_errors=True)
+        os.makedirs(os.path.join(self.prefix, "logs"))
+        tmp = os.path.join(self.prefix, "tmp")
+        os.makedirs(tmp)
+        self.port = port
+        self.ns = ns
+        self.conf = os.path.join(self.prefix, "nginx.conf")
+        self.error_log = os.path.join(self.prefix, "logs", "error.log")
+        main = cfg.get("main", "")
+        if cfg.get("module"):
+            main += "load_module %s;\n" % MODULE
+        if cfg.get("lua"):
+            main += ("load_module %s/ndk_http_module.so;\n"
+                     "load_module %s/ngx_http_lua_module.so;\n"
+                     % (LUA_MODULES, LUA_MODULES))
+        listen = listen or ["127.0.0.1"]
+        listens = "".join(
+            "        listen %s:%d reuseport backlog=4096;\n" % (a, port)
+            for a in listen)
+        upstream = "".join("        server 127.0.0.1:%d;\n" % p
+                           for p in backends)
+        loc = cfg.get("loc", "")
+        if hb is not None and cfg.get("module") and "ws_heartbeat on" in loc:
+            loc = hb
+        if cfg.get("lua"):
+            iv, to = (hb_lua(hb) if hb else (0.05, 1))
+            body = """
+            set $hb_interval %s;
+            set $hb_timeout %s;
+            set $hb_backends "%s";
+            content_by_lua_file %s;
+""" % (iv, to, ",".join("ws://127.0.0.1:%d/" % p for p in backends),
+                LUA_PROXY)
+            http_extra = ('    lua_package_path "/usr/share/lua/5.1/?.lua;;";\n'
+                          "    lua_socket_log_errors off;\n")
+        else:
+            body = """
+            proxy_pass http://wsbe;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            %s
+""" % loc
+            http_extra = "    upstream wsbe {\n%s    }\n" % upstream
+        http_extra += cfg.get("http", "")
+        status = ("        location = /ws_heartbeat_status "
+                  "{ ws_heartbeat_status; }\n" if cfg.get("module") else "")
+        with open(self.conf, "w") as f:
+            f.write("""%(main)s
+worker_processes %(workers)d;
+worker_rlimit_nofile 20000;
+worker_shutdown_timeout 5s;
+daemon off;
+master_process %(master)s;
+pid %(prefix)s/nginx.pid;
+error_log %(prefix)s/logs/error.log %(log_level)s;
+events { worker_connections %(wc)d; }
+http {
+    access_log off;
+    client_body_temp_path %(tmp)s/body;
+    proxy_temp_path %(tmp)s/proxy;
+    fastcgi_temp_path %(tmp)s/fastcgi;
+    uwsgi_temp_path %(tmp)s/uwsgi;
+    scgi_temp_path %(tmp)s/scgi;
+    proxy_read_timeout 3600s;
+    proxy_send_timeout 3600s;
+%(http_extra)s
+    server {
+%(listens)s
+        location / {
+%(body)s
+        }
+%(status)s    }
+}
+""" % dict(main=main, workers=workers, master="on" if master else "off",
+                prefix=self.prefix, log_level=log_level, wc=wc, tmp=tmp,
+                http_extra=http_extra, listens=listens, body=body,
+                status=status))
+        argv = [NGINX_BIN, "-p", self.prefix + "/", "-c", self.conf]
+        if wrapper:
+            argv = wrapper + argv
+        self.proc = Proc(argv, os.path.join(self.prefix, "stderr.log"), ns)
+        if ns is None:
+            try:
+                wait_port(port, 60 if wrapper else 10)
+            except TimeoutError:
+                self.proc.stop(signal.SIGKILL)
+                raise RuntimeError("nginx %s did not start:\n%s" % (
+                    name, tail(self.error_log) + tail(self.proc.log)))
+        self.master = master
+
+    def worker_pids(self):
+        if not self.master:
+            return [self.proc.pid]
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)],
+                             stdout=subprocess.PIPE, text=True).stdout
+        return [int(x) for x in out.split()]
+
+    def cpu_ns(self):
+        """Worker CPU time so far (ns, /proc/PID/schedstat), all workers."""
+        total = 0
+        for pid in self.worker_pids():
+            try:
+                with open("/proc/%d/schedstat" % pid) as f:
+                    total += int(f.read().split()[0])
+            except OSError:
+                pass
+        return total
+
+    def user_sys(self):
+        """(user, system) CPU seconds of the workers (/proc/PID/stat)."""
+        hz = os.sysconf("SC_CLK_TCK")
+        u = k = 0
+        for pid in self.worker_pids():
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                u += int(fields[11])
+                k += int(fields[12])
+            except (OSError, ValueError, IndexError):
+                pass
+        return u / hz, k / hz
+
+    def rss_kb(self):
+        """Anonymous resident memory of the workers (kB), all workers."""
+        total = 0
+        for pid in self.worker_pids():
+            try:
+                with open("/proc/%d/status" % pid) as f:
+                    for line in f:
+                        if line.startswith("RssAnon:"):
+                            total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+    def log(self):
+        return tail(self.error_log, 10 ** 8)
+
+    def stop(self):
+        workers = [(pid, start_time(pid)) for pid in
+                   (self.worker_pids() if self.master else [])]
+        if self.proc.alive():
+            self.proc.stop(signal.SIGQUIT, 30)
+        # worker_shutdown_timeout ends them; if a worker still outlives its
+        # master (killed after the timeout), end it: the same process (pid
+        # and start time) that this run started
+        for pid, t in workers:
+            if t is not None and start_time(pid) == t:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        bad = [l for l in self.log().splitlines()
+               if "[alert]" in l or "[emerg]" in l or "[crit]" in l
+               or "exited on signal" in l]
+        if bad:
+            say("  !! nginx %s error.log:\n    %s" % (
+                self.name, "\n    ".join(bad[:10])))
+        return bad
+
+
+def start_time(pid):
+    """A process's start time (clock ticks since boot), None if gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def hb_lua(hb):
+    """(interval, timeout) in seconds from a ws_heartbeat directive line."""
+    def val(key):
+        s = hb.split(key)[1].split(";")[0].strip()
+        if s.endswith("ms"):
+            return float(s[:-2]) / 1000
+        if s.endswith("s"):
+            return float(s[:-1])
+        return float(s)
+    return val("ws_heartbeat_interval"), val("ws_heartbeat_timeout")
+
+
+class Client:
+    """One wsbench client process."""
+
+    n = 0
+
+    def __init__(self, url, label, conns, size=64, rate=0, inflight=1,
+                 warmup=1.0, duration=3.0, idle=False, threads=1, srcs=None,
+                 ns=None, connect_timeout=120):
+        Client.n += 1
+        base = os.path.join(WORK, "client-%03d-%s" % (
+            Client.n, "".join(ch if ch.isalnum() else "_" for ch in label)))
+        self.ready, self.json, self.snap = (
+            base + ".ready", base + ".json", base + ".snap")
+        argv = [WSBENCH, "client", "--url", url, "-c", str(conns), "-t",
+                str(threads), "--size", str(size), "--warmup", str(warmup),
+                "--duration", str(duration), "--label", label,
+                "--json", self.json, "--ready-file", self.ready,
+                "--snapshot", self.snap,
+                "--connect-timeout", str(connect_timeout)]
+        if rate:
+            argv += ["--rate", str(rate)]
+        else:
+            argv += ["--inflight", str(inflight)]
+        if idle:
+            argv += ["--idle"]
+        if srcs:
+            argv += ["--src", ",".join(srcs)]
+        self.proc = Proc(argv, base + ".log", ns)
+        self.timeout = connect_timeout + 10
+
+    def wait_ready(self):
+        wait_file(self.ready, self.timeout, self.proc, "client")
+        with open(self.ready) as f:
+            opened, total, secs = f.read().split()
+        return int(opened), int(total), float(secs)
+
+    def snapshot(self):
+        if os.path.exists(self.snap):
+            os.unlink(self.snap)
+        self.proc.send(signal.SIGUSR1)
+        wait_file(self.snap, 10, self.proc, "client snapshot")
+        return read_json(self.snap)
+
+    def result(self, timeout=60):
+        try:
+            self.proc.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.stop()
+        self.proc.logf.close()
+        return read_json(self.json)
+
+    def stop(self):
+        self.proc.stop()
+        return read_json(self.json)
+
+
+# ------------------------------------------------------------------ machine
+
+def machine():
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    with open("/proc/meminfo") as f:
+        mem = f.readline().split(":")[1].strip()
+    nginx_v = subprocess.run([NGINX_BIN, "-v"], stderr=subprocess.PIPE,
+                             text=True).stderr.strip()
+    lua_v = subprocess.run(["dpkg-query", "-W", "-f", "${Version}",
+                            "libnginx-mod-http-lua"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True).stdout
+    def git(*a):
+        return subprocess.run(["git", "-C", ROOT] + list(a),
+                              stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True).stdout
+    import hashlib
+    try:
+        with open(MODULE, "rb") as f:
+            so_sha = hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError:
+        so_sha = None
+    module = dict(
+        head=git("rev-parse", "--short", "HEAD").strip(),
+        modified=git("status", "--porcelain", "--", "ngx_ws_heartbeat_module.cpp",
+                     "ngx", "src", "config").split("\n")[:-1],
+        so_sha256=so_sha)
+    return dict(cpu=cpu, cores=os.cpu_count(), mem=mem, module=module,
+                kernel=platform.release(), nginx=nginx_v,
+                ngx_lua=lua_v, loadavg=os.getloadavg(),
+                nofile_hard=__import__("resource").getrlimit(
+                    __import__("resource").RLIMIT_NOFILE)[1])
+
+
+# --------------------------------------------------------------- statistics
+
+def ratios(runs, scen, metric, configs):
+    """{cfg: (median ratio to A, min, max)} over the rounds of a scenario:
+    each round's value divided by A's value of the same round."""
+    by_round = {}
+    for r in runs:
+        if r["scenario"] == scen:
+            by_round.setdefault(r["round"], {})[r["config"]] = r
+    out = {}
+    for cfg in configs:
+        vals = []
+        for rnd in by_round.values():
+            a, x = rnd.get("A"), rnd.get(cfg)
+            if a and x and metric(a) and metric(x) is not None:
+                vals.append(metric(x) / metric(a))
+        if vals:
+            out[cfg] = (statistics.median(vals), min(vals), max(vals))
+    return out
+
+
+def med(runs, scen, cfg, metric):
+    vals = [metric(r) for r in runs
+            if r["scenario"] == scen and r["config"] == cfg]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+# ------------------------------------------------------ throughput / latency
+
+def section_relay(args, results):
+    q = args.quick
+    rounds = 1 if q else args.rounds
+    warm, dur = (0.5, 1.5) if q else (1.0, 2.0)
+    scenarios = [
+        # name, conns, size, inflight, rate
+        ("64B x1", 1, 64, 1, 0),
+        ("64B x100", 100, 64, 4, 0),
+        ("64KiB x1", 1, 65536, 2, 0),
+        ("64KiB x100", 100, 65536, 1, 0),
+        ("latency 64B x100 @1000/s", 100, 64, 1, 1000),
+    ]
+    bports = [free_port()]
+    be = Backend("relay-backend", bports)
+    ngx = {}
+    try:
+        for name, _, cfg in CONFIGS:
+            ngx[name] = Nginx("relay-" + name, cfg, bports, free_port())
+        runs = []
+        for rnd in range(rounds):
+            for sname, conns, size, inflight, rate in scenarios:
+                order = [c[0] for c in CONFIGS]
+                k = (rnd + len(runs)) % len(order)
+                order = order[k:] + order[:k]
+                if rnd % 2:
+                    order.reverse()
+                for cfg in order:
+                    n = ngx[cfg]
+                    c = Client("ws://127.0.0.1:%d/ws" % n.port,
+                               "%s %s r%d" % (sname, cfg, rnd), conns, size,
+                               rate, inflight, warm, dur)
+                    c.wait_ready()
+                    t_ready = time.monotonic()
+                    time.sleep(max(0, t_ready + warm - time.monotonic()))
+                    cpu0, us0 = n.cpu_ns(), n.user_sys()
+                    time.sleep(max(0, t_ready + warm + dur
+                                   - time.monotonic()))
+                    cpu1, us1 = n.cpu_ns(), n.user_sys()
+                    res = c.result(dur + 30)
+                    res.update(scenario=sname, config=cfg, round=rnd,
+                               nginx_cpu_s=(cpu1 - cpu0) / 1e9,
+                               nginx_user_s=us1[0] - us0[0],
+                               nginx_sys_s=us1[1] - us0[1],
+                               loadavg=os.getloadavg()[0])
+                    res["cpu_us_per_msg"] = ((cpu1 - cpu0) / 1e3
+                                             / res["messages"]
+                                             if res["messages"] else None)
+                    runs.append(res)
+                    say("  r%d %-26s %s  %9.0f msg/s %8.2f MB/s  p50 %7.1f "
+                        "p99 %8.1f us  nginx %5.2f us/msg  pings %d  err %d"
+                        % (rnd, sname, cfg, res["msgs_per_s"],
+                           res["mb_per_s"], res["latency_us"]["p50"],
+                           res["latency_us"]["p99"],
+                           res["cpu_us_per_msg"] or 0, res["pings"],
+                           res["errors"]))
+    finally:
+        for n in ngx.values():
+            n.stop()
+        be_stats = be.stop()
+    results["relay"] = dict(scenarios=[s[0] for s in scenarios], runs=runs,
+                            rounds=rounds, warmup_s=warm, duration_s=dur,
+                            backend=be_stats)
+    return runs
+
+
+def summarize_relay(results):
+    runs = results["relay"]["runs"]
+    cfgs = [c[0] for c in CONFIGS]
+    summary = {}
+    lines = []
+    for scen in results["relay"]["scenarios"]:
+        thr = ratios(runs, scen, lambda r: r["msgs_per_s"], cfgs)
+        p99 = ratios(runs, scen, lambda r: r["latency_us"]["p99"], cfgs)
+        p50 = ratios(runs, scen, lambda r: r["latency_us"]["p50"], cfgs)
+        cpu = ratios(runs, scen, lambda r: r["cpu_us_per_msg"], cfgs)
+        summary[scen] = {}
+        for cfg in cfgs:
+            summary[scen][cfg] = dict(
+                msgs_per_s=med(runs, scen, cfg, lambda r: r["msgs_per_s"]),
+                mb_per_s=med(runs, scen, cfg, lambda r: r["mb_per_s"]),
+                p50_us=med(runs, scen, cfg, lambda r: r["latency_us"]["p50"]),
+                p99_us=med(runs, scen, cfg, lambda r: r["latency_us"]["p99"]),
+                p999_us=med(runs, scen, cfg,
+                            lambda r: r["latency_us"]["p999"]),
+                cpu_us_per_msg=med(runs, scen, cfg,
+                                   lambda r: r["cpu_us_per_msg"]),
+                pings=sum(r["pings"] for r in runs
+                          if r["scenario"] == scen and r["config"] == cfg),
+                errors=sum(r["errors"] for r in runs
+                           if r["scenario"] == scen and r["config"] == cfg),
+                thr_ratio=thr.get(cfg), p99_ratio=p99.get(cfg),
+                p50_ratio=p50.get(cfg), cpu_ratio=cpu.get(cfg))
+    results["relay"]["summary"] = summary
+    return summary
+
+
+# ------------------------------------------------------------ idle heartbeat
+
+def section_idle(args, results):
+    q = args.quick
+    sizes = [5000] if q else [10000, 50000]
+    interval = 2 if q else 10
+    window = 2 * interval
+    settle = interval + 2
+    rounds = 1 if q else args.idle_rounds
+    kinds = [("A", "stock nginx, no heartbeat", dict(module=False)),
+             ("C", "module, ws_heartbeat_interval %ds" % interval,
+              dict(module=True,
+                   loc="ws_heartbeat on; ws_heartbeat_interval %ds; "
+                       "ws_heartbeat_timeout 10s;" % interval)),
+             ("P", "stock nginx, backend Pings every %ds" % interval,
+              dict(module=False))]
+    runs = []
+    for n_conns in sizes:
+        for rnd in range(rounds if n_conns <= 10000 else 1):
+            order = kinds[rnd % 3:] + kinds[:rnd % 3]
+            for kind, _, cfg in order:
+                res = idle_run(kind, cfg, n_conns, interval, window, settle,
+                               rnd)
+                runs.append(res)
+    results["idle"] = dict(runs=runs, interval_s=interval, window_s=window,
+                           kinds={k: d for k, d, _ in kinds})
+    return runs
+
+
+def idle_run(kind, cfg, n_conns, interval, window, settle, rnd):
+    per_proc = 10000
+    nproc = max(1, math.ceil(n_conns / per_proc))
+    workers = max(2, math.ceil(n_conns / 8000))
+    bports = [free_port() for _ in range(nproc)]
+    bes, clients, n = [], [], None
+    label = "idle %d %s r%d" % (n_conns, kind, rnd)
+    say("  %s: %d backend + %d client processes, %d workers"
+        % (label, nproc, nproc, workers))
+    try:
+        for i, p in enumerate(bports):
+            bes.append(Backend("idle-be%d" % i, [p],
+                               ping_ms=interval * 1000 if kind == "P" else 0))
+        n = Nginx("idle-" + kind, cfg, bports, free_port(), workers=workers,
+                  wc=19000)
+        time.sleep(0.5)
+        rss0 = n.rss_kb()
+        t0 = time.monotonic()
+        share = [n_conns // nproc + (1 if i < n_conns % nproc else 0)
+                 for i in range(nproc)]
+        for i in range(nproc):
+            srcs = ["127.0.0.%d" % (10 + 2 * i), "127.0.0.%d" % (11 + 2 * i)]
+            clients.append(Client("ws://127.0.0.1:%d/ws" % n.port,
+                                  "%s c%d" % (label, i), share[i], idle=True,
+                                  duration=0, srcs=srcs, warmup=0))
+        opened = sum(c.wait_ready()[0] for c in clients)
+        connect_s = time.monotonic() - t0
+        time.sleep(settle)
+        s0 = [c.snapshot() for c in clients]
+        cpu0, tc0, us0 = n.cpu_ns(), time.monotonic(), n.user_sys()
+        time.sleep(window)
+        cpu1, tc1, us1 = n.cpu_ns(), time.monotonic(), n.user_sys()
+        s1 = [c.snapshot() for c in clients]
+        rss1 = n.rss_kb()
+        results = [c.stop() for c in clients]
+        clients = []
+    finally:
+        for c in clients:
+            c.proc.stop(signal.SIGKILL)
+        if n:
+            n.stop()
+        be_stats = [b.stop() for b in bes]
+    secs = tc1 - tc0
+    rts = sum(b["pings"] for b in s1) - sum(a["pings"] for a in s0)
+    cpu = (cpu1 - cpu0) / 1e9
+    lost = sum(r["peer_closes"] + r["disconnects"] for r in results)
+    res = dict(kind=kind, conns=n_conns, round=rnd, opened=opened,
+               workers=workers, connect_s=connect_s, window_s=secs,
+               rss0_kb=rss0, rss1_kb=rss1,
+               rss_per_conn_b=(rss1 - rss0) * 1024 / max(1, opened),
+               cpu_s=cpu, cpu_core_pct=100 * cpu / secs,
+               user_s=us1[0] - us0[0], sys_s=us1[1] - us0[1],
+               round_trips=rts, rts_per_s=rts / secs,
+               us_per_rt=cpu * 1e6 / rts if rts else None,
+               cpu_ns_per_conn_s=cpu * 1e9 / secs / max(1, opened),
+               lost=lost, backend=be_stats, loadavg=os.getloadavg()[0])
+    say("    opened %d in %.1fs; RSS %.0f B/conn; worker CPU %.3f%% of a "
+        "core (user %.2fs sys %.2fs); %d Ping/Pong (%.0f/s) -> %s us each; "
+        "lost %d"
+        % (opened, connect_s, res["rss_per_conn_b"], res["cpu_core_pct"],
+           res["user_s"], res["sys_s"],
+           rts, res["rts_per_s"],
+           "%.2f" % res["us_per_rt"] if res["us_per_rt"] else "-", lost))
+    return res
+
+
+def summarize_idle(results):
+    runs = results["idle"]["runs"]
+    out = {}
+    for n_conns in sorted(set(r["conns"] for r in runs)):
+        rs = [r for r in runs if r["conns"] == n_conns]
+        by = {}
+        for k in ("A", "C", "P"):
+            ks = [r for r in rs if r["kind"] == k]
+            if not ks:
+                continue
+            by[k] = dict(
+                rss_per_conn_b=statistics.median(
+                    r["rss_per_conn_b"] for r in ks),
+                cpu_core_pct=statistics.median(r["cpu_core_pct"] for r in ks),
+                rts_per_s=statistics.median(r["rts_per_s"] for r in ks),
+                lost=sum(r["lost"] for r in ks),
+                opened=min(r["opened"] for r in ks))
+        if "A" in by:
+            for k in ("C", "P"):
+                if k in by:
+                    b = by[k]
+                    b["extra_rss_per_conn_b"] = (b["rss_per_conn_b"]
+                                                 - by["A"]["rss_per_conn_b"])
+                    b["extra_cpu_core_pct"] = (b["cpu_core_pct"]
+                                               - by["A"]["cpu_core_pct"])
+                    b["net_us_per_rt"] = (
+                        b["extra_cpu_core_pct"] / 100 * 1e6 / b["rts_per_s"]
+                        if b["rts_per_s"] else None)
+        out[str(n_conns)] = by
+    results["idle"]["summary"] = out
+    return out
+
+
+# ------------------------------------------------------- mass dead-peer test
+
+def ip(*a):
+    return subprocess.run(["ip"] + list(a), check=True,
+                          stdout=subprocess.PIPE, text=True).stdout
+
+
+def section_deadpeer(args, results):
+    q = args.quick
+    ndead, nlive = (1000, 200) if q else (10000, 1000)
+    interval, timeout = 1, 1
+    tag = secrets.token_hex(3)
+    ns_s, ns_c = "wsb-s-" + tag, "wsb-c-" + tag
+    if_s, if_c = "wbs" + tag, "wbc" + tag
+    x = 1 + secrets.randbelow(250)
+    addr_s, addr_c = "10.214.%d.1" % x, "10.214.%d.2" % x
+    made = []
+    procs = []
+    n = None
+    res = {}
+    try:
+        for ns in (ns_s, ns_c):
+            ip("netns", "add", ns)
+            made.append(ns)
+        ip("-n", ns_s, "link", "add", if_s, "type", "veth", "peer", "name",
+           if_c, "netns", ns_c)
+        for ns, ifn, addr in ((ns_s, if_s, addr_s), (ns_c, if_c, addr_c)):
+            ip("-n", ns, "addr", "add", addr + "/30", "dev", ifn)
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "link", "set", ifn, "up")
+        for ns in (ns_s, ns_c):
+            routes = ip("-n", ns, "-4", "route", "show", "table", "all")
+            assert "default" not in routes, routes
+        bports = [19100, 19101]
+        be = Backend("dead-be", bports, ns=ns_s)
+        procs.append(be.proc)
+        port = 19080
+        # the module's own counters, on a unix socket (no network
+        # namespace confines it): a cheap poll, unlike listing 10k sockets
+        sock = os.path.join(WORK, "deadpeer-status.sock")
+        if os.path.exists(sock):
+            os.unlink(sock)
+        cfg = dict(module=True,
+                   loc="ws_heartbeat on; ws_heartbeat_interval %ds; "
+                       "ws_heartbeat_timeout %ds;" % (interval, timeout),
+                   http="    server {\n        listen unix:%s;\n"
+                        "        location / { ws_heartbeat_status; }\n"
+                        "    }\n" % sock)
+        n = Nginx("deadpeer", cfg, bports, port, workers=2, wc=19000,
+                  log_level="info", listen=[addr_s, "127.0.0.1"], ns=ns_s)
+        procs.append(n.proc)
+
+        def status():
+            import socket as so
+            with so.socket(so.AF_UNIX, so.SOCK_STREAM) as u:
+                u.settimeout(5)
+                u.connect(sock)
+                u.sendall(b"GET /?format=json HTTP/1.0\r\nHost: x\r\n\r\n")
+                data = b""
+                while True:
+                    d = u.recv(65536)
+                    if not d:
+                        break
+                    data += d
+            return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+        def established(dst):
+            out = subprocess.run(
+                ["ss", "-N", ns_s, "-Htn", "state", "established",
+                 "( sport = :%d )" % port, "dst", dst],
+                stdout=subprocess.PIPE, text=True).stdout
+            return out.count("\n")
+
+        wait_for(lambda: subprocess.run(
+            ["ss", "-N", ns_s, "-Htln", "( sport = :%d )" % port],
+            stdout=subprocess.PIPE, text=True).stdout.count("\n") > 0,
+            15, 0.05, "nginx in " + ns_s)
+        live = Client("ws://127.0.0.1:%d/ws" % port, "deadpeer live", nlive,
+                      idle=True, duration=0, ns=ns_s)
+        procs.append(live.proc)
+        dead = Client("ws://%s:%d/ws" % (addr_s, port), "deadpeer doomed",
+                      ndead, idle=True, duration=0, ns=ns_c)
+        procs.append(dead.proc)
+        lo, _, _ = live.wait_ready()
+        do, _, _ = dead.wait_ready()
+        time.sleep(2 * interval + 1)
+        before = established(addr_c)
+        active0 = status()["connections"]["active"]
+        say("  dead peers: %d doomed + %d live connections, interval %ds, "
+            "timeout %ds; %d established from %s before the cut"
+            % (do, lo, interval, timeout, before, addr_c))
+        t0 = time.monotonic()
+        ip("-n", ns_c, "link", "set", if_c, "down")
+        marks = {}
+        left = before
+        series = []
+        while time.monotonic() - t0 < 30:
+            left = before - (active0 - status()["connections"]["active"])
+            t = time.monotonic() - t0
+            series.append((round(t, 3), left))
+            closed = before - left
+            for frac in (0.01, 0.5, 0.99, 1.0):
+                if frac not in marks and closed >= math.ceil(frac * before):
+                    marks[frac] = t
+            if left <= 0:
+                break
+            time.sleep(0.01)
+        left = established(addr_c)     # the sockets themselves agree
+        final_status = status()
+        time.sleep(2 * interval)
+        live_res = live.stop()
+        dead.proc.stop(signal.SIGKILL)
+        nlog = n.log()
+        res = dict(
+            doomed=do, live=lo, interval_s=interval, timeout_s=timeout,
+            established_before=before, left_after=left,
+            first_s=marks.get(0.01), half_s=marks.get(0.5),
+            p99_s=marks.get(0.99), all_s=marks.get(1.0),
+            bound_s=interval + timeout,
+            live_wrongly_closed=live_res["peer_closes"]
+            + live_res["disconnects"],
+            live_alive_at_end=live_res["alive_at_end"],
+            live_pings=live_res["pings"],
+            log_heartbeat_closes=nlog.count("client heartbeat timeout"),
+            status_closes=final_status.get("closes"),
+            series=series)
+        say("    all %d closed after %s s (first %s, half %s, 99%% %s; bound "
+            "interval+timeout = %d s); %d closes logged as heartbeat "
+            "timeout; live connections wrongly closed: %d of %d"
+            % (before, fmt_s(res["all_s"]), fmt_s(res["first_s"]),
+               fmt_s(res["half_s"]), fmt_s(res["p99_s"]), res["bound_s"],
+               res["log_heartbeat_closes"], res["live_wrongly_closed"], lo))
+    finally:
+        for p in reversed(procs):
+            if p.alive():
+                p.stop(signal.SIGKILL if p is not (n and n.proc)
+                       else signal.SIGQUIT, 30)
+        for ns in reversed(made):
+            pids = subprocess.run(["ip", "netns", "pids", ns],
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL,
+                                  text=True).stdout.split()
+            mine = {p.pid for p in procs}
+            for pid in pids:
+                # only what this run started (nginx workers are children)
+                try:
+                    ppid = int(open("/proc/%s/stat" % pid).read()
+                               .rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if int(pid) in mine or ppid in mine:
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            subprocess.run(["ip", "netns", "del", ns],
+                           stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        left_ns = subprocess.run(["ip", "netns", "list"],
+                                 stdout=subprocess.PIPE, text=True).stdout
+        assert ns_s not in left_ns and ns_c not in left_ns, left_ns
+    results["deadpeer"] = res
+    return res
+
+
+def fmt_s(v):
+    return "-" if v is None else "%.2f" % v
+
+
+# ------------------------------------------------------------------ profile
+
+def section_profile(args, results):
+    """callgrind on a single-process nginx (master_process off), A and C,
+    same load: instructions per relayed message and the top functions."""
+    out = {}
+    for cfg_name in ("A", "C"):
+        # C here: ws_heartbeat on with its default interval (30s), so that
+        # the 6 s window holds the per-frame relay path only
+        cfg = (dict(module=True, loc="ws_heartbeat on;") if cfg_name == "C"
+               else dict(module=False))
+        bports = [free_port()]
+        be = Backend("prof-be-" + cfg_name, bports)
+        cg = os.path.join(WORK, "callgrind-%s.out" % cfg_name)
+        wrapper = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg,
+                   "--compress-strings=no",
+                   "--dump-instr=no"]
+        n = None
+        try:
+            n = Nginx("prof-" + cfg_name, cfg, bports, free_port(),
+                      master=False, wrapper=wrapper)
+            c = Client("ws://127.0.0.1:%d/ws" % n.port,
+                       "profile " + cfg_name, 10, 64, rate=400, warmup=1.5,
+                       duration=6)
+            c.wait_ready()
+            time.sleep(1.5)
+            cg_control(n.proc.pid, "-z")
+            time.sleep(6)
+            cg_control(n.proc.pid, "-d")
+            r = c.result(60)
+        finally:
+            if n:
+                n.stop()
+            be.stop()
+        ann = cg_annotate(cg + ".1")
+        total, top = parse_callgrind(ann)
+        echoed = r["messages"]    # those of the 6 s window
+        out[cfg_name] = dict(total_ir=total, echoed=echoed,
+                             ir_per_msg=total / echoed if echoed else None,
+                             top=top[:25], errors=r["errors"],
+                             pings=r["pings"],
+                             module_ir=sum(ir for ir, pct, fn in top
+                                           if is_module(fn)))
+        with open(os.path.join(args.out, "callgrind-%s.txt" % cfg_name),
+                  "w") as f:
+            f.write(ann)
+        say("  callgrind %s: %d messages, %.0f instructions per message "
+            "(all of nginx, user space)" % (cfg_name, echoed,
+                                             out[cfg_name]["ir_per_msg"]))
+        for ir, pct, fn in top[:12]:
+            say("    %5.1f%%  %s" % (pct, fn))
+    out["module_ir_per_msg"] = out["C"]["module_ir"] / out["C"]["echoed"]
+
+    # idle heartbeat: instructions per Ping/Pong round trip, module (C)
+    # against the backend's own Pings relayed by stock nginx (P)
+    for kind in ("C", "P"):
+        cfg = (dict(module=True, loc="ws_heartbeat on; "
+                    "ws_heartbeat_interval 1s; ws_heartbeat_timeout 10s;")
+               if kind == "C" else dict(module=False))
+        bports = [free_port()]
+        be = Backend("prof-idle-be-" + kind, bports,
+                     ping_ms=1000 if kind == "P" else 0)
+        cg = os.path.join(WORK, "callgrind-idle-%s.out" % kind)
+        wrapper = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg,
+                   "--compress-strings=no",
+                   "--dump-instr=no"]
+        n = None
+        try:
+            n = Nginx("prof-idle-" + kind, cfg, bports, free_port(),
+                      master=False, wrapper=wrapper)
+            c = Client("ws://127.0.0.1:%d/ws" % n.port, "profile idle " + kind,
+                       1000, idle=True, duration=0)
+            c.wait_ready()
+            time.sleep(2.5)
+            s0 = c.snapshot()
+            cg_control(n.proc.pid, "-z")
+            time.sleep(6)
+            cg_control(n.proc.pid, "-d")
+            s1 = c.snapshot()
+            r = c.stop()
+        finally:
+            if n:
+                n.stop()
+            be.stop()
+        ann = cg_annotate(cg + ".1")
+        total, top = parse_callgrind(ann)
+        rts = s1["pings"] - s0["pings"]
+        out["idle_" + kind] = dict(
+            total_ir=total, round_trips=rts, window_rts=s1["pings"]
+            - s0["pings"], ir_per_rt=total / rts if rts else None,
+            module_ir=sum(ir for ir, pct, fn in top if is_module(fn)),
+            top=top[:25], lost=r["peer_closes"] + r["disconnects"])
+        with open(os.path.join(args.out, "callgrind-idle-%s.txt" % kind),
+                  "w") as f:
+            f.write(ann)
+        say("  callgrind idle %s: %d Ping/Pong, %.0f instructions each "
+            "(all of nginx, user space), module %.0f"
+            % (kind, rts, out["idle_" + kind]["ir_per_rt"] or 0,
+               out["idle_" + kind]["module_ir"] / rts if rts else 0))
+    results["profile"] = out
+    return out
+
+
+def label_static(fn):
+    """Debian's nginx is stripped of its static functions: name the two
+    kinds that dominate the relay by disassembly. 4 tiny handlers
+    (ngx_http_upstream_upgraded_{read,write}_{downstream,upstream}) that
+    tail-jump into ngx_http_upstream_process_upgraded(), which callgrind
+    then bills to the stub; and the epoll module's process_events."""
+    import re
+    m = re.match(r"\?\?\?:0x([0-9a-f]+) \[(/usr/sbin/nginx)\]", fn)
+    if not m:
+        return fn
+    a = int(m.group(1), 16)
+    out = subprocess.run(
+        ["objdump", "-d", "--start-address=%#x" % a,
+         "--stop-address=%#x" % (a + 0x400), m.group(2)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+    ins = [l for l in out.splitlines() if re.match(r"^\s+[0-9a-f]+:\t", l)]
+    head = " ".join(ins[:3])
+    if "jmp" in head and len(ins) > 2:
+        return fn + " (handler stub: ngx_http_upstream_process_upgraded)"
+    body = []
+    for l in ins:
+        body.append(l)
+        if "\tret" in l:
+            break
+    if any("epoll_wait@plt" in l for l in body[:40]):
+        return fn + " (ngx_epoll_process_events)"
+    return fn
+
+
+def is_module(fn):
+    """A callgrind_annotate line billed to the module: its object, or one
+    of its source files (inlined code listed without an object)."""
+    import re
+    if "ngx_ws_heartbeat_module.so" in fn:
+        return True
+    return "[" not in fn and re.match(
+        r"(src/|ngx/|ngx_ws_heartbeat_module\.cpp)", fn) is not None
+
+
+def cg_control(pid, cmd):
+    """callgrind_control -z (zero) / -d (dump) on a process under
+    callgrind; a dump is written as OUT.1, OUT.2, ..."""
+    subprocess.run(["callgrind_control", cmd, str(pid)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=60)
+
+
+def cg_annotate(path):
+    return subprocess.run(["callgrind_annotate", "--inclusive=no",
+                           "--threshold=100", path], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True).stdout
+
+
+def parse_callgrind(text):
+    """(program total Ir, [(Ir, percent, function)]) from callgrind_annotate
+    output."""
+    import re
+    total = 0
+    top = []
+    rx = re.compile(r"^\s*([\d,]+)\s+\(\s*([\d.]+)%\)\s+(.*)$")
+    for line in text.splitlines():
+        m = rx.match(line)
+        if not m:
+            continue
+        ir = int(m.group(1).replace(",", ""))
+        if m.group(3).strip() == "PROGRAM TOTALS":
+            total = ir
+            continue
+        # after callgrind_control -z, the frames that were active (main,
+        # the event loop's callers) show the whole total: not self cost
+        if total and ir < total:
+            top.append((ir, float(m.group(2)),
+                        label_static(m.group(3).strip())))
+    return total, top
+
+
+# ------------------------------------------------------------------- sizeof
+
+def section_sizeof(results):
+    try:
+        out = subprocess.run([SIZEOF], stdout=subprocess.PIPE, text=True,
+                             check=True).stdout
+        results["sizeof"] = json.loads(out)
+        say("  sizeof(ngx_http_ws_heartbeat_ctx_t) = %d bytes (+ %d for its "
+            "pool cleanup record)" % (results["sizeof"]["ctx"],
+                                      results["sizeof"]["ngx_pool_cleanup_t"]))
+    except (OSError, subprocess.CalledProcessError, ValueError) as e:
+        say("  sizeof: %s" % e)
+
+
+# ------------------------------------------------------------------- report
+
+def report(results, out_dir):
+    """Markdown tables (summary.md) and gnuplot data + plot."""
+    md = []
+    cfg_desc = {c[0]: c[1] for c in CONFIGS}
+    m = results["machine"]
+    md.append("Run: %s, %s; %s cores, %s; kernel %s; %s; ngx_lua %s; load "
+              "average at start %.2f, at the end %.2f (the run's own "
+              "processes count in it); %s; %.0f s."
+              % (results["started"], m["cpu"] or "unknown CPU", m["cores"],
+                 m["mem"], m["kernel"], m["nginx"], m["ngx_lua"] or "-",
+                 m["loadavg"][0], results["loadavg_end"][0],
+                 "QUICK" if results["quick"] else "full",
+                 results["runtime_s"]))
+    mod = m.get("module", {})
+    md.append("Module: commit %s%s, .so sha256 %s." % (
+        mod.get("head"), " with local changes to %s" % ", ".join(
+            x[3:] for x in mod.get("modified", [])) if mod.get("modified")
+        else "", mod.get("so_sha256")))
+    md.append("")
+    if "relay" in results:
+        s = results["relay"]["summary"]
+        md.append("### Relay: ratios to A (median over %d alternating "
+                  "rounds, [min-max])" % results["relay"]["rounds"])
+        md.append("")
+        md.append("| scenario | config | msg/s | MB/s | throughput vs A | "
+                  "p50 us | p99 us | p99 vs A | nginx CPU us/msg | "
+                  "CPU vs A | Pings | errors |")
+        md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                  "---:|")
+        for scen in results["relay"]["scenarios"]:
+            for cfg, row in s[scen].items():
+                md.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s "
+                          "| %d | %d |" % (
+                              scen, cfg, f0(row["msgs_per_s"]),
+                              f2(row["mb_per_s"]), rt(row["thr_ratio"]),
+                              f1(row["p50_us"]), f1(row["p99_us"]),
+                              rt(row["p99_ratio"]), f2(row["cpu_us_per_msg"]),
+                              rt(row["cpu_ratio"]), row["pings"],
+                              row["errors"]))
+        md.append("")
+        md.append("Configurations: " + "; ".join(
+            "%s = %s" % kv for kv in cfg_desc.items()) + ".")
+        md.append("")
+    if "idle" in results:
+        s = results["idle"]["summary"]
+        md.append("### Idle heartbeat connections (interval %ds, CPU over "
+                  "%ds)" % (results["idle"]["interval_s"],
+                            results["idle"]["window_s"]))
+        md.append("")
+        md.append("| connections | config | worker RSS B/conn | extra vs A "
+                  "| worker CPU % of a core | extra vs A | Ping/Pong per s | "
+                  "net us per round trip | connections lost |")
+        md.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        for nconn, by in s.items():
+            for k, row in by.items():
+                md.append("| %s | %s %s | %s | %s | %s | %s | %s | %s | %d |"
+                          % (nconn, k, results["idle"]["kinds"][k],
+                             f0(row["rss_per_conn_b"]),
+                             f0(row.get("extra_rss_per_conn_b")),
+                             f3(row["cpu_core_pct"]),
+                             f3(row.get("extra_cpu_core_pct")),
+                             f0(row["rts_per_s"]),
+                             f2(row.get("net_us_per_rt")), row["lost"]))
+        md.append("")
+    if "deadpeer" in results and results["deadpeer"]:
+        d = results["deadpeer"]
+        md.append("### Mass dead-peer detection")
+        md.append("")
+        md.append("| doomed | live | interval | timeout | first closed | "
+                  "half | 99% | all | bound | left open | live wrongly "
+                  "closed | heartbeat closes logged |")
+        md.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+                  "---:|")
+        md.append("| %d | %d | %ds | %ds | %s s | %s s | %s s | %s s | %d s "
+                  "| %d | %d | %d |" % (
+                      d["doomed"], d["live"], d["interval_s"],
+                      d["timeout_s"], fmt_s(d["first_s"]),
+                      fmt_s(d["half_s"]), fmt_s(d["p99_s"]),
+                      fmt_s(d["all_s"]), d["bound_s"], d["left_after"],
+                      d["live_wrongly_closed"], d["log_heartbeat_closes"]))
+        md.append("")
+    if "profile" in results:
+        p = results["profile"]
+        md.append("### callgrind: user-space instructions of the nginx worker "
+                  "per relayed 64 B message (10 connections, 400 msg/s, "
+                  "a 6 s window; C = ws_heartbeat on, default interval)")
+        md.append("")
+        md.append("| config | instructions/msg | vs A |")
+        md.append("|---|---:|---:|")
+        for k in ("A", "C"):
+            md.append("| %s | %.0f | %s |" % (
+                k, p[k]["ir_per_msg"],
+                "%.3f" % (p[k]["ir_per_msg"] / p["A"]["ir_per_msg"])))
+        md.append("")
+        md.append("Module functions in C: %.0f instructions per message."
+                  % p["module_ir_per_msg"])
+        md.append("")
+        for k in ("idle_C", "idle_P"):
+            if k in p and p[k]["ir_per_rt"]:
+                md.append("Idle heartbeat, %s: %.0f instructions per Ping/Pong "
+                          "round trip in the nginx worker (%.0f in the "
+                          "module)." % (
+                              "module Pings (C)" if k == "idle_C"
+                              else "backend Pings relayed by stock nginx (P)",
+                              p[k]["ir_per_rt"],
+                              p[k]["module_ir"] / p[k]["round_trips"]))
+                md.append("")
+        md.append("Top functions with the module on (C), self cost:")
+        md.append("")
+        md.append("| % | function |")
+        md.append("|---:|---|")
+        for ir, pct, fn in p["C"]["top"][:15]:
+            md.append("| %.1f | `%s` |" % (pct, fn.replace("|", "\\|")))
+        md.append("")
+    if "sizeof" in results:
+        z = results["sizeof"]
+        md.append("### Per-connection module state (sizeof)")
+        md.append("")
+        md.append("| type | bytes |")
+        md.append("|---|---:|")
+        for k in ("ctx", "side", "outbound", "heartbeat", "frame_scanner16",
+                  "ngx_event_t", "ngx_pool_cleanup_t"):
+            md.append("| %s | %d |" % (k, z[k]))
+        md.append("")
+    text = "\n".join(md) + "\n"
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(text)
+    plot(results, out_dir)
+    return text
+
+
+def plot(results, out_dir):
+    if "relay" not in results or not shutil.which("gnuplot"):
+        return
+    s = results["relay"]["summary"]
+    cfgs = [c[0] for c in CONFIGS]
+    scen = results["relay"]["scenarios"]
+    dat = os.path.join(out_dir, "relay.dat")
+    with open(dat, "w") as f:
+        f.write("# scenario " + " ".join(
+            "%s_thr %s_lo %s_hi" % (c, c, c) for c in cfgs) + "\n")
+        for sc in scen:
+            row = ['"%s"' % (sc if "latency" not in sc else "p99 @1000/s")]
+            for c in cfgs:
+                r = s[sc][c]["thr_ratio"] if "latency" not in sc \
+                    else s[sc][c]["p99_ratio"]
+                row += ["%.4f %.4f %.4f" % r if r else "NaN NaN NaN"]
+            f.write(" ".join(row) + "\n")
+    cpu = os.path.join(out_dir, "cpu.dat")
+    with open(cpu, "w") as f:
+        f.write("# scenario " + " ".join(
+            "%s_cpu %s_lo %s_hi" % (c, c, c) for c in cfgs)
+            + "  (nginx worker CPU per message, ratio to A)\n")
+        for sc in scen:
+            row = ['"%s"' % (sc if "latency" not in sc else "@1000/s")]
+            for c in cfgs:
+                r = s[sc][c]["cpu_ratio"]
+                row += ["%.4f %.4f %.4f" % r if r else "NaN NaN NaN"]
+            f.write(" ".join(row) + "\n")
+    lat = os.path.join(out_dir, "latency.dat")
+    lsc = [x for x in scen if "latency" in x][0]
+    with open(lat, "w") as f:
+        f.write("# config p50_us p99_us p999_us\n")
+        for c in cfgs:
+            r = s[lsc][c]
+            f.write("%s %.2f %.2f %.2f\n" % (c, r["p50_us"] or 0,
+                                            r["p99_us"] or 0,
+                                            r["p999_us"] or 0))
+    thr = os.path.join(out_dir, "throughput.dat")
+    with open(thr, "w") as f:
+        f.write("# scenario " + " ".join(cfgs) + "  (msg/s, median)\n")
+        for sc in scen:
+            if "latency" in sc:
+                continue
+            f.write('"%s" %s\n' % (sc, " ".join(
+                "%.1f" % (s[sc][c]["msgs_per_s"] or 0) for c in cfgs)))
+    gp = os.path.join(ROOT, "bench", "plot.gp")
+    subprocess.run(["gnuplot", "-e", "outdir='%s'" % out_dir, gp],
+                   check=False)
+
+
+def f0(v):
+    return "-" if v is None else "%.0f" % v
+
+
+def f1(v):
+    return "-" if v is None else "%.1f" % v
+
+
+def f2(v):
+    return "-" if v is None else "%.2f" % v
+
+
+def f3(v):
+    return "-" if v is None else "%.3f" % v
+
+
+def rt(r):
+    return "-" if not r else "%.3f [%.3f-%.3f]" % r
+
+
+# --------------------------------------------------------------------- main
+
+def report_only(out_dir):
+    with open(os.path.join(out_dir, "results.json")) as f:
+        results = json.load(f)
+    p = results.get("profile")
+    if p:
+        # the module's share, again from the saved listings
+        for key, name in (("C", "callgrind-C.txt"),
+                          ("idle_C", "callgrind-idle-C.txt")):
+            path = os.path.join(out_dir, name)
+            if key in p and os.path.exists(path):
+                with open(path) as f:
+                    _, top = parse_callgrind(f.read())
+                p[key]["module_ir"] = sum(ir for ir, pct, fn in top
+                                          if is_module(fn))
+        if "C" in p:
+            p["module_ir_per_msg"] = p["C"]["module_ir"] / p["C"]["echoed"]
+    results.setdefault("loadavg_end", results["machine"]["loadavg"])
+    results.setdefault("runtime_s", 0)
+    if "relay" in results:
+        summarize_relay(results)
+    if "idle" in results:
+        summarize_idle(results)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(report(results, out_dir))
+    return 0
+
+
+def main():
+    global WORK, LOG
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench"))
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--idle-rounds", type=int, default=2)
+    ap.add_argument("--only", default="relay,idle,deadpeer,profile,sizeof")
+    ap.add_argument("--max-load", type=float, default=0)
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild summary.md and the plot from "
+                         "OUT/results.json (and OUT/callgrind-*.txt)")
+    args = ap.parse_args()
+    if args.report_only:
+        return report_only(args.out)
+    only = set(args.only.split(","))
+    WORK = os.path.join(BUILD, "bench", "run")
+    shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(WORK)
+    # one module for the whole run: a rebuild of build/*.so during the run
+    # (others work in this checkout) must not change it between sections
+    global MODULE
+    if os.path.exists(MODULE):
+        copy = os.path.join(WORK, os.path.basename(MODULE))
+        shutil.copy2(MODULE, copy)
+        MODULE = copy
+    os.makedirs(args.out, exist_ok=True)
+    LOG = open(os.path.join(args.out, "run.log"), "w")
+    t_start = time.monotonic()
+    load = os.getloadavg()[0]
+    say("bench: load average %.2f %s" % (
+        load, "(busy machine: figures are noisy; ratios are measured "
+              "within the run)" if load > 1 else ""))
+    if args.max_load and load > args.max_load:
+        say("bench: load average above %.2f, not running" % args.max_load)
+        return 3
+    results = dict(started=time.strftime("%Y-%m-%d %H:%M:%S"),
+                   quick=args.quick, machine=machine(),
+                   argv=sys.argv[1:])
+    sections = [("sizeof", lambda: section_sizeof(results)),
+                ("relay", lambda: section_relay(args, results)),
+                ("idle", lambda: section_idle(args, results)),
+                ("deadpeer", lambda: section_deadpeer(args, results)),
+                ("profile", lambda: section_profile(args, results))]
+    for name, fn in sections:
+        if name not in only or (name == "profile" and args.quick):
+            continue
+        t = time.monotonic()
+        say("== %s" % name)
+        fn()
+        results.setdefault("timing_s", {})[name] = time.monotonic() - t
+        say("   (%.0f s)" % (time.monotonic() - t))
+    if "relay" in results:
+        summarize_relay(results)
+    if "idle" in results:
+        summarize_idle(results)
+    results["runtime_s"] = time.monotonic() - t_start
+    results["loadavg_end"] = os.getloadavg()
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    say("")
+    say(report(results, args.out))
+    say("bench: %.0f s in all; results in %s" % (results["runtime_s"],
+                                                  args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
