@@ -16,34 +16,4 @@ pkgs=(
     procps                       # uptime, pgrep
 )
 
-missing=()
-for p in "${pkgs[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null \
-            | grep -q "install ok installed"; then
-        missing+=("$p")
-    fi
-done
-
-[ ${#missing[@]} -eq 0 ] && exit 0
-
-if [ "$(id -u)" != 0 ]; then
-    echo "bench deps: missing ${missing[*]}; run as root (apt-get install)" >&2
-    exit 1
-fi
-
-echo "bench deps: installing ${missing[*]}"
-
-# Debian's nginx packages start a system nginx on port 80 unless told not
-# to; the benchmark starts its own. Block service starts for this install.
-guard=
-if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-    chmod 755 /usr/sbin/policy-rc.d
-    guard=1
-fi
-trap '[ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d' EXIT
-
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-echo "bench deps: done"
+exec "$(dirname "$0")/../t/deps.sh" "${pkgs[@]}"

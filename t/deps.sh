@@ -1,6 +1,7 @@
 #!/bin/bash
 # Installs what the build, the tests and the demo need, with apt; quiet and
 # idempotent when everything is there. Run as root on Debian 12.
+# With package names as arguments it installs those instead (bench/deps.sh).
 set -euo pipefail
 
 pkgs=(
@@ -20,6 +21,7 @@ pkgs=(
     debhelper          # make deb: dh and the nginx addon nginx-dev ships
     dpkg-dev           # make deb: dpkg-buildpackage
 )
+[ $# -gt 0 ] && pkgs=("$@")
 
 missing=()
 for p in "${pkgs[@]}"; do
