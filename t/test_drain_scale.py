@@ -210,7 +210,12 @@ async def drain_scenario(n, port, fl, sig):
 
     # some backend messages are half sent when the signal comes: their
     # Close must wait for the message's end
-    mid = sum(1 for b in backs if b.out_frags)
+    # (wait for that moment rather than hope for it: under ASan the fleet
+    # is slower and fewer messages are in flight at any instant)
+    def in_message():
+        return sum(1 for b in backs if b.out_frags)
+    await fl.until(lambda: in_message() >= 10, 5)
+    mid = in_message()
     t0 = fl.t0 = time.monotonic()
     n.signal(sig)
     gone = asyncio.ensure_future(wait_gone(old, t0 + GRACE + 1))
