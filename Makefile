@@ -43,13 +43,14 @@ all: module
 
 module: $(MODULE)
 
+# -O2 as Debian builds its nginx and modules (nginx's configure says -O).
 # nginx's configure writes a Makefile into the tree it runs in, so it runs
 # in a copy under build/; nothing is written outside build/. Debian's tree
 # carries its configure flags (conf_flags); any other tree is configured
 # --with-compat, which is what makes the .so loadable by other builds.
 ASAN_OPT := -fsanitize=address,undefined -fno-omit-frame-pointer \
             -fno-sanitize-recover=all
-$(BUILD)/nginx/configured:      CC_OPT :=
+$(BUILD)/nginx/configured:      CC_OPT := -O2
 $(BUILD)/nginx-asan/configured: CC_OPT := $(ASAN_OPT)
 
 $(BUILD)/%/configured: config

@@ -32,7 +32,10 @@ static void ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r)
     noexcept;
 static void ngx_http_ws_heartbeat_upstream_write_handler(
     ngx_http_request_t *r, ngx_http_upstream_t *u) noexcept;
-static void ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept;
+static void ngx_http_ws_heartbeat_read_handler(ngx_http_request_t *r)
+    noexcept;
+static void ngx_http_ws_heartbeat_timer_handler(
+    ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
 static void ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s)
     noexcept;
 static void ngx_http_ws_heartbeat_release(ngx_http_ws_heartbeat_side_t *s)
@@ -205,17 +208,121 @@ ngx_http_ws_heartbeat_now_us() noexcept
 }
 
 
+/* a side's ctx: the sides are members of it */
+
+static ngx_http_ws_heartbeat_ctx_t *
+ngx_http_ws_heartbeat_ctx_of(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    size_t  off;
+
+    off = s->which == NGX_HTTP_WS_HB_CLIENT
+          ? offsetof(ngx_http_ws_heartbeat_ctx_t, client)
+          : offsetof(ngx_http_ws_heartbeat_ctx_t, upstream);
+
+    return reinterpret_cast<ngx_http_ws_heartbeat_ctx_t *>(
+               reinterpret_cast<u_char *>(s) - off);
+}
+
+
+/* a side's connection; NULL once the upstream one is closed */
+
+static ngx_connection_t *
+ngx_http_ws_heartbeat_conn(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    ngx_http_request_t  *r;
+
+    r = ngx_http_ws_heartbeat_ctx_of(s)->request;
+
+    if (s->which == NGX_HTTP_WS_HB_CLIENT) {
+        return r->connection;
+    }
+
+    return r->upstream != NULL ? r->upstream->peer.connection : NULL;
+}
+
+
+static ngx_http_ws_heartbeat_loc_conf_t *
+ngx_http_ws_heartbeat_conf(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    return static_cast<ngx_http_ws_heartbeat_loc_conf_t *>(
+               ngx_http_get_module_loc_conf(ctx->request,
+                                            ngx_ws_heartbeat_module));
+}
+
+
+static ngx_http_ws_heartbeat_stats_t *
+ngx_http_ws_heartbeat_stats(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    return static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
+               ngx_http_get_module_main_conf(ctx->request,
+                                             ngx_ws_heartbeat_module))
+           ->stats;
+}
+
+
+/*
+ * the timer of a connection's heartbeat and of its drain: the client
+ * connection's read event, whose timer nginx leaves unused while relaying
+ * (it fires into r->read_event_handler, which the module wraps)
+ */
+
+static ngx_event_t *
+ngx_http_ws_heartbeat_timer(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    return ctx->request->connection->read;
+}
+
+
+/*
+ * nginx's own I/O functions of a connection: what an upgraded connection
+ * has unless another module wrapped them (then the module stays out)
+ */
+
+static ngx_send_pt
+ngx_http_ws_heartbeat_io_send(ngx_connection_t *c) noexcept
+{
+#if (NGX_SSL)
+    if (c->ssl) {
+        return ngx_ssl_write;
+    }
+#endif
+
+    return ngx_io.send;
+}
+
+
+static ngx_recv_pt
+ngx_http_ws_heartbeat_io_recv(ngx_connection_t *c) noexcept
+{
+#if (NGX_SSL)
+    if (c->ssl) {
+        return ngx_ssl_recv;
+    }
+#endif
+
+    return ngx_io.recv;
+}
+
+
 /* the Io of wshb::outbound: the real send of one peer's connection */
 
 struct ngx_http_ws_heartbeat_io {
     ngx_http_ws_heartbeat_side_t  *side;
+    ngx_http_ws_heartbeat_ctx_t   *ctx;
+    ngx_connection_t              *conn;
+
+    ngx_http_ws_heartbeat_io(ngx_http_ws_heartbeat_side_t *s,
+        ngx_connection_t *c) noexcept
+        : side(s), ctx(ngx_http_ws_heartbeat_ctx_of(s)), conn(c)
+    {
+    }
 
     long write(const std::uint8_t *p, std::size_t n) noexcept
     {
-        ngx_connection_t  *c = side->conn;
+        ngx_connection_t  *c = conn;
         ssize_t            rc;
 
-        rc = side->send(c, const_cast<u_char *>(p), n);
+        rc = ngx_http_ws_heartbeat_io_send(c)(c, const_cast<u_char *>(p), n);
 
         if (rc > 0) {
             side->hb.on_write_progress();
@@ -231,7 +338,7 @@ struct ngx_http_ws_heartbeat_io {
         if (!side->blocked) {
             side->blocked = 1;
             side->hb.on_write_blocked(ngx_current_msec);
-            ngx_http_ws_heartbeat_arm(side->ctx);
+            ngx_http_ws_heartbeat_arm(ctx);
         }
 
         return rc;
@@ -240,8 +347,8 @@ struct ngx_http_ws_heartbeat_io {
     /* the peer whose frames this stream carries */
     ngx_http_ws_heartbeat_side_t *sender() noexcept
     {
-        return side->which == NGX_HTTP_WS_HB_CLIENT ? &side->ctx->upstream
-                                                    : &side->ctx->client;
+        return side->which == NGX_HTTP_WS_HB_CLIENT ? &ctx->upstream
+                                                    : &ctx->client;
     }
 
     bool match_pong(const std::uint8_t *payload, std::size_t n) noexcept
@@ -257,7 +364,7 @@ struct ngx_http_ws_heartbeat_io {
             return false;
         }
 
-        st = side->ctx->stats;
+        st = ngx_http_ws_heartbeat_stats(ctx);
         ngx_http_ws_heartbeat_count(st, pongs[peer->which]);
 
         if (peer->hb.rtt_samples() != samples) {
@@ -278,10 +385,9 @@ struct ngx_http_ws_heartbeat_io {
     void on_frame(const wshb::frame_header &h, const std::uint8_t *payload,
                   std::size_t n) noexcept
     {
-        ngx_http_ws_heartbeat_ctx_t  *ctx = side->ctx;
-
         if (h.op == wshb::opcode::close) {
-            ngx_http_ws_heartbeat_count_close_frame(ctx->stats,
+            ngx_http_ws_heartbeat_count_close_frame(
+                                                ngx_http_ws_heartbeat_stats(ctx),
                                                     sender()->which,
                                                     payload, n);
             if (ctx->first_close == 0) {
@@ -315,7 +421,7 @@ struct ngx_http_ws_heartbeat_io {
 
         /* an endpoint started the closing handshake: no more Pings */
 
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, side->conn->log, 0,
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, conn->log, 0,
                        "ws heartbeat: %s sent Close",
                        side->which == NGX_HTTP_WS_HB_CLIENT ? "upstream"
                                                             : "client");
@@ -333,39 +439,38 @@ struct ngx_http_ws_heartbeat_io {
             return;
         }
 
-        if (ctx->timer.timer_set) {
-            ngx_del_timer(&ctx->timer);
+        if (ngx_http_ws_heartbeat_timer(ctx)->timer_set) {
+            ngx_del_timer(ngx_http_ws_heartbeat_timer(ctx));
         }
-
     }
 
     void on_error(wshb::scan_error e) noexcept
     {
         /* counted once, as the connection's end, when it ends */
 
-        if (side->ctx->end == NGX_HTTP_WS_HB_END_NONE) {
-            side->ctx->end = NGX_HTTP_WS_HB_END_INVALID_FRAME;
+        if (ctx->end == NGX_HTTP_WS_HB_END_NONE) {
+            ctx->end = NGX_HTTP_WS_HB_END_INVALID_FRAME;
         }
 
         /* one line per connection: the other direction may follow */
 
-        if (side->ctx->invalid) {
-            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, side->conn->log, 0,
+        if (ctx->invalid) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, conn->log, 0,
                            "ws heartbeat: invalid frame (%s) after "
                            "stepping aside", wshb::to_string(e));
             return;
         }
 
-        side->ctx->invalid = 1;
+        ctx->invalid = 1;
 
-        ngx_log_error(NGX_LOG_INFO, side->conn->log, 0,
+        ngx_log_error(NGX_LOG_INFO, conn->log, 0,
                       "%s sent invalid WebSocket frame (%s), "
                       "ws heartbeat disabled for this connection",
                       side->which == NGX_HTTP_WS_HB_CLIENT ? "upstream"
                                                            : "client",
                       wshb::to_string(e));
 
-        ngx_http_ws_heartbeat_step_aside(side->ctx);
+        ngx_http_ws_heartbeat_step_aside(ctx);
     }
 };
 
@@ -419,7 +524,7 @@ ngx_http_ws_heartbeat_header_filter(ngx_http_request_t *r) noexcept
         return NGX_ERROR;
     }
 
-    ctx = new (p) ngx_http_ws_heartbeat_ctx_t(r, lcf, rsv1);
+    ctx = new (p) ngx_http_ws_heartbeat_ctx_t(r, lcf->upstream != 0, rsv1);
     ctx->header_write_handler = r->write_event_handler;
 
     cln->handler = ngx_http_ws_heartbeat_cleanup;
@@ -445,8 +550,8 @@ ngx_http_ws_heartbeat_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
      * in ngx_http_upstream_upgrade(): the relay handlers are set by then
      */
 
-    if (ctx != NULL && !ctx->hooked) {
-        ctx->hooked = 1;
+    if (ctx != NULL && !ctx->seen) {
+        ctx->seen = 1;
 
         if (r->write_event_handler != ctx->header_write_handler
             && r->upstream != NULL
@@ -624,16 +729,10 @@ ngx_http_ws_heartbeat_is_websocket(ngx_http_request_t *r, bool *rsv1)
 
 static void
 ngx_http_ws_heartbeat_start_side(ngx_http_ws_heartbeat_side_t *s,
-    ngx_connection_t *c, bool ping) noexcept
+    ngx_connection_t *c, ngx_http_ws_heartbeat_loc_conf_t *lcf, bool ping)
+    noexcept
 {
-    wshb::heartbeat_config             hc;
-    ngx_http_ws_heartbeat_loc_conf_t  *lcf;
-
-    lcf = s->ctx->conf;
-
-    s->conn = c;
-    s->send = c->send;
-    s->recv = c->recv;
+    wshb::heartbeat_config  hc;
 
     hc.interval_ms = (std::uint32_t) lcf->interval;
     hc.timeout_ms = (std::uint32_t) lcf->timeout;
@@ -652,8 +751,29 @@ ngx_http_ws_heartbeat_start_side(ngx_http_ws_heartbeat_side_t *s,
 
     c->send = ngx_http_ws_heartbeat_send;
     c->recv = ngx_http_ws_heartbeat_recv;
+}
 
-    ngx_http_ws_heartbeat_arm(s->ctx);
+
+/* the relay handlers are the ones saved, or the first ones seen */
+
+static bool
+ngx_http_ws_heartbeat_same_handlers(ngx_http_request_t *r,
+    ngx_http_ws_heartbeat_main_conf_t *hmcf) noexcept
+{
+    ngx_http_upstream_t  *u;
+
+    u = r->upstream;
+
+    if (hmcf->read_handler == NULL) {
+        hmcf->read_handler = r->read_event_handler;
+        hmcf->write_handler = r->write_event_handler;
+        hmcf->upstream_write_handler = u->write_event_handler;
+        return true;
+    }
+
+    return hmcf->read_handler == r->read_event_handler
+           && hmcf->write_handler == r->write_event_handler
+           && hmcf->upstream_write_handler == u->write_event_handler;
 }
 
 
@@ -661,37 +781,60 @@ static void
 ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
     ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
+    ngx_event_t                        *timer;
+    ngx_connection_t                   *c, *uc;
     ngx_http_upstream_t                *u;
+    ngx_http_ws_heartbeat_loc_conf_t   *lcf;
     ngx_http_ws_heartbeat_main_conf_t  *hmcf;
 
+    c = r->connection;
     u = r->upstream;
-
-    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "ws heartbeat: hooked");
-
-    ctx->write_handler = r->write_event_handler;
-    r->write_event_handler = ngx_http_ws_heartbeat_write_handler;
-
-    ctx->upstream_write_handler = u->write_event_handler;
-    u->write_event_handler = ngx_http_ws_heartbeat_upstream_write_handler;
-
-    ctx->timer.handler = ngx_http_ws_heartbeat_timer_handler;
-    ctx->timer.data = ctx;
-    ctx->timer.log = r->connection->log;
-    ctx->timer.cancelable = 1;
-
-    ngx_http_ws_heartbeat_start_side(&ctx->client, r->connection, true);
-    ngx_http_ws_heartbeat_start_side(&ctx->upstream, u->peer.connection,
-                                     ctx->conf->upstream != 0);
+    uc = u->peer.connection;
+    timer = ngx_http_ws_heartbeat_timer(ctx);
 
     hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
                ngx_http_get_module_main_conf(r, ngx_ws_heartbeat_module));
 
-    ctx->stats = hmcf->stats;
-    ngx_http_ws_heartbeat_count(ctx->stats, connections);
-    ngx_http_ws_heartbeat_count(ctx->stats, active);
+    /* another module's hooks in the way: stay out, like stock nginx */
 
-    if (ctx->conf->drain) {
+    if (!ngx_http_ws_heartbeat_same_handlers(r, hmcf)
+        || c->send != ngx_http_ws_heartbeat_io_send(c)
+        || c->recv != ngx_http_ws_heartbeat_io_recv(c)
+        || uc->send != ngx_http_ws_heartbeat_io_send(uc)
+        || uc->recv != ngx_http_ws_heartbeat_io_recv(uc))
+    {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "ws heartbeat: relay hooked by another module, "
+                      "skipped");
+        return;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "ws heartbeat: hooked");
+
+    lcf = ngx_http_ws_heartbeat_conf(ctx);
+
+    ctx->hooked = 1;
+    ctx->queue.prev = NULL;
+    ctx->queue.next = NULL;
+
+    r->read_event_handler = ngx_http_ws_heartbeat_read_handler;
+    r->write_event_handler = ngx_http_ws_heartbeat_write_handler;
+    u->write_event_handler = ngx_http_ws_heartbeat_upstream_write_handler;
+
+    /* like the per-connection timer it replaces: no reason to stay for */
+
+    timer->cancelable = 1;
+
+    ngx_http_ws_heartbeat_start_side(&ctx->client, c, lcf, true);
+    ngx_http_ws_heartbeat_start_side(&ctx->upstream, uc, lcf,
+                                     lcf->upstream != 0);
+
+    ngx_http_ws_heartbeat_arm(ctx);
+
+    ngx_http_ws_heartbeat_count(hmcf->stats, connections);
+    ngx_http_ws_heartbeat_count(hmcf->stats, active);
+
+    if (lcf->drain) {
         ngx_queue_insert_tail(&hmcf->conns, &ctx->queue);
 
         /* a connection upgraded while the worker is already exiting */
@@ -713,11 +856,11 @@ ngx_http_ws_heartbeat_side(ngx_connection_t *c) noexcept
     ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(
               ngx_http_get_module_ctx(r, ngx_ws_heartbeat_module));
 
-    if (ctx == NULL) {
+    if (ctx == NULL || !ctx->hooked) {
         return nullptr;
     }
 
-    return c == ctx->client.conn ? &ctx->client : &ctx->upstream;
+    return c == r->connection ? &ctx->client : &ctx->upstream;
 }
 
 
@@ -730,16 +873,8 @@ ngx_http_ws_heartbeat_side(ngx_connection_t *c) noexcept
 static void
 ngx_http_ws_heartbeat_unhook(ngx_connection_t *c) noexcept
 {
-#if (NGX_SSL)
-    if (c->ssl) {
-        c->send = ngx_ssl_write;
-        c->recv = ngx_ssl_recv;
-        return;
-    }
-#endif
-
-    c->send = ngx_io.send;
-    c->recv = ngx_io.recv;
+    c->send = ngx_http_ws_heartbeat_io_send(c);
+    c->recv = ngx_http_ws_heartbeat_io_recv(c);
 }
 
 
@@ -751,7 +886,7 @@ ngx_http_ws_heartbeat_after_write(ngx_http_ws_heartbeat_side_t *s) noexcept
     if (s->ping_queued && !s->out.queued()) {
         s->ping_queued = 0;
         s->hb.on_ping_written(ngx_current_msec);
-        ngx_http_ws_heartbeat_arm(s->ctx);
+        ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_of(s));
     }
 }
 
@@ -761,7 +896,6 @@ ngx_http_ws_heartbeat_send(ngx_connection_t *c, u_char *buf, size_t size)
     noexcept
 {
     long                           n;
-    ngx_http_ws_heartbeat_io       io;
     ngx_http_ws_heartbeat_side_t  *s;
 
     s = ngx_http_ws_heartbeat_side(c);
@@ -771,7 +905,7 @@ ngx_http_ws_heartbeat_send(ngx_connection_t *c, u_char *buf, size_t size)
         return c->send(c, buf, size);
     }
 
-    io.side = s;
+    ngx_http_ws_heartbeat_io  io(s, c);
 
     n = s->out.send(io, buf, size);
 
@@ -786,6 +920,7 @@ ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf, size_t size)
     noexcept
 {
     ssize_t                        n;
+    ngx_http_ws_heartbeat_ctx_t   *ctx;
     ngx_http_ws_heartbeat_side_t  *s;
 
     s = ngx_http_ws_heartbeat_side(c);
@@ -795,20 +930,22 @@ ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf, size_t size)
         return c->recv(c, buf, size);
     }
 
-    n = s->recv(c, buf, size);
+    n = ngx_http_ws_heartbeat_io_recv(c)(c, buf, size);
 
     if (n > 0) {
         s->hb.on_receive(ngx_current_msec);
 
     } else if (n == 0 || n == NGX_ERROR) {
-        if (s->ctx->first_eof == 0) {
-            s->ctx->first_eof = s->which + 1;
+        ctx = ngx_http_ws_heartbeat_ctx_of(s);
+
+        if (ctx->first_eof == 0) {
+            ctx->first_eof = s->which + 1;
         }
 
         /* the start of a Pong held back from the other side goes on */
 
         ngx_http_ws_heartbeat_release(s->which == NGX_HTTP_WS_HB_CLIENT
-                                      ? &s->ctx->upstream : &s->ctx->client);
+                                      ? &ctx->upstream : &ctx->client);
     }
 
     return n;
@@ -818,16 +955,18 @@ ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf, size_t size)
 static void
 ngx_http_ws_heartbeat_release(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
-    ngx_http_ws_heartbeat_io  io;
+    ngx_connection_t  *c;
 
-    if (s->conn == NULL || !s->conn->write->ready) {
+    c = ngx_http_ws_heartbeat_conn(s);
+
+    if (c == NULL || !c->write->ready) {
         return;
     }
 
-    io.side = s;
+    ngx_http_ws_heartbeat_io  io(s, c);
 
     if (s->out.release(io) == NGX_AGAIN) {
-        (void) ngx_handle_write_event(s->conn->write, 0);
+        (void) ngx_handle_write_event(c->write, 0);
     }
 
     ngx_http_ws_heartbeat_after_write(s);
@@ -837,12 +976,16 @@ ngx_http_ws_heartbeat_release(ngx_http_ws_heartbeat_side_t *s) noexcept
 static void
 ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
-    long                      rc;
-    ngx_http_ws_heartbeat_io  io;
+    long               rc;
+    ngx_connection_t  *c;
 
-    if (!s->conn->write->ready) {
+    c = ngx_http_ws_heartbeat_conn(s);
+
+    if (c == NULL || !c->write->ready) {
         return;
     }
+
+    ngx_http_ws_heartbeat_io  io(s, c);
 
     /*
      * ngx_http_upstream_upgrade() does not check that the 101 header went
@@ -850,20 +993,49 @@ ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept
      */
 
     if (s->which == NGX_HTTP_WS_HB_CLIENT
-        && (s->conn->buffered || s->ctx->request->out != NULL))
+        && (c->buffered || io.ctx->request->out != NULL))
     {
         return;
     }
 
-    io.side = s;
-
     rc = s->out.flush(io);
 
     if (rc == NGX_AGAIN) {
-        (void) ngx_handle_write_event(s->conn->write, 0);
+        (void) ngx_handle_write_event(c->write, 0);
     }
 
     ngx_http_ws_heartbeat_after_write(s);
+}
+
+
+static ngx_http_ws_heartbeat_main_conf_t *
+ngx_http_ws_heartbeat_main_conf(ngx_http_request_t *r) noexcept
+{
+    return static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
+               ngx_http_get_module_main_conf(r, ngx_ws_heartbeat_module));
+}
+
+
+/* the client connection's read event: readable, or the module's timer */
+
+static void
+ngx_http_ws_heartbeat_read_handler(ngx_http_request_t *r) noexcept
+{
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(
+              ngx_http_get_module_ctx(r, ngx_ws_heartbeat_module));
+
+    if (r->connection->read->timedout) {
+        r->connection->read->timedout = 0;
+
+        if (ctx != NULL && ctx->hooked) {
+            ngx_http_ws_heartbeat_timer_handler(ctx);
+            return;
+        }
+    }
+
+    ngx_http_ws_heartbeat_main_conf(r)->read_handler(r);
 }
 
 
@@ -875,11 +1047,11 @@ ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r) noexcept
     ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(
               ngx_http_get_module_ctx(r, ngx_ws_heartbeat_module));
 
-    if (!r->connection->write->timedout) {
+    if (ctx != NULL && ctx->hooked && !r->connection->write->timedout) {
         ngx_http_ws_heartbeat_flush(&ctx->client);
     }
 
-    ctx->write_handler(r);
+    ngx_http_ws_heartbeat_main_conf(r)->write_handler(r);
 }
 
 
@@ -892,11 +1064,11 @@ ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
     ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(
               ngx_http_get_module_ctx(r, ngx_ws_heartbeat_module));
 
-    if (!u->peer.connection->write->timedout) {
+    if (ctx != NULL && ctx->hooked && !u->peer.connection->write->timedout) {
         ngx_http_ws_heartbeat_flush(&ctx->upstream);
     }
 
-    ctx->upstream_write_handler(r, u);
+    ngx_http_ws_heartbeat_main_conf(r)->upstream_write_handler(r, u);
 }
 
 
@@ -916,7 +1088,9 @@ ngx_http_ws_heartbeat_deadline(ngx_http_ws_heartbeat_side_t *s) noexcept
      */
 
     if (s->hb.pinging()) {
-        limit = (std::uint64_t) ngx_current_msec + s->ctx->conf->interval;
+        limit = (std::uint64_t) ngx_current_msec
+                + ngx_http_ws_heartbeat_conf(ngx_http_ws_heartbeat_ctx_of(s))
+                  ->interval;
 
         if (deadline == 0 || deadline > limit) {
             deadline = limit;
@@ -948,14 +1122,14 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
     }
 
     if (deadline == 0) {
-        if (ctx->timer.timer_set) {
-            ngx_del_timer(&ctx->timer);
+        if (ngx_http_ws_heartbeat_timer(ctx)->timer_set) {
+            ngx_del_timer(ngx_http_ws_heartbeat_timer(ctx));
         }
 
         return;
     }
 
-    ngx_add_timer(&ctx->timer, deadline > ngx_current_msec
+    ngx_add_timer(ngx_http_ws_heartbeat_timer(ctx), deadline > ngx_current_msec
                                ? (ngx_msec_t) (deadline - ngx_current_msec)
                                : 0);
 }
@@ -973,7 +1147,7 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
 
     if (s->which == NGX_HTTP_WS_HB_UPSTREAM) {
         if (RAND_bytes(key, sizeof(key)) != 1) {
-            ngx_log_error(NGX_LOG_ERR, s->conn->log, 0,
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "ws heartbeat: RAND_bytes() failed");
             return;
         }
@@ -990,12 +1164,14 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
         return;
     }
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, s->conn->log, 0,
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "ws heartbeat: ping to %s queued",
                    s->which == NGX_HTTP_WS_HB_CLIENT ? "client" : "upstream");
 
     s->ping_queued = 1;
-    ngx_http_ws_heartbeat_count(s->ctx->stats, pings[s->which]);
+    ngx_http_ws_heartbeat_count(
+        ngx_http_ws_heartbeat_stats(ngx_http_ws_heartbeat_ctx_of(s)),
+        pings[s->which]);
 
     ngx_http_ws_heartbeat_flush(s);
 }
@@ -1024,15 +1200,17 @@ ngx_http_ws_heartbeat_acks(ngx_connection_t *c, ngx_msec_t ms) noexcept
 
 
 static void
-ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept
+ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
+    noexcept
 {
-    wshb::action                   a;
-    ngx_http_request_t            *r;
-    ngx_http_ws_heartbeat_ctx_t   *ctx;
-    ngx_http_ws_heartbeat_side_t  *s;
+    wshb::action                       a;
+    ngx_connection_t                  *c;
+    ngx_http_request_t                *r;
+    ngx_http_ws_heartbeat_side_t      *s;
+    ngx_http_ws_heartbeat_loc_conf_t  *lcf;
 
-    ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(ev->data);
     r = ctx->request;
+    lcf = ngx_http_ws_heartbeat_conf(ctx);
 
     /* the relay has ended (lingering close): nothing to watch */
 
@@ -1058,7 +1236,9 @@ ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept
     {
         /* unread bytes from the peer prove it alive (the relay is blocked) */
 
-        if (s->conn->read->ready) {
+        c = ngx_http_ws_heartbeat_conn(s);
+
+        if (c->read->ready) {
             s->hb.on_receive(ngx_current_msec);
         }
 
@@ -1069,7 +1249,7 @@ ngx_http_ws_heartbeat_timer_handler(ngx_event_t *ev) noexcept
          */
 
         if (s->ping_queued && s->blocked
-            && ngx_http_ws_heartbeat_acks(s->conn, ctx->conf->timeout))
+            && ngx_http_ws_heartbeat_acks(c, lcf->timeout))
         {
             s->hb.on_receive(ngx_current_msec);
         }
@@ -1112,8 +1292,8 @@ ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 
     /* a draining connection keeps its grace timer */
 
-    if (ctx->timer.timer_set && !ctx->draining) {
-        ngx_del_timer(&ctx->timer);
+    if (ngx_http_ws_heartbeat_timer(ctx)->timer_set && !ctx->draining) {
+        ngx_del_timer(ngx_http_ws_heartbeat_timer(ctx));
     }
 }
 
@@ -1177,12 +1357,19 @@ ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
 static void
 ngx_http_ws_heartbeat_drain(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
-    size_t   total;
-    ssize_t  n;
-    u_char   buf[4096];
+    size_t             total;
+    ssize_t            n;
+    u_char             buf[4096];
+    ngx_connection_t  *c;
+
+    c = ngx_http_ws_heartbeat_conn(s);
+
+    if (c == NULL) {
+        return;
+    }
 
     for (total = 0; total < 65536; total += n) {
-        n = s->conn->recv(s->conn, buf, sizeof(buf));
+        n = c->recv(c, buf, sizeof(buf));
 
         if (n <= 0) {
             return;
@@ -1289,47 +1476,62 @@ ngx_http_ws_heartbeat_finalize(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 static void
 ngx_http_ws_heartbeat_cleanup(void *data) noexcept
 {
-    ngx_http_ws_heartbeat_ctx_t  *ctx;
+    ngx_event_t                    *timer;
+    ngx_connection_t               *c;
+    ngx_http_ws_heartbeat_ctx_t    *ctx;
+    ngx_http_ws_heartbeat_stats_t  *st;
 
     ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(data);
+
+    if (!ctx->hooked) {
+        return;
+    }
 
     if (ctx->queue.next != NULL) {
         ngx_queue_remove(&ctx->queue);
         ctx->queue.next = NULL;
     }
 
-    if (ctx->stats != NULL && ctx->client.conn != NULL) {
-        (void) ngx_atomic_fetch_add(&ctx->stats->active, -1);
+    st = ngx_http_ws_heartbeat_stats(ctx);
+
+    if (st != NULL) {
+        (void) ngx_atomic_fetch_add(&st->active, -1);
         (void) ngx_atomic_fetch_add(
-                   &ctx->stats->ends[ngx_http_ws_heartbeat_end(ctx)], 1);
+                   &st->ends[ngx_http_ws_heartbeat_end(ctx)], 1);
     }
 
-    if (ctx->timer.timer_set) {
-        ngx_del_timer(&ctx->timer);
+    /*
+     * r goes with the client connection (keepalive is off after an
+     * upgrade), after any lingering close, which takes over the read event
+     * and its timer; the upstream connection is closed by now
+     */
+
+    timer = ngx_http_ws_heartbeat_timer(ctx);
+    timer->cancelable = 0;
+
+    if (timer->timer_set) {
+        ngx_del_timer(timer);
     }
 
-    /* the client connection outlives r; the upstream one is closed by now */
+    c = ctx->request->connection;
 
-    if (ctx->client.conn != NULL) {
-        if (ctx->client.conn->send == ngx_http_ws_heartbeat_send) {
-            ctx->client.conn->send = ctx->client.send;
-        }
-
-        if (ctx->client.conn->recv == ngx_http_ws_heartbeat_recv) {
-            ctx->client.conn->recv = ctx->client.recv;
-        }
+    if (c->send == ngx_http_ws_heartbeat_send) {
+        c->send = ngx_http_ws_heartbeat_io_send(c);
     }
 
-    if (ctx->upstream.conn != NULL
-        && ctx->request->upstream != NULL
-        && ctx->request->upstream->peer.connection == ctx->upstream.conn)
-    {
-        if (ctx->upstream.conn->send == ngx_http_ws_heartbeat_send) {
-            ctx->upstream.conn->send = ctx->upstream.send;
+    if (c->recv == ngx_http_ws_heartbeat_recv) {
+        c->recv = ngx_http_ws_heartbeat_io_recv(c);
+    }
+
+    c = ngx_http_ws_heartbeat_conn(&ctx->upstream);
+
+    if (c != NULL) {
+        if (c->send == ngx_http_ws_heartbeat_send) {
+            c->send = ngx_http_ws_heartbeat_io_send(c);
         }
 
-        if (ctx->upstream.conn->recv == ngx_http_ws_heartbeat_recv) {
-            ctx->upstream.conn->recv = ctx->upstream.recv;
+        if (c->recv == ngx_http_ws_heartbeat_recv) {
+            c->recv = ngx_http_ws_heartbeat_io_recv(c);
         }
     }
 }
@@ -1546,7 +1748,8 @@ ngx_http_ws_heartbeat_start_drain(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
         }
     }
 
-    ngx_add_timer(&ctx->timer, ctx->conf->drain_timeout);
+    ngx_add_timer(ngx_http_ws_heartbeat_timer(ctx),
+                  ngx_http_ws_heartbeat_conf(ctx)->drain_timeout);
 }
 
 

@@ -85,6 +85,14 @@ typedef struct {
     ngx_connection_t               *watch;  /* per worker: exit signal */
     ngx_shm_zone_t                 *zone;
     ngx_http_ws_heartbeat_stats_t  *stats;
+
+    /*
+     * the relay's event handlers that the module wraps, the same for every
+     * upgraded connection (ngx_http_upstream.c's): saved once per worker
+     */
+    ngx_http_event_handler_pt       read_handler;
+    ngx_http_event_handler_pt       write_handler;
+    ngx_http_upstream_handler_pt    upstream_write_handler;
 } ngx_http_ws_heartbeat_main_conf_t;
 
 
@@ -97,12 +105,11 @@ typedef enum {
 struct ngx_http_ws_heartbeat_ctx_t;
 
 
-/* one peer of the relay: the bytes sent to it and the heartbeat on it */
+/*
+ * one peer of the relay: the bytes sent to it and the heartbeat on it;
+ * its connection and ctx are found from `which` (ngx_ws_heartbeat_module.cpp)
+ */
 struct ngx_http_ws_heartbeat_side_t {
-    ngx_http_ws_heartbeat_ctx_t    *ctx;
-    ngx_connection_t               *conn;
-    ngx_send_pt                     send;
-    ngx_recv_pt                     recv;
     wshb::outbound                  out;     /* bytes written to this peer */
     wshb::heartbeat                 hb;      /* liveness of this peer */
     unsigned                        which:1;
@@ -111,10 +118,9 @@ struct ngx_http_ws_heartbeat_side_t {
     unsigned                        close_sent:1;   /* a Close went to it */
     unsigned                        drain_pending:1; /* Close after message */
 
-    ngx_http_ws_heartbeat_side_t(ngx_http_ws_heartbeat_ctx_t *c,
-        ngx_uint_t w, bool swallow, bool rsv1) noexcept
-        : ctx(c), conn(nullptr), send(nullptr), recv(nullptr),
-          out(w == NGX_HTTP_WS_HB_CLIENT ? wshb::role::server
+    ngx_http_ws_heartbeat_side_t(ngx_uint_t w, bool swallow, bool rsv1)
+        noexcept
+        : out(w == NGX_HTTP_WS_HB_CLIENT ? wshb::role::server
                                          : wshb::role::client,
               swallow, rsv1),
           hb(), which(w), ping_queued(0), blocked(0),
@@ -124,22 +130,29 @@ struct ngx_http_ws_heartbeat_side_t {
 };
 
 
+/*
+ * Per upgraded connection, from the client connection's pool. Its timer is
+ * the client connection's read event timer, which nginx leaves unused while
+ * it relays an upgraded connection (ngx_http_upstream_process_upgraded()
+ * times only the client's writes and the upstream's reads and writes).
+ */
 struct ngx_http_ws_heartbeat_ctx_t {
-    ngx_http_request_t                 *request;
-    ngx_http_ws_heartbeat_loc_conf_t   *conf;
-    ngx_http_event_handler_pt           header_write_handler;
-    ngx_http_event_handler_pt           write_handler;
-    ngx_http_upstream_handler_pt        upstream_write_handler;
-
     /* client: frames to the client; upstream: frames to the upstream */
     ngx_http_ws_heartbeat_side_t        client;
     ngx_http_ws_heartbeat_side_t        upstream;
 
-    ngx_event_t                         timer;    /* both sides' timer */
-    ngx_queue_t                         queue;    /* in main conf conns */
-    ngx_http_ws_heartbeat_stats_t      *stats;
-    ngx_http_ws_heartbeat_end_e         end;
-    unsigned                            hooked:1;
+    ngx_http_request_t                 *request;
+
+    union {
+        /* from the 101 header to the first body filter call */
+        ngx_http_event_handler_pt       header_write_handler;
+        /* hooked, ws_heartbeat_drain on: in main conf conns */
+        ngx_queue_t                     queue;
+    };
+
+    unsigned                            end:4;    /* _end_e */
+    unsigned                            hooked:1; /* relay hooked */
+    unsigned                            seen:1;   /* body filter ran */
     unsigned                            disabled:1;   /* stepped aside */
     unsigned                            invalid:1;    /* logged it */
     unsigned                            close_seen:1; /* endpoint Close */
@@ -147,15 +160,13 @@ struct ngx_http_ws_heartbeat_ctx_t {
     unsigned                            first_close:2; /* 1 client, 2 up */
     unsigned                            first_eof:2;   /* 1 client, 2 up */
 
-    ngx_http_ws_heartbeat_ctx_t(ngx_http_request_t *r,
-        ngx_http_ws_heartbeat_loc_conf_t *lcf, bool rsv1) noexcept
-        : request(r), conf(lcf), header_write_handler(nullptr),
-          write_handler(nullptr), upstream_write_handler(nullptr),
-          client(this, NGX_HTTP_WS_HB_CLIENT, lcf->upstream != 0, rsv1),
-          upstream(this, NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
-          timer(), queue(), stats(nullptr), end(NGX_HTTP_WS_HB_END_NONE), hooked(0),
-          disabled(0), invalid(0), close_seen(0), draining(0), first_close(0),
-          first_eof(0)
+    ngx_http_ws_heartbeat_ctx_t(ngx_http_request_t *r, bool upstream_ping,
+        bool rsv1) noexcept
+        : client(NGX_HTTP_WS_HB_CLIENT, upstream_ping, rsv1),
+          upstream(NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
+          request(r), queue(), end(NGX_HTTP_WS_HB_END_NONE), hooked(0),
+          seen(0), disabled(0), invalid(0), close_seen(0), draining(0),
+          first_close(0), first_eof(0)
     {
     }
 };
@@ -168,7 +179,9 @@ struct ngx_http_ws_heartbeat_ctx_t {
  */
 
 static_assert(std::is_trivially_destructible<ngx_http_ws_heartbeat_ctx_t>
-              ::value, "ctx lives in r->pool without a destructor");
+              ::value, "ctx lives in a pool without a destructor");
+static_assert(std::is_standard_layout<ngx_http_ws_heartbeat_ctx_t>::value,
+              "a side finds its ctx with offsetof()");
 
 
 

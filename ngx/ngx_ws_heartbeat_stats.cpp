@@ -220,7 +220,7 @@ ngx_http_ws_heartbeat_end_e
 ngx_http_ws_heartbeat_end(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
     if (ctx->end != NGX_HTTP_WS_HB_END_NONE) {
-        return ctx->end;
+        return (ngx_http_ws_heartbeat_end_e) ctx->end;
     }
 
     /* who started the closing handshake, or else who hung up first */
@@ -621,7 +621,7 @@ ngx_http_ws_heartbeat_variable(ngx_http_request_t *r,
     ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(
               ngx_http_get_module_ctx(r, ngx_ws_heartbeat_module));
 
-    if (ctx == NULL || ctx->client.conn == NULL) {
+    if (ctx == NULL || !ctx->hooked) {
         v->not_found = 1;
         return NGX_OK;
     }

@@ -199,7 +199,12 @@ action heartbeat::on_timer(std::uint64_t now_ms) noexcept
         return close_with(close_reason::heartbeat_timeout);
     }
 
-    if (ping_ && state_ == idle && now_ms >= last_receive_ + interval_) {
+    // A Ping due within ping_slack() goes now rather than after one more
+    // wake-up: the timer seldom fires right at the due time, which a Pong
+    // moves without re-arming it (and nginx leaves a timer in place when
+    // it would move by less than 300 ms).
+    if (ping_ && state_ == idle
+        && now_ms + ping_slack() >= last_receive_ + interval_) {
         state_ = queued;
         action a;
         a.kind = action::send_ping;

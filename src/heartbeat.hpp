@@ -62,12 +62,16 @@ public:
     action on_timer(std::uint64_t now_ms) noexcept;
 
     // Absolute time (ms) at which on_timer() must run next; 0 = no timer.
+    // A Ping is due once the peer has been silent for the interval; on_timer()
+    // sends it up to ping_slack() (1/16 of the interval) before that.
     std::uint64_t next_deadline() const noexcept;
 
     // Fills the Ping payload (ping_payload_size bytes), bumps the sequence.
     std::size_t make_ping(std::uint8_t* out, std::uint64_t now_us) noexcept;
 
     void stop() noexcept; // no more actions, no deadline
+
+    std::uint32_t ping_slack() const noexcept { return interval_ / 16; }
 
     // Sends Pings (configured to, and not stopped).
     bool pinging() const noexcept { return ping_ && state_ != stopped; }

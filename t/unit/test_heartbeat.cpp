@@ -55,17 +55,31 @@ TEST_CASE("heartbeat: Ping scheduling", "[heartbeat]")
 
     SECTION("a Ping is due an interval after the last receive")
     {
+        CHECK(hb.ping_slack() == 6);
         CHECK(hb.next_deadline() == 1100);
-        CHECK(is(hb.on_timer(1099), action::none));
+        CHECK(is(hb.on_timer(1093), action::none));
 
         hb.on_receive(1050);
         CHECK(hb.next_deadline() == 1150);
         CHECK(is(hb.on_timer(1100), action::none));
+        CHECK(is(hb.on_timer(1143), action::none));
         CHECK(is(hb.on_timer(1150), action::send_ping));
 
         // once: queued until written, and no deadline meanwhile
         CHECK(is(hb.on_timer(1200), action::none));
         CHECK(hb.next_deadline() == 0);
+    }
+
+    SECTION("a timer up to 1/16 interval early sends the Ping")
+    {
+        // the Pong moved the due time 1 ms past the timeout deadline the
+        // timer was armed for: no second wake-up for that millisecond
+        REQUIRE(is(hb.on_timer(1100), action::send_ping));
+        hb.on_ping_written(1100);
+        hb.on_receive(1101);
+        CHECK(hb.next_deadline() == 1201);
+        CHECK(is(hb.on_timer(1194), action::none));
+        CHECK(is(hb.on_timer(1195), action::send_ping));
     }
 
     SECTION("a late timer still sends one Ping")
@@ -104,7 +118,7 @@ TEST_CASE("heartbeat: Ping scheduling", "[heartbeat]")
         hb.on_receive(1120);
         CHECK(hb.next_deadline() == 1220);
         CHECK(is(hb.on_timer(1135), action::none));
-        CHECK(is(hb.on_timer(1219), action::none));
+        CHECK(is(hb.on_timer(1213), action::none));
         CHECK(is(hb.on_timer(1220), action::send_ping));
     }
 
@@ -200,7 +214,7 @@ TEST_CASE("heartbeat: send timeout", "[heartbeat]")
         hb.start(config(1000, 30, 0, 0), 0);
         hb.on_write_blocked(10);
         CHECK(hb.next_deadline() == 1000);
-        CHECK(is(hb.on_timer(999), action::none));
+        CHECK(is(hb.on_timer(937), action::none));
     }
 }
 
