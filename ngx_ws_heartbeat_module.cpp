@@ -241,6 +241,31 @@ ngx_http_ws_heartbeat_conn(ngx_http_ws_heartbeat_side_t *s) noexcept
 }
 
 
+static ngx_http_ws_heartbeat_side_t *
+ngx_http_ws_heartbeat_side_at(ngx_http_ws_heartbeat_ctx_t *ctx, ngx_uint_t i)
+    noexcept
+{
+    return i == NGX_HTTP_WS_HB_CLIENT ? &ctx->client : &ctx->upstream;
+}
+
+
+/* no more Pings or timeouts on either side */
+
+static void
+ngx_http_ws_heartbeat_stop(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    wshb::heartbeat  *hb;
+
+    ctx->client_hb.stop();
+
+    hb = ctx->hb(NGX_HTTP_WS_HB_UPSTREAM);
+
+    if (hb != nullptr) {
+        hb->stop();
+    }
+}
+
+
 static ngx_http_ws_heartbeat_loc_conf_t *
 ngx_http_ws_heartbeat_conf(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
@@ -321,11 +346,17 @@ struct ngx_http_ws_heartbeat_io {
     {
         ngx_connection_t  *c = conn;
         ssize_t            rc;
+        wshb::heartbeat   *hb;
 
         rc = ngx_http_ws_heartbeat_io_send(c)(c, const_cast<u_char *>(p), n);
 
+        hb = ctx->hb(side->which);
+
         if (rc > 0) {
-            side->hb.on_write_progress();
+            if (hb != nullptr) {
+                hb->on_write_progress();
+            }
+
             side->blocked = 0;
         }
 
@@ -337,8 +368,11 @@ struct ngx_http_ws_heartbeat_io {
 
         if (!side->blocked) {
             side->blocked = 1;
-            side->hb.on_write_blocked(ngx_current_msec);
-            ngx_http_ws_heartbeat_arm(ctx);
+
+            if (hb != nullptr) {
+                hb->on_write_blocked(ngx_current_msec);
+                ngx_http_ws_heartbeat_arm(ctx);
+            }
         }
 
         return rc;
@@ -354,22 +388,29 @@ struct ngx_http_ws_heartbeat_io {
     bool match_pong(const std::uint8_t *payload, std::size_t n) noexcept
     {
         std::uint32_t                  samples;
+        wshb::heartbeat               *hb;
         ngx_http_ws_heartbeat_side_t  *peer;
         ngx_http_ws_heartbeat_stats_t *st;
 
         peer = sender();
-        samples = peer->hb.rtt_samples();
+        hb = ctx->hb(peer->which);
 
-        if (!peer->hb.on_pong(payload, n, ngx_http_ws_heartbeat_now_us())) {
+        if (hb == nullptr) {
+            return false;
+        }
+
+        samples = hb->rtt_samples();
+
+        if (!hb->on_pong(payload, n, ngx_http_ws_heartbeat_now_us())) {
             return false;
         }
 
         st = ngx_http_ws_heartbeat_stats(ctx);
         ngx_http_ws_heartbeat_count(st, pongs[peer->which]);
 
-        if (peer->hb.rtt_samples() != samples) {
+        if (hb->rtt_samples() != samples) {
             ngx_http_ws_heartbeat_count_rtt(st, peer->which,
-                                            peer->hb.rtt_last_us());
+                                            hb->rtt_last_us());
         }
 
         return true;
@@ -377,8 +418,14 @@ struct ngx_http_ws_heartbeat_io {
 
     void on_header(const wshb::frame_header &h) noexcept
     {
+        wshb::heartbeat  *hb;
+
         if (wshb::is_data(h.op)) {
-            sender()->hb.on_data(ngx_current_msec);
+            hb = ctx->hb(sender()->which);
+
+            if (hb != nullptr) {
+                hb->on_data(ngx_current_msec);
+            }
         }
     }
 
@@ -426,8 +473,7 @@ struct ngx_http_ws_heartbeat_io {
                        side->which == NGX_HTTP_WS_HB_CLIENT ? "upstream"
                                                             : "client");
         ctx->close_seen = 1;
-        ctx->client.hb.stop();
-        ctx->upstream.hb.stop();
+        ngx_http_ws_heartbeat_stop(ctx);
         ctx->client.out.drop_queued();
         ctx->upstream.out.drop_queued();
         ctx->client.ping_queued = 0;
@@ -514,7 +560,8 @@ ngx_http_ws_heartbeat_header_filter(ngx_http_request_t *r) noexcept
      * request_pool_size (4k) block; the connection outlives the request
      */
 
-    p = ngx_pcalloc(r->connection->pool, sizeof(ngx_http_ws_heartbeat_ctx_t));
+    p = ngx_pcalloc(r->connection->pool,
+                    ngx_http_ws_heartbeat_ctx_t::size(lcf->upstream != 0));
     if (p == NULL) {
         return NGX_ERROR;
     }
@@ -732,7 +779,17 @@ ngx_http_ws_heartbeat_start_side(ngx_http_ws_heartbeat_side_t *s,
     ngx_connection_t *c, ngx_http_ws_heartbeat_loc_conf_t *lcf, bool ping)
     noexcept
 {
-    wshb::heartbeat_config  hc;
+    wshb::heartbeat         *hb;
+    wshb::heartbeat_config   hc;
+
+    c->send = ngx_http_ws_heartbeat_send;
+    c->recv = ngx_http_ws_heartbeat_recv;
+
+    hb = ngx_http_ws_heartbeat_ctx_of(s)->hb(s->which);
+
+    if (hb == nullptr) {
+        return;
+    }
 
     hc.interval_ms = (std::uint32_t) lcf->interval;
     hc.timeout_ms = (std::uint32_t) lcf->timeout;
@@ -747,10 +804,7 @@ ngx_http_ws_heartbeat_start_side(ngx_http_ws_heartbeat_side_t *s,
         hc.send_timeout_ms = 0;
     }
 
-    s->hb.start(hc, ngx_current_msec);
-
-    c->send = ngx_http_ws_heartbeat_send;
-    c->recv = ngx_http_ws_heartbeat_recv;
+    hb->start(hc, ngx_current_msec);
 }
 
 
@@ -883,10 +937,13 @@ ngx_http_ws_heartbeat_after_write(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
     /* the Pong deadline starts when our Ping has reached the socket */
 
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
     if (s->ping_queued && !s->out.queued()) {
         s->ping_queued = 0;
-        s->hb.on_ping_written(ngx_current_msec);
-        ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_of(s));
+        ctx = ngx_http_ws_heartbeat_ctx_of(s);
+        ctx->hb(s->which)->on_ping_written(ngx_current_msec);
+        ngx_http_ws_heartbeat_arm(ctx);
     }
 }
 
@@ -920,6 +977,7 @@ ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf, size_t size)
     noexcept
 {
     ssize_t                        n;
+    wshb::heartbeat               *hb;
     ngx_http_ws_heartbeat_ctx_t   *ctx;
     ngx_http_ws_heartbeat_side_t  *s;
 
@@ -932,12 +990,16 @@ ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf, size_t size)
 
     n = ngx_http_ws_heartbeat_io_recv(c)(c, buf, size);
 
+    ctx = ngx_http_ws_heartbeat_ctx_of(s);
+
     if (n > 0) {
-        s->hb.on_receive(ngx_current_msec);
+        hb = ctx->hb(s->which);
+
+        if (hb != nullptr) {
+            hb->on_receive(ngx_current_msec);
+        }
 
     } else if (n == 0 || n == NGX_ERROR) {
-        ctx = ngx_http_ws_heartbeat_ctx_of(s);
-
         if (ctx->first_eof == 0) {
             ctx->first_eof = s->which + 1;
         }
@@ -1077,9 +1139,18 @@ ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
 static std::uint64_t
 ngx_http_ws_heartbeat_deadline(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
-    std::uint64_t  deadline, limit;
+    std::uint64_t                 deadline, limit;
+    wshb::heartbeat              *hb;
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
 
-    deadline = s->hb.next_deadline();
+    ctx = ngx_http_ws_heartbeat_ctx_of(s);
+    hb = ctx->hb(s->which);
+
+    if (hb == nullptr) {
+        return 0;
+    }
+
+    deadline = hb->next_deadline();
 
     /*
      * bytes from the peer move the next Ping later but do not re-arm the
@@ -1087,10 +1158,9 @@ ngx_http_ws_heartbeat_deadline(ngx_http_ws_heartbeat_side_t *s) noexcept
      * once an interval and let the machine tell what is due
      */
 
-    if (s->hb.pinging()) {
+    if (hb->pinging()) {
         limit = (std::uint64_t) ngx_current_msec
-                + ngx_http_ws_heartbeat_conf(ngx_http_ws_heartbeat_ctx_of(s))
-                  ->interval;
+                + ngx_http_ws_heartbeat_conf(ctx)->interval;
 
         if (deadline == 0 || deadline > limit) {
             deadline = limit;
@@ -1155,7 +1225,8 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
         mask = key;
     }
 
-    (void) s->hb.make_ping(payload, ngx_http_ws_heartbeat_now_us());
+    (void) ngx_http_ws_heartbeat_ctx_of(s)->hb(s->which)->make_ping(
+               payload, ngx_http_ws_heartbeat_now_us());
 
     n = wshb::build_control(wshb::opcode::ping, payload, sizeof(payload),
                             mask, frame, sizeof(frame));
@@ -1203,7 +1274,9 @@ static void
 ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
     noexcept
 {
+    ngx_uint_t                         i;
     wshb::action                       a;
+    wshb::heartbeat                   *hb;
     ngx_connection_t                  *c;
     ngx_http_request_t                *r;
     ngx_http_ws_heartbeat_side_t      *s;
@@ -1231,15 +1304,20 @@ ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
         return;
     }
 
-    for (s = &ctx->client; s; s = (s == &ctx->client ? &ctx->upstream
-                                                      : nullptr))
-    {
+    for (i = 0; i < 2; i++) {
+        s = ngx_http_ws_heartbeat_side_at(ctx, i);
+        hb = ctx->hb(s->which);
+
+        if (hb == nullptr) {
+            continue;
+        }
+
         /* unread bytes from the peer prove it alive (the relay is blocked) */
 
         c = ngx_http_ws_heartbeat_conn(s);
 
         if (c->read->ready) {
-            s->hb.on_receive(ngx_current_msec);
+            hb->on_receive(ngx_current_msec);
         }
 
         /*
@@ -1251,10 +1329,10 @@ ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
         if (s->ping_queued && s->blocked
             && ngx_http_ws_heartbeat_acks(c, lcf->timeout))
         {
-            s->hb.on_receive(ngx_current_msec);
+            hb->on_receive(ngx_current_msec);
         }
 
-        a = s->hb.on_timer(ngx_current_msec);
+        a = hb->on_timer(ngx_current_msec);
 
         if (a.kind == wshb::action::close) {
             ngx_http_ws_heartbeat_close(ctx, s, a.reason);
@@ -1273,16 +1351,17 @@ ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
 static void
 ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
+    ngx_uint_t                     i;
     ngx_http_ws_heartbeat_side_t  *s;
 
     ctx->disabled = 1;
 
+    ngx_http_ws_heartbeat_stop(ctx);
+
     /* a queued Ping not yet started goes too (safe in Io callbacks) */
 
-    for (s = &ctx->client; s; s = (s == &ctx->client ? &ctx->upstream
-                                                      : nullptr))
-    {
-        s->hb.stop();
+    for (i = 0; i < 2; i++) {
+        s = ngx_http_ws_heartbeat_side_at(ctx, i);
 
         if (s->ping_queued) {
             s->out.drop_queued();

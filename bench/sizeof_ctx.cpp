@@ -8,12 +8,13 @@
 
 int main()
 {
-    std::printf("{\"ctx\":%zu,\"side\":%zu,\"outbound\":%zu,\"heartbeat\":%zu,"
+    std::printf("{\"ctx\":%zu,\"ctx_upstream_off\":%zu,\"side\":%zu,\"outbound\":%zu,\"heartbeat\":%zu,"
                 "\"frame_scanner16\":%zu,\"frame_header\":%zu,"
                 "\"ngx_event_t\":%zu,\"ngx_pool_cleanup_t\":%zu,"
                 "\"ngx_http_request_t\":%zu,\"ngx_connection_t\":%zu,"
                 "\"ngx_http_upstream_t\":%zu}\n",
                 sizeof(ngx_http_ws_heartbeat_ctx_t),
+                ngx_http_ws_heartbeat_ctx_t::size(false),
                 sizeof(ngx_http_ws_heartbeat_side_t),
                 sizeof(wshb::outbound), sizeof(wshb::heartbeat),
                 sizeof(wshb::basic_frame_scanner<16>),

@@ -17,6 +17,7 @@ extern "C" {
 #include <ngx_http.h>
 }
 
+#include <new>
 #include <type_traits>
 
 #include "frame.hpp"
@@ -106,12 +107,11 @@ struct ngx_http_ws_heartbeat_ctx_t;
 
 
 /*
- * one peer of the relay: the bytes sent to it and the heartbeat on it;
- * its connection and ctx are found from `which` (ngx_ws_heartbeat_module.cpp)
+ * one peer of the relay: the bytes sent to it; its connection, ctx and
+ * heartbeat are found from `which` (ngx_ws_heartbeat_module.cpp)
  */
 struct ngx_http_ws_heartbeat_side_t {
     wshb::outbound                  out;     /* bytes written to this peer */
-    wshb::heartbeat                 hb;      /* liveness of this peer */
     unsigned                        which:1;
     unsigned                        ping_queued:1;
     unsigned                        blocked:1;
@@ -123,7 +123,7 @@ struct ngx_http_ws_heartbeat_side_t {
         : out(w == NGX_HTTP_WS_HB_CLIENT ? wshb::role::server
                                          : wshb::role::client,
               swallow, rsv1),
-          hb(), which(w), ping_queued(0), blocked(0),
+          which(w), ping_queued(0), blocked(0),
           close_sent(0), drain_pending(0)
     {
     }
@@ -135,6 +135,8 @@ struct ngx_http_ws_heartbeat_side_t {
  * the client connection's read event timer, which nginx leaves unused while
  * it relays an upgraded connection (ngx_http_upstream_process_upgraded()
  * times only the client's writes and the upstream's reads and writes).
+ * The upstream's heartbeat comes last and is allocated only with
+ * ws_heartbeat_upstream on.
  */
 struct ngx_http_ws_heartbeat_ctx_t {
     /* client: frames to the client; upstream: frames to the upstream */
@@ -159,6 +161,18 @@ struct ngx_http_ws_heartbeat_ctx_t {
     unsigned                            draining:1;
     unsigned                            first_close:2; /* 1 client, 2 up */
     unsigned                            first_eof:2;   /* 1 client, 2 up */
+    unsigned                            upstream_hb:1; /* allocated */
+
+    wshb::heartbeat                     client_hb;
+    alignas(wshb::heartbeat) unsigned char
+                                        upstream_hb_[sizeof(wshb::heartbeat)];
+
+    /* bytes to allocate; the constructor needs them all */
+    static std::size_t size(bool upstream_ping) noexcept
+    {
+        return upstream_ping ? sizeof(ngx_http_ws_heartbeat_ctx_t)
+               : offsetof(ngx_http_ws_heartbeat_ctx_t, upstream_hb_);
+    }
 
     ngx_http_ws_heartbeat_ctx_t(ngx_http_request_t *r, bool upstream_ping,
         bool rsv1) noexcept
@@ -166,8 +180,25 @@ struct ngx_http_ws_heartbeat_ctx_t {
           upstream(NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
           request(r), queue(), end(NGX_HTTP_WS_HB_END_NONE), hooked(0),
           seen(0), disabled(0), invalid(0), close_seen(0), draining(0),
-          first_close(0), first_eof(0)
+          first_close(0), first_eof(0), upstream_hb(upstream_ping),
+          client_hb()
     {
+        if (upstream_ping) {
+            new (upstream_hb_) wshb::heartbeat();
+        }
+    }
+
+    /* a side's heartbeat; NULL: the upstream one with no Pings to send */
+    wshb::heartbeat *hb(ngx_uint_t which) noexcept
+    {
+        if (which == NGX_HTTP_WS_HB_CLIENT) {
+            return &client_hb;
+        }
+
+        return upstream_hb
+               ? std::launder(reinterpret_cast<wshb::heartbeat *>(
+                     upstream_hb_))
+               : nullptr;
     }
 };
 

@@ -632,7 +632,7 @@ ngx_http_ws_heartbeat_variable(ngx_http_request_t *r,
     }
 
     v->data = p;
-    hb = &ctx->client.hb;
+    hb = &ctx->client_hb;
 
     switch (data) {
 
@@ -658,16 +658,20 @@ ngx_http_ws_heartbeat_variable(ngx_http_request_t *r,
         break;
 
     case NGX_HTTP_WS_HB_VAR_UPSTREAM_RTT:
-        hb = &ctx->upstream.hb;
-        p = ngx_http_ws_heartbeat_ms(p, hb->rtt_last_us(), hb->rtt_samples());
+        hb = ctx->hb(NGX_HTTP_WS_HB_UPSTREAM);
+        p = hb != nullptr ? ngx_http_ws_heartbeat_ms(p, hb->rtt_last_us(),
+                                                     hb->rtt_samples())
+                          : ngx_http_ws_heartbeat_ms(p, 0, false);
         break;
 
     case NGX_HTTP_WS_HB_VAR_UPSTREAM_PINGS:
-        p = ngx_sprintf(p, "%uD", ctx->upstream.hb.pings());
+        hb = ctx->hb(NGX_HTTP_WS_HB_UPSTREAM);
+        p = ngx_sprintf(p, "%uD", hb != nullptr ? hb->pings() : 0);
         break;
 
     case NGX_HTTP_WS_HB_VAR_UPSTREAM_PONGS:
-        p = ngx_sprintf(p, "%uD", ctx->upstream.hb.pongs());
+        hb = ctx->hb(NGX_HTTP_WS_HB_UPSTREAM);
+        p = ngx_sprintf(p, "%uD", hb != nullptr ? hb->pongs() : 0);
         break;
 
     default: /* NGX_HTTP_WS_HB_VAR_CLOSE_REASON */
