@@ -526,6 +526,7 @@ ngx_http_ws_heartbeat_header_filter(ngx_http_request_t *r) noexcept
 {
     bool                               rsv1;
     void                              *p;
+    size_t                             size;
     ngx_pool_cleanup_t                *cln;
     ngx_http_upstream_t               *u;
     ngx_http_ws_heartbeat_ctx_t       *ctx;
@@ -555,16 +556,20 @@ ngx_http_ws_heartbeat_header_filter(ngx_http_request_t *r) noexcept
     }
 
     /*
-     * from the connection's pool, which is small: the context goes to a
-     * block of its own size, while in r->pool it often opens a new
-     * request_pool_size (4k) block; the connection outlives the request
+     * a block of its own size, freed with the connection's pool: in
+     * r->pool it often opens a new request_pool_size (4k) block, and a
+     * small allocation from the connection's pool a new 512-byte one
      */
 
-    p = ngx_pcalloc(r->connection->pool,
-                    ngx_http_ws_heartbeat_ctx_t::size(lcf->upstream != 0));
+    size = ngx_http_ws_heartbeat_ctx_t::size(lcf->upstream != 0);
+
+    p = ngx_pmemalign(r->connection->pool, size,
+                      alignof(ngx_http_ws_heartbeat_ctx_t));
     if (p == NULL) {
         return NGX_ERROR;
     }
+
+    ngx_memzero(p, size);
 
     cln = ngx_pool_cleanup_add(r->pool, 0);
     if (cln == NULL) {
