@@ -157,6 +157,51 @@ constexpr opcode opcode_of(std::uint8_t b0) noexcept
     return static_cast<opcode>(b0 & 0x0f);
 }
 
+constexpr std::size_t no_extent = static_cast<std::size_t>(-1);
+
+// The size of the frame that starts at p (header and payload), when all of
+// it lies in p[0..n); no_extent when it does not. Reads the length fields
+// only and judges nothing: it finds where frames end in bytes that a
+// scanner will check when they are fed to it.
+inline std::size_t frame_extent(const std::uint8_t* p, std::size_t n) noexcept
+{
+    if (n < 2) {
+        return no_extent;
+    }
+
+    std::uint8_t len7 = static_cast<std::uint8_t>(p[1] & 0x7f);
+    std::size_t size = (p[1] & 0x80) != 0 ? 6 : 2;
+    std::uint64_t len = len7;
+
+    if (len7 == 126) {
+        size += 2;
+
+        if (n < 4) {
+            return no_extent;
+        }
+
+        len = (std::uint64_t(p[2]) << 8) | p[3];
+
+    } else if (len7 == 127) {
+        size += 8;
+
+        if (n < 10) {
+            return no_extent;
+        }
+
+        len = 0;
+        for (std::size_t i = 2; i < 10; i++) {
+            len = (len << 8) | p[i];
+        }
+    }
+
+    if (n < size || len > n - size) {
+        return no_extent;
+    }
+
+    return size + static_cast<std::size_t>(len);
+}
+
 // The scanner's definitions are here, not in frame.cpp, so that the relay
 // loops around it (outbound.hpp) inline its fast path.
 
