@@ -365,14 +365,16 @@ basic_frame_scanner<Capture>::header_whole(const std::uint8_t* p,
     bool fin = (b0 & 0x80) != 0;
     bool masked = (b1 & 0x80) != 0;
     std::uint8_t len7 = static_cast<std::uint8_t>(b1 & 0x7f);
+    // in locals: the byte stores into h_ below may alias anything
+    std::uint8_t flags = flags_;
 
     // the checks of header_byte() on bytes 0 and 1, in short
-    if (is_reserved(op) || masked != ((flags_ & f_client) != 0)) {
+    if (is_reserved(op) || masked != ((flags & f_client) != 0)) {
         return 0;
     }
 
     if ((b0 & 0x70) != 0
-        && ((b0 & 0x30) != 0 || (flags_ & f_rsv1) == 0 || !is_data(op)
+        && ((b0 & 0x30) != 0 || (flags & f_rsv1) == 0 || !is_data(op)
             || op == opcode::cont))
     {
         return 0;
@@ -383,7 +385,7 @@ basic_frame_scanner<Capture>::header_whole(const std::uint8_t* p,
             return 0;
         }
 
-    } else if ((op == opcode::cont) != ((flags_ & f_in_message) != 0)) {
+    } else if ((op == opcode::cont) != ((flags & f_in_message) != 0)) {
         return 0;
     }
 
@@ -395,6 +397,7 @@ basic_frame_scanner<Capture>::header_whole(const std::uint8_t* p,
     }
 
     std::uint64_t len = len7;
+    std::uint8_t m[4] = {0, 0, 0, 0};
 
     if (ext == 2) {
         len = (std::uint64_t(p[2]) << 8) | p[3];
@@ -414,6 +417,18 @@ basic_frame_scanner<Capture>::header_whole(const std::uint8_t* p,
         }
     }
 
+    if (masked) {
+        m[0] = p[2 + ext];
+        m[1] = p[3 + ext];
+        m[2] = p[4 + ext];
+        m[3] = p[5 + ext];
+    }
+
+    if (!is_control(op)) {
+        flags = static_cast<std::uint8_t>(fin ? flags & ~f_in_message
+                                              : flags | f_in_message);
+    }
+
     h_.fin = fin;
     h_.rsv = static_cast<std::uint8_t>(b0 & 0x70);
     h_.op = op;
@@ -421,25 +436,11 @@ basic_frame_scanner<Capture>::header_whole(const std::uint8_t* p,
     h_.header_size = static_cast<std::uint8_t>(size);
     h_.len = len;
 
-    if (masked) {
-        const std::uint8_t* m = p + 2 + ext;
-        h_.mask[0] = m[0];
-        h_.mask[1] = m[1];
-        h_.mask[2] = m[2];
-        h_.mask[3] = m[3];
-    } else {
-        h_.mask[0] = h_.mask[1] = h_.mask[2] = h_.mask[3] = 0;
-    }
-
-    if (!is_control(op)) {
-        if (fin) {
-            flags_ &= static_cast<std::uint8_t>(~f_in_message);
-        } else {
-            flags_ |= f_in_message;
-        }
-    }
-
-    flags_ |= f_header_done;
+    h_.mask[0] = m[0];
+    h_.mask[1] = m[1];
+    h_.mask[2] = m[2];
+    h_.mask[3] = m[3];
+    flags_ = static_cast<std::uint8_t>(flags | f_header_done);
     pos_ = static_cast<std::uint8_t>(size);
     remain_ = len;
 

@@ -274,7 +274,7 @@ inline std::size_t outbound::relay_length(const std::uint8_t* p,
     }
 
     // the end of the frame in progress, or of the first one
-    std::size_t off = sc_.until_boundary(p, n);
+    std::size_t off = sc_.at_boundary() ? 0 : sc_.until_boundary(p, n);
 
     if (off == 0) {
         if (!flag(f_swallow)) {
