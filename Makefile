@@ -37,7 +37,7 @@ ABS_BUILD     = $(abspath $(BUILD))
 export NGINX_BIN PYTHON
 
 .PHONY: all module module-asan deps unit fuzz integration integration-asan \
-        test demo bench-core clean format
+        test demo bench-core bench-callgrind clean format
 
 all: module
 
@@ -128,9 +128,26 @@ fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
 bench-core: $(BUILD)/bench_core
 	$(BUILD)/bench_core
 
-$(BUILD)/bench_core: $(wildcard t/bench_core/*.cpp) $(SRC_CPP) $(SRC_HPP)
+$(BUILD)/bench_core: t/bench_core/bench_scanner.cpp $(SRC_CPP) $(SRC_HPP)
 	@mkdir -p $(BUILD)
-	$(CXX) -std=c++17 -O2 -Isrc $(wildcard t/bench_core/*.cpp) $(SRC_CPP) -o $@
+	$(CXX) -std=c++17 -O2 -Isrc $< $(SRC_CPP) -o $@
+
+# instructions per 64-byte frame through outbound::send (client role,
+# swallowing on), counted by callgrind; built with -O like the module
+CALLGRIND := valgrind --tool=callgrind --callgrind-out-file=/dev/null
+
+$(BUILD)/callgrind_send: t/bench_core/callgrind_send.cpp $(SRC_CPP) $(SRC_HPP)
+	@mkdir -p $(BUILD)
+	$(CXX) -std=c++17 -O -g -Isrc $< $(SRC_CPP) -o $@
+
+bench-callgrind: $(BUILD)/callgrind_send
+	@for mode in chunks frames; do \
+	    ir=$$($(CALLGRIND) --toggle-collect=wshb_bench_$$mode \
+	        $(BUILD)/callgrind_send $$mode 2>&1 \
+	        | sed -n "s/.*Collected : *//p"); \
+	    echo "outbound::send, $$mode: $$ir Ir," \
+	        "$$(( ir / 100000 )) per 64 B frame"; \
+	done
 
 integration: module
 	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) \

@@ -117,8 +117,10 @@ public:
     std::size_t control_size() const noexcept;
 
 private:
-    // Header bytes are decoded one at a time straight into h_ (no copy of
-    // the raw header is kept). pos_ counts the header bytes of the current
+    // A header found whole in the buffer at a boundary is decoded in one
+    // go (header_whole); one split across calls is decoded a byte at a time
+    // straight into h_ (header_byte; no copy of the raw header is kept).
+    // Both leave the same state. pos_ counts the header bytes of the current
     // frame consumed so far and is 0 exactly at a boundary; once the header
     // is done it stays at header_size until the payload ends. remain_ is the
     // payload still to skip. Control payloads are unmasked into cap_.
@@ -130,6 +132,8 @@ private:
         f_frame_done = 0x10   // the last advance() ended a frame
     };
 
+    std::size_t header_whole(const std::uint8_t* p, std::size_t n) noexcept;
+    std::size_t header_bytes(const std::uint8_t* p, std::size_t n) noexcept;
     bool header_byte(std::uint8_t b) noexcept;
     bool fail(scan_error e) noexcept;
     bool in_payload() const noexcept
@@ -145,16 +149,451 @@ private:
     scan_error err_ = scan_error::none;
 };
 
-// Defined in frame.cpp for these two capture sizes.
-extern template class basic_frame_scanner<16>;
-extern template class basic_frame_scanner<max_control_payload>;
-
 using frame_scanner = basic_frame_scanner<max_control_payload>;
 
 // Fast check on a frame's first byte without a scanner.
 constexpr opcode opcode_of(std::uint8_t b0) noexcept
 {
     return static_cast<opcode>(b0 & 0x0f);
+}
+
+constexpr std::size_t no_extent = static_cast<std::size_t>(-1);
+
+// The size of the frame that starts at p (header and payload), when all of
+// it lies in p[0..n); no_extent when it does not. Reads the length fields
+// only and judges nothing: it finds where frames end in bytes that a
+// scanner will check when they are fed to it.
+inline std::size_t frame_extent(const std::uint8_t* p, std::size_t n) noexcept
+{
+    if (n < 2) {
+        return no_extent;
+    }
+
+    std::uint8_t len7 = static_cast<std::uint8_t>(p[1] & 0x7f);
+    std::size_t size = (p[1] & 0x80) != 0 ? 6 : 2;
+    std::uint64_t len = len7;
+
+    if (len7 == 126) {
+        size += 2;
+
+        if (n < 4) {
+            return no_extent;
+        }
+
+        len = (std::uint64_t(p[2]) << 8) | p[3];
+
+    } else if (len7 == 127) {
+        size += 8;
+
+        if (n < 10) {
+            return no_extent;
+        }
+
+        len = 0;
+        for (std::size_t i = 2; i < 10; i++) {
+            len = (len << 8) | p[i];
+        }
+    }
+
+    if (n < size || len > n - size) {
+        return no_extent;
+    }
+
+    return size + static_cast<std::size_t>(len);
+}
+
+// The scanner's definitions are here, not in frame.cpp, so that the relay
+// loops around it (outbound.hpp) inline its fast path.
+
+template <std::size_t Capture>
+inline basic_frame_scanner<Capture>::basic_frame_scanner(
+    role sender, bool allow_rsv1) noexcept
+    : cap_{}
+{
+    flags_ = static_cast<std::uint8_t>((sender == role::client ? f_client : 0)
+                                       | (allow_rsv1 ? f_rsv1 : 0));
+}
+
+template <std::size_t Capture>
+inline bool basic_frame_scanner<Capture>::fail(scan_error e) noexcept
+{
+    err_ = e;
+    flags_ &= static_cast<std::uint8_t>(~(f_header_done | f_frame_done));
+    return false;
+}
+
+// Decodes header byte number pos_ into h_. Returns false on a rejection.
+template <std::size_t Capture>
+bool basic_frame_scanner<Capture>::header_byte(std::uint8_t b) noexcept
+{
+    if (pos_ == 0) {
+        h_.fin = (b & 0x80) != 0;
+        h_.rsv = static_cast<std::uint8_t>(b & 0x70);
+        h_.op = opcode_of(b);
+        h_.masked = false;
+        h_.header_size = 0;
+        h_.mask[0] = h_.mask[1] = h_.mask[2] = h_.mask[3] = 0;
+        h_.len = 0;
+        flags_ &= static_cast<std::uint8_t>(~f_header_done);
+
+        // opcodes 3-7 and 0xb-0xf are reserved for future use (5.2)
+        if (is_reserved(h_.op)) {
+            return fail(scan_error::bad_opcode);
+        }
+
+        // RSV2 and RSV3 have no meaning without an extension (5.2)
+        if ((h_.rsv & 0x30) != 0) {
+            return fail(scan_error::bad_rsv);
+        }
+
+        // RSV1 is permessage-deflate's, set only on a message's first frame
+        if ((h_.rsv & 0x40) != 0
+            && ((flags_ & f_rsv1) == 0 || !is_data(h_.op)
+                || h_.op == opcode::cont))
+        {
+            return fail(scan_error::bad_rsv);
+        }
+
+        if (is_control(h_.op)) {
+            // control frames must not be fragmented (5.5)
+            if (!h_.fin) {
+                return fail(scan_error::bad_control_fragment);
+            }
+
+        } else if (h_.op == opcode::cont) {
+            // a continuation frame needs a message to continue (5.4)
+            if ((flags_ & f_in_message) == 0) {
+                return fail(scan_error::bad_continuation);
+            }
+
+        } else {
+            // a new message cannot start inside an unfinished one (5.4)
+            if ((flags_ & f_in_message) != 0) {
+                return fail(scan_error::bad_data_frame);
+            }
+        }
+
+        if (!is_control(h_.op)) {
+            if (h_.fin) {
+                flags_ &= static_cast<std::uint8_t>(~f_in_message);
+            } else {
+                flags_ |= f_in_message;
+            }
+        }
+
+        pos_ = 1;
+        return true;
+    }
+
+    if (pos_ == 1) {
+        bool client = (flags_ & f_client) != 0;
+        std::uint8_t len7 = static_cast<std::uint8_t>(b & 0x7f);
+
+        h_.masked = (b & 0x80) != 0;
+
+        // a client masks every frame, a server masks none (5.1)
+        if (h_.masked != client) {
+            return fail(scan_error::bad_mask);
+        }
+
+        // a control payload is at most 125 bytes (5.5)
+        if (is_control(h_.op) && len7 > max_control_payload) {
+            return fail(scan_error::bad_control_size);
+        }
+
+        std::uint8_t ext = len7 == 126 ? 2 : len7 == 127 ? 8 : 0;
+        h_.header_size =
+            static_cast<std::uint8_t>(2 + ext + (h_.masked ? 4 : 0));
+        h_.len = ext == 0 ? len7 : 0;
+
+    } else {
+        std::uint8_t ext =
+            static_cast<std::uint8_t>(h_.header_size - 2 - (h_.masked ? 4 : 0));
+
+        if (pos_ < 2 + ext) {
+            h_.len = (h_.len << 8) | b;
+
+            if (pos_ == 1 + ext) {
+                // the 16-bit form is for lengths 126 .. 65535 (5.2)
+                if (ext == 2 && h_.len < 126) {
+                    return fail(scan_error::bad_size);
+                }
+
+                // the most significant bit of a 64-bit length is 0 (5.2)
+                if (ext == 8 && (h_.len >> 63) != 0) {
+                    return fail(scan_error::bad_size_64);
+                }
+
+                // the 64-bit form is for lengths of 65536 and more (5.2)
+                if (ext == 8 && h_.len < 65536) {
+                    return fail(scan_error::bad_size);
+                }
+            }
+
+        } else {
+            h_.mask[pos_ - 2 - ext] = b;
+        }
+    }
+
+    pos_++;
+
+    if (pos_ == h_.header_size) {
+        flags_ |= f_header_done;
+        remain_ = h_.len;
+    }
+
+    return true;
+}
+
+// At a boundary, with the whole header in p[0..n): decodes it in one go
+// into the state header_byte() would leave after its last byte. Returns
+// the header size, or 0 when the header is not all there or would be
+// rejected: the byte-by-byte path then takes it and names the error, so
+// that errors and the state they leave come from one place.
+template <std::size_t Capture>
+inline std::size_t
+basic_frame_scanner<Capture>::header_whole(const std::uint8_t* p,
+                                           std::size_t n) noexcept
+{
+    if (n < 2) {
+        return 0;
+    }
+
+    std::uint8_t b0 = p[0];
+    std::uint8_t b1 = p[1];
+    opcode op = opcode_of(b0);
+    bool fin = (b0 & 0x80) != 0;
+    bool masked = (b1 & 0x80) != 0;
+    std::uint8_t len7 = static_cast<std::uint8_t>(b1 & 0x7f);
+    // in locals: the byte stores into h_ below may alias anything
+    std::uint8_t flags = flags_;
+
+    // the checks of header_byte() on bytes 0 and 1, in short
+    if (is_reserved(op) || masked != ((flags & f_client) != 0)) {
+        return 0;
+    }
+
+    if ((b0 & 0x70) != 0
+        && ((b0 & 0x30) != 0 || (flags & f_rsv1) == 0 || !is_data(op)
+            || op == opcode::cont))
+    {
+        return 0;
+    }
+
+    if (is_control(op)) {
+        if (!fin || len7 > max_control_payload) {
+            return 0;
+        }
+
+    } else if ((op == opcode::cont) != ((flags & f_in_message) != 0)) {
+        return 0;
+    }
+
+    std::size_t ext = len7 < 126 ? 0 : len7 == 126 ? 2 : 8;
+    std::size_t size = 2 + ext + (masked ? 4 : 0);
+
+    if (n < size) {
+        return 0;
+    }
+
+    std::uint64_t len = len7;
+    std::uint8_t m[4] = {0, 0, 0, 0};
+
+    if (ext == 2) {
+        len = (std::uint64_t(p[2]) << 8) | p[3];
+
+        if (len < 126) {
+            return 0;
+        }
+
+    } else if (ext == 8) {
+        len = 0;
+        for (std::size_t i = 2; i < 10; i++) {
+            len = (len << 8) | p[i];
+        }
+
+        if ((len >> 63) != 0 || len < 65536) {
+            return 0;
+        }
+    }
+
+    if (masked) {
+        m[0] = p[2 + ext];
+        m[1] = p[3 + ext];
+        m[2] = p[4 + ext];
+        m[3] = p[5 + ext];
+    }
+
+    if (!is_control(op)) {
+        flags = static_cast<std::uint8_t>(fin ? flags & ~f_in_message
+                                              : flags | f_in_message);
+    }
+
+    h_.fin = fin;
+    h_.rsv = static_cast<std::uint8_t>(b0 & 0x70);
+    h_.op = op;
+    h_.masked = masked;
+    h_.header_size = static_cast<std::uint8_t>(size);
+    h_.len = len;
+
+    h_.mask[0] = m[0];
+    h_.mask[1] = m[1];
+    h_.mask[2] = m[2];
+    h_.mask[3] = m[3];
+    flags_ = static_cast<std::uint8_t>(flags | f_header_done);
+    pos_ = static_cast<std::uint8_t>(size);
+    remain_ = len;
+
+    return size;
+}
+
+// The header a byte at a time, from where pos_ says, until it is complete
+// or p[0..n) runs out. Returns the bytes consumed, npos on a rejection.
+template <std::size_t Capture>
+std::size_t basic_frame_scanner<Capture>::header_bytes(const std::uint8_t* p,
+                                                       std::size_t n) noexcept
+{
+    std::size_t i = 0;
+
+    while (i < n) {
+        if (!header_byte(p[i++])) {
+            return npos;
+        }
+
+        if (in_payload()) {
+            break;
+        }
+    }
+
+    return i;
+}
+
+template <std::size_t Capture>
+inline std::size_t basic_frame_scanner<Capture>::advance(const std::uint8_t* p,
+                                                         std::size_t n) noexcept
+{
+    flags_ &= static_cast<std::uint8_t>(~f_frame_done);
+
+    if (err_ != scan_error::none || n == 0) {
+        return 0;
+    }
+
+    std::size_t i = 0;
+
+    if (!in_payload()) {
+        i = pos_ == 0 ? header_whole(p, n) : 0;
+
+        if (i == 0) {
+            i = header_bytes(p, n);
+
+            if (i == npos) {
+                return 0;
+            }
+
+            if (!in_payload()) {
+                return i;
+            }
+        }
+    }
+
+    std::size_t k = n - i;
+
+    if (remain_ < k) {
+        k = static_cast<std::size_t>(remain_);
+    }
+
+    if (is_control(h_.op)) {
+        // control payloads are short (<= 125): unmask what fits the capture
+        std::size_t off = static_cast<std::size_t>(h_.len - remain_);
+
+        for (std::size_t j = 0; j < k && off + j < Capture; j++) {
+            std::uint8_t m = h_.masked ? h_.mask[(off + j) & 3] : 0;
+            cap_[off + j] = static_cast<std::uint8_t>(p[i + j] ^ m);
+        }
+    }
+
+    // data payloads are skipped, never read
+    remain_ -= k;
+    i += k;
+
+    if (remain_ == 0) {
+        pos_ = 0;
+        flags_ |= f_frame_done;
+    }
+
+    return i;
+}
+
+template <std::size_t Capture>
+std::size_t
+basic_frame_scanner<Capture>::until_boundary(const std::uint8_t* p,
+                                             std::size_t n) const noexcept
+{
+    if (err_ != scan_error::none) {
+        return npos;
+    }
+
+    if (pos_ == 0) {
+        return 0;
+    }
+
+    if (in_payload() && !is_control(h_.op)) {
+        return remain_ <= n ? static_cast<std::size_t>(remain_) : npos;
+    }
+
+    basic_frame_scanner copy(*this);
+    std::size_t k = copy.advance(p, n);
+
+    return copy.frame_complete() ? k : npos;
+}
+
+template <std::size_t Capture>
+inline bool basic_frame_scanner<Capture>::at_boundary() const noexcept
+{
+    return pos_ == 0 && err_ == scan_error::none;
+}
+
+template <std::size_t Capture>
+inline bool basic_frame_scanner<Capture>::header_complete() const noexcept
+{
+    return (flags_ & f_header_done) != 0;
+}
+
+template <std::size_t Capture>
+inline bool basic_frame_scanner<Capture>::frame_complete() const noexcept
+{
+    return (flags_ & f_frame_done) != 0;
+}
+
+template <std::size_t Capture>
+inline bool basic_frame_scanner<Capture>::in_message() const noexcept
+{
+    return (flags_ & f_in_message) != 0;
+}
+
+template <std::size_t Capture>
+inline scan_error basic_frame_scanner<Capture>::error() const noexcept
+{
+    return err_;
+}
+
+template <std::size_t Capture>
+inline const frame_header& basic_frame_scanner<Capture>::header() const noexcept
+{
+    return h_;
+}
+
+template <std::size_t Capture>
+inline const std::uint8_t*
+basic_frame_scanner<Capture>::control_payload() const noexcept
+{
+    return cap_;
+}
+
+template <std::size_t Capture>
+inline std::size_t basic_frame_scanner<Capture>::control_size() const noexcept
+{
+    return h_.len < Capture ? static_cast<std::size_t>(h_.len) : Capture;
 }
 
 } // namespace wshb

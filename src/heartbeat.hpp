@@ -98,8 +98,7 @@ private:
     // writes block) nor sends; from when both are true.
     std::uint64_t stuck_since() const noexcept
     {
-        return blocked_since_ > last_receive_ ? blocked_since_
-                                              : last_receive_;
+        return blocked_since_ > last_receive_ ? blocked_since_ : last_receive_;
     }
 
     std::uint64_t last_receive_ = 0;  // ms

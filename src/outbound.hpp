@@ -249,6 +249,13 @@ inline bool outbound::candidate(const std::uint8_t* p,
 // How many relay bytes of p[0..n) the next write may carry: to the next
 // boundary when a queued frame waits for one, and never past a boundary
 // where a candidate Pong starts (it must be absorbed, not written).
+//
+// The frames are parsed once, by feed() after the write, which also tells
+// the Io about them. Here they are only skipped by their lengths
+// (frame_extent: no checks, no state), which is all a cut needs: where a
+// bad frame would make a skip land on a false boundary, the cut there
+// changes only how the bytes are split into writes, for feed() turns the
+// stream to passthrough at the bad frame, before those bytes are reached.
 inline std::size_t outbound::relay_length(const std::uint8_t* p,
                                           std::size_t n) const noexcept
 {
@@ -262,28 +269,33 @@ inline std::size_t outbound::relay_length(const std::uint8_t* p,
 
     bool cut_inject = inject_len_ != 0 && !flag(f_inject_started);
 
-    if (!flag(f_swallow)) {
-        if (!cut_inject) {
+    if (!flag(f_swallow) && !cut_inject) {
+        return n;
+    }
+
+    // the end of the frame in progress, or of the first one
+    std::size_t off = sc_.at_boundary() ? 0 : sc_.until_boundary(p, n);
+
+    if (off == 0) {
+        if (!flag(f_swallow)) {
             return n;
         }
 
-        std::size_t u = sc_.until_boundary(p, n);
-        return u == 0 || u == decltype(sc_)::npos ? n : u;
+        off = frame_extent(p, n);
     }
 
-    basic_frame_scanner<16> s(sc_);
-    std::size_t off = 0;
+    if (off == decltype(sc_)::npos || off == no_extent) {
+        return n;
+    }
 
     while (off < n) {
-        if (off != 0 && s.at_boundary()
-            && (cut_inject || candidate(p + off, n - off))) {
+        if (cut_inject || candidate(p + off, n - off)) {
             return off;
         }
 
-        std::size_t k = s.advance(p + off, n - off);
+        std::size_t k = frame_extent(p + off, n - off);
 
-        // a rejected stream is forwarded as it is from there on
-        if (s.error() != scan_error::none) {
+        if (k == no_extent) {
             return n;
         }
 

@@ -680,3 +680,237 @@ TEST_CASE("scanner: opcode helpers and error words", "[frame]")
     CHECK(std::string(to_string(scan_error::bad_data_frame))
           == "data frame inside message");
 }
+
+namespace {
+
+// What the scanner shows after a call, for comparing two of them.
+struct observed {
+    std::size_t got;
+    bool boundary, header_done, frame_done, in_message;
+    scan_error err;
+    frame_header h;
+
+    bool operator==(const observed& o) const
+    {
+        return got == o.got && boundary == o.boundary
+               && header_done == o.header_done && frame_done == o.frame_done
+               && in_message == o.in_message && err == o.err && h.op == o.h.op
+               && h.fin == o.h.fin && h.masked == o.h.masked && h.rsv == o.h.rsv
+               && h.header_size == o.h.header_size
+               && std::memcmp(h.mask, o.h.mask, 4) == 0 && h.len == o.h.len;
+    }
+};
+
+template <std::size_t C>
+observed observe(const basic_frame_scanner<C>& sc, std::size_t got)
+{
+    return {got,
+            sc.at_boundary(),
+            sc.header_complete(),
+            sc.frame_complete(),
+            sc.in_message(),
+            sc.error(),
+            sc.header()};
+}
+
+// Feeds s in the given chunks; the state after the call that ends at
+// stream offset `at` (or the error), with the total consumed by then.
+observed state_at(role r, bool rsv1, const bytes& prefix, const bytes& s,
+                  const wire::chunking& c, std::size_t at)
+{
+    basic_frame_scanner<16> sc(r, rsv1);
+    std::size_t pos = 0;
+
+    // the prefix (a frame that leaves a message open, or none) first
+    while (pos < prefix.size()) {
+        pos += sc.advance(prefix.data() + pos, prefix.size() - pos);
+    }
+
+    pos = 0;
+
+    for (std::size_t k : c) {
+        std::size_t end = pos + k;
+
+        while (pos < end) {
+            std::size_t got = sc.advance(s.data() + pos, end - pos);
+            pos += got;
+
+            if (sc.error() != scan_error::none || pos >= at) {
+                return observe(sc, pos);
+            }
+        }
+    }
+
+    return observe(sc, pos);
+}
+
+// Every first byte, and second bytes that cover each length form with
+// and without the mask bit; then extended lengths at and around their
+// edges, the bad ones too.
+std::vector<bytes> header_forms()
+{
+    std::vector<bytes> v;
+    const std::uint8_t m[4] = {0x01, 0x80, 0xfe, 0x7f};
+    const std::uint64_t lens[] = {
+        0,         1,     16,    125,   126,        127,
+        255,       65535, 65536, 70000, 1ull << 32, (1ull << 63) - 1,
+        1ull << 63};
+
+    for (unsigned b0 = 0; b0 < 256; b0++) {
+        for (std::uint64_t len : lens) {
+            for (const std::uint8_t* mask : {(const std::uint8_t*)nullptr, m}) {
+                std::uint8_t a = static_cast<std::uint8_t>(b0);
+
+                v.push_back(wire::header(a, len, mask));
+
+                // the non-minimal forms the scanner rejects
+                if (len < 65536) {
+                    v.push_back(
+                        wire::header(a, len, mask, wire::len_form::f64));
+                }
+                if (len < 126) {
+                    v.push_back(
+                        wire::header(a, len, mask, wire::len_form::f16));
+                }
+            }
+        }
+    }
+
+    return v;
+}
+
+} // namespace
+
+TEST_CASE("scanner: a whole header decodes as it does byte by byte", "[frame]")
+{
+    std::size_t cases = 0;
+    std::size_t fast = 0;
+    std::size_t differ = 0;
+    bytes open_msg = wire::frame(0x01, wire::text("a"), nullptr);
+    bytes open_msg_masked = wire::frame(0x01, wire::text("a"), mask2);
+
+    for (const bytes& hd : header_forms()) {
+        // a short payload and the first byte of a next frame behind it,
+        // so that a whole header also has bytes after it
+        bytes s = hd;
+        s.push_back(0x42);
+        s.push_back(0x82);
+
+        for (role r : {role::client, role::server}) {
+            for (bool rsv1 : {false, true}) {
+                for (bool in_msg : {false, true}) {
+                    const bytes& prefix = !in_msg             ? bytes()
+                                          : r == role::client ? open_msg_masked
+                                                              : open_msg;
+
+                    // whole, and split at every byte of the header, against
+                    // one byte per call (never the fast path) up to the
+                    // same stream offset
+                    for (std::size_t at = 0; at <= hd.size(); at++) {
+                        wire::chunking c = wire::split_at(s.size(), at);
+                        observed o = state_at(r, rsv1, prefix, s, c, hd.size());
+                        std::size_t until =
+                            o.err == scan_error::none ? o.got : s.size() + 1;
+                        observed ref =
+                            state_at(r, rsv1, prefix, s,
+                                     wire::chunking(s.size(), 1), until);
+
+                        // bytes before a rejected one count when fed alone
+                        if (o.err != scan_error::none) {
+                            o.got = ref.got;
+                        }
+
+                        cases++;
+                        fast += at == 0 ? 1 : 0;
+
+                        if (!(o == ref)) {
+                            differ++;
+                            if (differ < 5) {
+                                UNSCOPED_INFO("b0 " << int(hd[0]) << " b1 "
+                                                    << int(hd[1]) << " size "
+                                                    << hd.size() << " split "
+                                                    << at);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    CHECK(differ == 0);
+    CHECK(cases > 100000);
+    CHECK(fast > 10000);
+}
+
+TEST_CASE("scanner: a fast-path header then its payload, every split",
+          "[frame]")
+{
+    // one stream of every valid form, fed whole and split every way: the
+    // frames and errors agree (scan_all_ways), including the masks
+    bytes s;
+    const std::uint8_t m[4] = {0x9a, 0x00, 0xff, 0x31};
+
+    wire::append(s, wire::frame(0x02, filler(125), m));
+    wire::append(s, wire::frame(0x89, filler(16), m));
+    wire::append(s, wire::frame(0x00, filler(126), m));
+    wire::append(s, wire::frame(0x8a, filler(0), m));
+    wire::append(s, wire::frame(0x80, filler(300), m));
+    wire::append(s, wire::frame(0xc1, filler(3), m));
+    wire::append(s, wire::frame(0x88, filler(2), m));
+
+    scan_log log = scan_all_ways(role::client, true, s);
+
+    REQUIRE(log.err == scan_error::none);
+    REQUIRE(log.frames.size() == 7);
+    CHECK(std::memcmp(log.frames[4].h.mask, m, 4) == 0);
+    CHECK(log.frames[4].h.header_size == 8);
+    CHECK(log.frames[1].ctrl == filler(16));
+    CHECK(log.frames[6].ctrl == filler(2));
+
+    // 64-bit lengths, server role
+    bytes big = wire::header(0x82, 70000, nullptr);
+    REQUIRE(big.size() == 10);
+    basic_frame_scanner<16> sc(role::server);
+    CHECK(sc.advance(big.data(), big.size()) == 10);
+    CHECK(sc.header_complete());
+    CHECK(sc.header().len == 70000);
+    CHECK_FALSE(sc.at_boundary());
+}
+
+TEST_CASE("frame_extent: where a frame ends, from its length fields", "[frame]")
+{
+    const std::uint8_t m[4] = {1, 2, 3, 4};
+    bytes a = wire::frame(0x82, filler(64), m);
+    bytes b = wire::frame(0x81, filler(300), nullptr);
+    bytes c = wire::frame(0x82, filler(70000), m);
+
+    CHECK(frame_extent(a.data(), a.size()) == a.size());
+    CHECK(frame_extent(b.data(), b.size()) == b.size());
+    CHECK(frame_extent(c.data(), c.size()) == c.size());
+
+    // one byte short anywhere: no extent
+    for (const bytes* f : {&a, &b, &c}) {
+        for (std::size_t n = 0; n < f->size(); n += n < 20 ? 1 : 997) {
+            CHECK(frame_extent(f->data(), n) == no_extent);
+        }
+        CHECK(frame_extent(f->data(), f->size() - 1) == no_extent);
+    }
+
+    // more bytes behind it do not change it
+    bytes ab = a;
+    wire::append(ab, b);
+    CHECK(frame_extent(ab.data(), ab.size()) == a.size());
+
+    // judges nothing: a reserved opcode still has an extent
+    bytes bad = wire::frame(0x83, filler(5), nullptr);
+    CHECK(frame_extent(bad.data(), bad.size()) == bad.size());
+
+    // a length near 2^64 does not wrap around
+    bytes huge = wire::header(0x82, ~std::uint64_t(0) - 4, nullptr);
+    huge.resize(64, 0);
+    CHECK(frame_extent(huge.data(), huge.size()) == no_extent);
+}
+
+// The per-connection state budget (two of each per connection).
+static_assert(sizeof(basic_frame_scanner<16>) <= 56, "scanner grew");

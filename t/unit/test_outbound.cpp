@@ -706,3 +706,91 @@ TEST_CASE("outbound: property: truncated streams", "[outbound][property]")
         }
     }
 }
+
+TEST_CASE("outbound: the cut search over a chunk with a bad frame in it",
+          "[outbound]")
+{
+    bytes good = wire::frame(0x81, wire::text("ok"), nullptr);
+    bytes bad = wire::frame(0x83, wire::text("no"), nullptr);
+    bytes pong = wire::frame(0x8a, our_pong_payload(1), nullptr);
+    bytes inj = ping_inject("INJ4");
+    outbound ob(role::server, true, false);
+    script_io io;
+
+    SECTION("a candidate Pong behind the bad frame goes out as it is")
+    {
+        bytes s = cat({good, bad, pong, good});
+        REQUIRE(ob.send(io, s.data(), s.size()) == long(s.size()));
+        CHECK(io.out == s);
+        CHECK(ob.passthrough());
+        CHECK(io.errors.size() == 1);
+        CHECK(io.asked.empty());
+        CHECK(io.frames.size() == 1);
+    }
+
+    SECTION("the same after a short write inside the bad frame")
+    {
+        bytes s = cat({good, bad, pong, good});
+        io.script = {long(good.size() + 1)};
+        REQUIRE(ob.send(io, s.data(), s.size()) == long(good.size() + 1));
+        CHECK(ob.passthrough());
+        CHECK(io.frames.size() == 1);
+        std::size_t done = good.size() + 1;
+        REQUIRE(ob.send(io, s.data() + done, s.size() - done)
+                == long(s.size() - done));
+        CHECK(io.out == s);
+        CHECK(io.asked.empty());
+        CHECK(io.errors.size() == 1);
+    }
+
+    SECTION("a queued frame and a bad frame in progress")
+    {
+        // rejected at its fourth byte: 125 in the 16-bit form
+        bytes bad16 =
+            wire::frame(0x82, bytes(125, 3), nullptr, wire::len_form::f16);
+        bytes s = cat({bad16, pong, good});
+        REQUIRE(ob.send(io, s.data(), 1) == 1);
+        CHECK_FALSE(ob.passthrough());
+        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.send(io, s.data() + 1, s.size() - 1) == long(s.size() - 1));
+        CHECK(io.out == s);
+        CHECK_FALSE(ob.queued());
+        CHECK(io.errors.size() == 1);
+        CHECK(io.asked.empty());
+    }
+}
+
+TEST_CASE("outbound: frames are heard of only once written", "[outbound]")
+{
+    bytes data = wire::frame(0x82, bytes(40, 2), mask);
+    bytes ours = wire::frame(0x8a, our_pong_payload(1), mask);
+    bytes s = cat({data, data, data, ours, data});
+    outbound ob(role::client, true, false);
+    script_io io;
+
+    // a short write ends inside the second frame's payload
+    io.script = {long(data.size() + 8)};
+    REQUIRE(ob.send(io, s.data(), s.size()) == long(data.size() + 8));
+    CHECK(io.frames.size() == 1);
+    CHECK(io.headers == 2);
+
+    // io_again on the rest: nothing more heard of
+    std::size_t done = data.size() + 8;
+    io.script = {io_again};
+    REQUIRE(ob.send(io, s.data() + done, s.size() - done) == io_again);
+    CHECK(io.frames.size() == 1);
+    CHECK(io.headers == 2);
+
+    // then all of it: the Pong is swallowed, every frame heard of once
+    REQUIRE(ob.send(io, s.data() + done, s.size() - done)
+            == long(s.size() - done));
+    CHECK(io.out == cat({data, data, data, data}));
+    CHECK(io.frames.size() == 5);
+    CHECK(io.headers == 5);
+    CHECK(io.asked.size() == 1);
+    CHECK(io.calls.size() == 4); // short, again, to the Pong, after it
+}
+
+// The per-connection state budget: one outbound per direction.
+static_assert(sizeof(basic_frame_scanner<16>) <= 56, "scanner grew");
+static_assert(sizeof(outbound) <= 120, "outbound grew");
