@@ -204,7 +204,8 @@ action heartbeat::on_timer(std::uint64_t now_ms) noexcept
     // moves without re-arming it (and nginx leaves a timer in place when
     // it would move by less than 300 ms).
     if (ping_ && state_ == idle
-        && now_ms + ping_slack() >= last_receive_ + interval_) {
+        && now_ms + ping_slack() >= last_receive_ + interval_)
+    {
         state_ = queued;
         action a;
         a.kind = action::send_ping;
