@@ -1066,9 +1066,11 @@ def section_sizeof(results):
         out = subprocess.run([SIZEOF], stdout=subprocess.PIPE, text=True,
                              check=True).stdout
         results["sizeof"] = json.loads(out)
-        say("  sizeof(ngx_http_ws_heartbeat_ctx_t) = %d bytes (+ %d for its "
-            "pool cleanup record)" % (results["sizeof"]["ctx"],
-                                      results["sizeof"]["ngx_pool_cleanup_t"]))
+        say("  sizeof(ngx_http_ws_heartbeat_ctx_t) = %d bytes, %d allocated "
+            "with ws_heartbeat_upstream off (+ %d for its pool cleanup "
+            "record)" % (results["sizeof"]["ctx"],
+                         results["sizeof"].get("ctx_upstream_off", 0),
+                         results["sizeof"]["ngx_pool_cleanup_t"]))
     except (OSError, subprocess.CalledProcessError, ValueError) as e:
         say("  sizeof: %s" % e)
 
@@ -1195,9 +1197,10 @@ def report(results, out_dir):
         md.append("")
         md.append("| type | bytes |")
         md.append("|---|---:|")
-        for k in ("ctx", "side", "outbound", "heartbeat", "frame_scanner16",
-                  "ngx_event_t", "ngx_pool_cleanup_t"):
-            md.append("| %s | %d |" % (k, z[k]))
+        for k in ("ctx", "ctx_upstream_off", "side", "outbound",
+                  "heartbeat", "frame_scanner16", "ngx_pool_cleanup_t"):
+            if k in z:
+                md.append("| %s | %d |" % (k, z[k]))
         md.append("")
     text = "\n".join(md) + "\n"
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
