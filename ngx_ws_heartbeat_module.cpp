@@ -331,6 +331,8 @@ ngx_http_ws_heartbeat_io_recv(ngx_connection_t *c) noexcept
 
 /* the Io of wshb::outbound: the real send of one peer's connection */
 
+#pragma GCC visibility push(hidden)
+
 struct ngx_http_ws_heartbeat_io {
     ngx_http_ws_heartbeat_side_t  *side;
     ngx_http_ws_heartbeat_ctx_t   *ctx;
@@ -519,6 +521,8 @@ struct ngx_http_ws_heartbeat_io {
         ngx_http_ws_heartbeat_step_aside(ctx);
     }
 };
+
+#pragma GCC visibility pop
 
 
 static ngx_int_t
@@ -1045,6 +1049,12 @@ ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
     long               rc;
     ngx_connection_t  *c;
+
+    /* the common case: each write event of the relay comes through here */
+
+    if (!s->out.pending()) {
+        return;
+    }
 
     c = ngx_http_ws_heartbeat_conn(s);
 

@@ -20,6 +20,10 @@ extern "C" {
 #include <new>
 #include <type_traits>
 
+/* everything of the module's own is hidden in its .so (see src/frame.hpp) */
+
+#pragma GCC visibility push(hidden)
+
 #include "frame.hpp"
 #include "frame_builder.hpp"
 #include "heartbeat.hpp"
@@ -217,12 +221,18 @@ static_assert(std::is_standard_layout<ngx_http_ws_heartbeat_ctx_t>::value,
 
 
 
+#pragma GCC visibility pop
+
+
 extern "C" {
 extern ngx_module_t  ngx_ws_heartbeat_module;
 }
 
 
-/* ngx/ngx_ws_heartbeat_stats.cpp */
+/* ngx/ngx_ws_heartbeat_stats.cpp; hidden: called inside the .so only */
+
+#pragma GCC visibility push(hidden)
+
 
 ngx_int_t ngx_http_ws_heartbeat_stats_init(ngx_conf_t *cf,
     ngx_http_ws_heartbeat_main_conf_t *hmcf) noexcept;
@@ -236,6 +246,8 @@ void ngx_http_ws_heartbeat_count_close_frame(
     const std::uint8_t *payload, std::size_t n) noexcept;
 ngx_http_ws_heartbeat_end_e ngx_http_ws_heartbeat_end(
     ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
+
+#pragma GCC visibility pop
 
 
 #define ngx_http_ws_heartbeat_count(st, field)                               \

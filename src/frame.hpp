@@ -5,6 +5,11 @@
 #include <cstddef>
 #include <cstdint>
 
+// Hidden in the module's shared object: calls inside it bind directly and
+// inline (no PLT, no semantic interposition); nginx finds the module
+// through ngx_modules, not through these names.
+#pragma GCC visibility push(hidden)
+
 namespace wshb {
 
 enum class opcode : std::uint8_t {
@@ -597,3 +602,5 @@ inline std::size_t basic_frame_scanner<Capture>::control_size() const noexcept
 }
 
 } // namespace wshb
+
+#pragma GCC visibility pop

@@ -4,6 +4,11 @@
 
 #include "frame.hpp"
 
+// Hidden in the module's shared object: calls inside it bind directly and
+// inline (no PLT, no semantic interposition); nginx finds the module
+// through ngx_modules, not through these names.
+#pragma GCC visibility push(hidden)
+
 namespace wshb {
 
 enum class build_error : std::uint8_t {
@@ -45,3 +50,5 @@ constexpr std::size_t control_frame_size(std::size_t len, bool masked) noexcept
 }
 
 } // namespace wshb
+
+#pragma GCC visibility pop

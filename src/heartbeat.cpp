@@ -75,16 +75,6 @@ void heartbeat::start(const heartbeat_config& cf, std::uint64_t now_ms) noexcept
     state_ = idle;
 }
 
-void heartbeat::on_receive(std::uint64_t now_ms) noexcept
-{
-    last_receive_ = now_ms;
-}
-
-void heartbeat::on_data(std::uint64_t now_ms) noexcept
-{
-    last_data_ = now_ms;
-}
-
 void heartbeat::on_ping_written(std::uint64_t now_ms) noexcept
 {
     state_ = settled();
@@ -104,11 +94,6 @@ void heartbeat::on_write_blocked(std::uint64_t now_ms) noexcept
         blocked_ = true;
         blocked_since_ = now_ms;
     }
-}
-
-void heartbeat::on_write_progress() noexcept
-{
-    blocked_ = false;
 }
 
 bool heartbeat::on_pong(const std::uint8_t* payload, std::size_t len,

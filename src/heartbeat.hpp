@@ -6,6 +6,11 @@
 #include <cstddef>
 #include <cstdint>
 
+// Hidden in the module's shared object: calls inside it bind directly and
+// inline (no PLT, no semantic interposition); nginx finds the module
+// through ngx_modules, not through these names.
+#pragma GCC visibility push(hidden)
+
 namespace wshb {
 
 struct heartbeat_config {
@@ -43,11 +48,18 @@ public:
     void start(const heartbeat_config& cf, std::uint64_t now_ms) noexcept;
 
     // Events.
-    void on_receive(std::uint64_t now_ms) noexcept;      // any bytes from peer
-    void on_data(std::uint64_t now_ms) noexcept;         // data frame from peer
-    void on_ping_written(std::uint64_t now_ms) noexcept; // ours hit the socket
+    // (the three per-read/write events are one store each, inline)
+    void on_receive(std::uint64_t now_ms) noexcept // any bytes from peer
+    {
+        last_receive_ = now_ms;
+    }
+    void on_data(std::uint64_t now_ms) noexcept // data frame from peer
+    {
+        last_data_ = now_ms;
+    }
+    void on_ping_written(std::uint64_t now_ms) noexcept;  // ours hit the socket
     void on_write_blocked(std::uint64_t now_ms) noexcept; // write to peer short
-    void on_write_progress() noexcept;                    // write fully done
+    void on_write_progress() noexcept { blocked_ = false; } // write done
 
     // A Pong from the peer. True when it answers one of our Pings (payload
     // is ours: tag matches and sequence is one we sent, the latest 2^16):
@@ -122,3 +134,5 @@ private:
 };
 
 } // namespace wshb
+
+#pragma GCC visibility pop

@@ -10,6 +10,11 @@
 
 #include "frame.hpp"
 
+// Hidden in the module's shared object: calls inside it bind directly and
+// inline (no PLT, no semantic interposition); nginx finds the module
+// through ngx_modules, not through these names.
+#pragma GCC visibility push(hidden)
+
 namespace wshb {
 
 // Io::write() results (same values as NGX_ERROR and NGX_AGAIN).
@@ -68,6 +73,7 @@ public:
     long release(Io& io) noexcept;
 
     bool passthrough() const noexcept; // gave up: plain forwarding
+    bool pending() const noexcept;     // module bytes to write: flush() them
     bool in_message() const noexcept;  // a fragmented message unfinished
     bool blocked() const noexcept;     // last write was short or again
     bool at_boundary() const noexcept; // written stream between frames
@@ -202,6 +208,11 @@ inline bool outbound::passthrough() const noexcept
 inline bool outbound::in_message() const noexcept
 {
     return sc_.in_message();
+}
+
+inline bool outbound::pending() const noexcept
+{
+    return inject_len_ != 0 || hold() == hold_forwarding;
 }
 
 inline bool outbound::blocked() const noexcept
@@ -498,10 +509,11 @@ long outbound::send(Io& io, const std::uint8_t* p, std::size_t n) noexcept
     clear(f_blocked);
 
     for (;;) {
-        long r = write_module(io);
-
-        if (r == io_error) {
-            return io_error;
+        // (write_module() has nothing to do unless bytes of ours wait)
+        if (pending()) {
+            if (write_module(io) == io_error) {
+                return io_error;
+            }
         }
 
         if (flag(f_blocked) || done == n) {
@@ -576,3 +588,5 @@ long outbound::release(Io& io) noexcept
 }
 
 } // namespace wshb
+
+#pragma GCC visibility pop
