@@ -275,6 +275,34 @@ ngx_http_ws_heartbeat_conf(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 }
 
 
+/* what a side's heartbeat machine is told with each call */
+
+static wshb::heartbeat_config
+ngx_http_ws_heartbeat_hb_conf(ngx_http_ws_heartbeat_ctx_t *ctx,
+    ngx_uint_t which) noexcept
+{
+    wshb::heartbeat_config             hc;
+    ngx_http_ws_heartbeat_loc_conf_t  *lcf;
+
+    lcf = ngx_http_ws_heartbeat_conf(ctx);
+
+    hc.interval_ms = (std::uint32_t) lcf->interval;
+    hc.timeout_ms = (std::uint32_t) lcf->timeout;
+    hc.ping = true;
+
+    if (which == NGX_HTTP_WS_HB_CLIENT) {
+        hc.read_timeout_ms = (std::uint32_t) lcf->read_timeout;
+        hc.send_timeout_ms = (std::uint32_t) lcf->send_timeout;
+
+    } else {
+        hc.read_timeout_ms = 0;
+        hc.send_timeout_ms = 0;
+    }
+
+    return hc;
+}
+
+
 static ngx_http_ws_heartbeat_stats_t *
 ngx_http_ws_heartbeat_stats(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
@@ -389,7 +417,7 @@ struct ngx_http_ws_heartbeat_io {
 
     bool match_pong(const std::uint8_t *payload, std::size_t n) noexcept
     {
-        std::uint32_t                  samples;
+        bool                           sampled;
         wshb::heartbeat               *hb;
         ngx_http_ws_heartbeat_side_t  *peer;
         ngx_http_ws_heartbeat_stats_t *st;
@@ -401,16 +429,16 @@ struct ngx_http_ws_heartbeat_io {
             return false;
         }
 
-        samples = hb->rtt_samples();
-
-        if (!hb->on_pong(payload, n, ngx_http_ws_heartbeat_now_us())) {
+        if (!hb->on_pong(payload, n, ngx_http_ws_heartbeat_now_us(),
+                         &sampled))
+        {
             return false;
         }
 
         st = ngx_http_ws_heartbeat_stats(ctx);
         ngx_http_ws_heartbeat_count(st, pongs[peer->which]);
 
-        if (hb->rtt_samples() != samples) {
+        if (sampled) {
             ngx_http_ws_heartbeat_count_rtt(st, peer->which,
                                             hb->rtt_last_us());
         }
@@ -785,35 +813,24 @@ ngx_http_ws_heartbeat_is_websocket(ngx_http_request_t *r, bool *rsv1)
 
 static void
 ngx_http_ws_heartbeat_start_side(ngx_http_ws_heartbeat_side_t *s,
-    ngx_connection_t *c, ngx_http_ws_heartbeat_loc_conf_t *lcf, bool ping)
-    noexcept
+    ngx_connection_t *c) noexcept
 {
-    wshb::heartbeat         *hb;
-    wshb::heartbeat_config   hc;
+    wshb::heartbeat              *hb;
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
 
     c->send = ngx_http_ws_heartbeat_send;
     c->recv = ngx_http_ws_heartbeat_recv;
 
-    hb = ngx_http_ws_heartbeat_ctx_of(s)->hb(s->which);
+    ctx = ngx_http_ws_heartbeat_ctx_of(s);
 
-    if (hb == nullptr) {
-        return;
+    /* a side has a heartbeat when the module pings it */
+
+    hb = ctx->hb(s->which);
+
+    if (hb != nullptr) {
+        hb->start(ngx_http_ws_heartbeat_hb_conf(ctx, s->which),
+                  ngx_current_msec);
     }
-
-    hc.interval_ms = (std::uint32_t) lcf->interval;
-    hc.timeout_ms = (std::uint32_t) lcf->timeout;
-    hc.ping = ping;
-
-    if (s->which == NGX_HTTP_WS_HB_CLIENT) {
-        hc.read_timeout_ms = (std::uint32_t) lcf->read_timeout;
-        hc.send_timeout_ms = (std::uint32_t) lcf->send_timeout;
-
-    } else {
-        hc.read_timeout_ms = 0;
-        hc.send_timeout_ms = 0;
-    }
-
-    hb->start(hc, ngx_current_msec);
 }
 
 
@@ -877,8 +894,6 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
     lcf = ngx_http_ws_heartbeat_conf(ctx);
 
     ctx->hooked = 1;
-    ctx->queue.prev = NULL;
-    ctx->queue.next = NULL;
 
     r->read_event_handler = ngx_http_ws_heartbeat_read_handler;
     r->write_event_handler = ngx_http_ws_heartbeat_write_handler;
@@ -888,23 +903,18 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
 
     timer->cancelable = 1;
 
-    ngx_http_ws_heartbeat_start_side(&ctx->client, c, lcf, true);
-    ngx_http_ws_heartbeat_start_side(&ctx->upstream, uc, lcf,
-                                     lcf->upstream != 0);
+    ngx_http_ws_heartbeat_start_side(&ctx->client, c);
+    ngx_http_ws_heartbeat_start_side(&ctx->upstream, uc);
 
     ngx_http_ws_heartbeat_arm(ctx);
 
     ngx_http_ws_heartbeat_count(hmcf->stats, connections);
     ngx_http_ws_heartbeat_count(hmcf->stats, active);
 
-    if (lcf->drain) {
-        ngx_queue_insert_tail(&hmcf->conns, &ctx->queue);
+    /* a connection upgraded while the worker is already exiting */
 
-        /* a connection upgraded while the worker is already exiting */
-
-        if (ngx_exiting) {
-            ngx_http_ws_heartbeat_start_drain(ctx);
-        }
+    if (lcf->drain && ngx_exiting) {
+        ngx_http_ws_heartbeat_start_drain(ctx);
     }
 }
 
@@ -1165,7 +1175,7 @@ ngx_http_ws_heartbeat_deadline(ngx_http_ws_heartbeat_side_t *s) noexcept
         return 0;
     }
 
-    deadline = hb->next_deadline();
+    deadline = hb->next_deadline(ngx_http_ws_heartbeat_hb_conf(ctx, s->which));
 
     /*
      * bytes from the peer move the next Ping later but do not re-arm the
@@ -1347,7 +1357,8 @@ ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
             hb->on_receive(ngx_current_msec);
         }
 
-        a = hb->on_timer(ngx_current_msec);
+        a = hb->on_timer(ngx_http_ws_heartbeat_hb_conf(ctx, s->which),
+                         ngx_current_msec);
 
         if (a.kind == wshb::action::close) {
             ngx_http_ws_heartbeat_close(ctx, s, a.reason);
@@ -1579,11 +1590,6 @@ ngx_http_ws_heartbeat_cleanup(void *data) noexcept
 
     if (!ctx->hooked) {
         return;
-    }
-
-    if (ctx->queue.next != NULL) {
-        ngx_queue_remove(&ctx->queue);
-        ctx->queue.next = NULL;
     }
 
     st = ngx_http_ws_heartbeat_stats(ctx);
@@ -1850,8 +1856,9 @@ ngx_http_ws_heartbeat_start_drain(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 static void
 ngx_http_ws_heartbeat_exiting(ngx_event_t *ev) noexcept
 {
-    ngx_queue_t                        *q, *next;
+    ngx_uint_t                          i;
     ngx_connection_t                   *c;
+    ngx_http_request_t                 *r;
     ngx_http_ws_heartbeat_ctx_t        *ctx;
     ngx_http_ws_heartbeat_main_conf_t  *hmcf;
 
@@ -1867,13 +1874,35 @@ ngx_http_ws_heartbeat_exiting(ngx_event_t *ev) noexcept
     hmcf->watch = NULL;
     ngx_close_connection(c);
 
-    for (q = ngx_queue_head(&hmcf->conns);
-         q != ngx_queue_sentinel(&hmcf->conns);
-         q = next)
-    {
-        next = ngx_queue_next(q);
-        ctx = ngx_queue_data(q, ngx_http_ws_heartbeat_ctx_t, queue);
-        ngx_http_ws_heartbeat_start_drain(ctx);
+    /*
+     * the worker's connections the module has hooked are those with its
+     * send(); the client one of each (c == r->connection) stands for its
+     * relay. One pass at exit instead of a list kept per connection.
+     */
+
+    c = ngx_cycle->connections;
+
+    for (i = 0; i < ngx_cycle->connection_n; i++) {
+        if (c[i].fd == (ngx_socket_t) -1
+            || c[i].send != ngx_http_ws_heartbeat_send)
+        {
+            continue;
+        }
+
+        r = static_cast<ngx_http_request_t *>(c[i].data);
+
+        if (r == NULL || r->connection != &c[i]) {
+            continue;
+        }
+
+        ctx = static_cast<ngx_http_ws_heartbeat_ctx_t *>(
+                  ngx_http_get_module_ctx(r, ngx_ws_heartbeat_module));
+
+        if (ctx != NULL && ctx->hooked
+            && ngx_http_ws_heartbeat_conf(ctx)->drain)
+        {
+            ngx_http_ws_heartbeat_start_drain(ctx);
+        }
     }
 }
 
@@ -1889,8 +1918,6 @@ ngx_http_ws_heartbeat_create_main_conf(ngx_conf_t *cf) noexcept
     if (hmcf == NULL) {
         return NULL;
     }
-
-    ngx_queue_init(&hmcf->conns);
 
     return hmcf;
 }
@@ -1922,8 +1949,6 @@ ngx_http_ws_heartbeat_init_process(ngx_cycle_t *cycle) noexcept
     hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
                ngx_http_cycle_get_module_main_conf(cycle,
                                                    ngx_ws_heartbeat_module));
-
-    ngx_queue_init(&hmcf->conns);
 
     s = ngx_socket(AF_INET, SOCK_DGRAM, 0);
     if (s == (ngx_socket_t) -1) {

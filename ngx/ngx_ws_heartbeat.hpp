@@ -86,7 +86,6 @@ typedef struct {
 
 
 typedef struct {
-    ngx_queue_t                     conns;  /* per worker: to drain */
     ngx_connection_t               *watch;  /* per worker: exit signal */
     ngx_shm_zone_t                 *zone;
     ngx_http_ws_heartbeat_stats_t  *stats;
@@ -149,12 +148,8 @@ struct ngx_http_ws_heartbeat_ctx_t {
 
     ngx_http_request_t                 *request;
 
-    union {
-        /* from the 101 header to the first body filter call */
-        ngx_http_event_handler_pt       header_write_handler;
-        /* hooked, ws_heartbeat_drain on: in main conf conns */
-        ngx_queue_t                     queue;
-    };
+    /* at the 101 header: the relay has started when it has changed */
+    ngx_http_event_handler_pt           header_write_handler;
 
     unsigned                            end:4;    /* _end_e */
     unsigned                            hooked:1; /* relay hooked */
@@ -182,7 +177,7 @@ struct ngx_http_ws_heartbeat_ctx_t {
         bool rsv1) noexcept
         : client(NGX_HTTP_WS_HB_CLIENT, upstream_ping, rsv1),
           upstream(NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
-          request(r), queue(), end(NGX_HTTP_WS_HB_END_NONE), hooked(0),
+          request(r), header_write_handler(nullptr), end(NGX_HTTP_WS_HB_END_NONE), hooked(0),
           seen(0), disabled(0), invalid(0), close_seen(0), draining(0),
           first_close(0), first_eof(0), upstream_hb(upstream_ping),
           client_hb()

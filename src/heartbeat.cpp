@@ -65,10 +65,6 @@ heartbeat::state_t heartbeat::settled() const noexcept
 void heartbeat::start(const heartbeat_config& cf, std::uint64_t now_ms) noexcept
 {
     *this = heartbeat();
-    interval_ = cf.interval_ms;
-    timeout_ = cf.timeout_ms;
-    read_timeout_ = cf.read_timeout_ms;
-    send_timeout_ = cf.send_timeout_ms;
     ping_ = cf.ping;
     last_receive_ = now_ms;
     last_data_ = now_ms;
@@ -97,8 +93,12 @@ void heartbeat::on_write_blocked(std::uint64_t now_ms) noexcept
 }
 
 bool heartbeat::on_pong(const std::uint8_t* payload, std::size_t len,
-                        std::uint64_t now_us) noexcept
+                        std::uint64_t now_us, bool* sampled) noexcept
 {
+    if (sampled != nullptr) {
+        *sampled = false;
+    }
+
     // our payload is exactly tag + sequence + time
     if (payload == nullptr || len != ping_payload_size) {
         return false;
@@ -147,13 +147,18 @@ bool heartbeat::on_pong(const std::uint8_t* payload, std::size_t len,
     }
 
     rtt_last_ = sample;
-    samples_++;
+    samples_ = static_cast<std::uint16_t>(samples_ + (samples_ != 0xffff));
     sampled_ = true;
+
+    if (sampled != nullptr) {
+        *sampled = true;
+    }
 
     return true;
 }
 
-action heartbeat::on_timer(std::uint64_t now_ms) noexcept
+action heartbeat::on_timer(const heartbeat_config& cf,
+                           std::uint64_t now_ms) noexcept
 {
     state_ = settled();
 
@@ -161,35 +166,37 @@ action heartbeat::on_timer(std::uint64_t now_ms) noexcept
         return action();
     }
 
-    if (send_timeout_ != 0 && blocked_
-        && now_ms >= blocked_since_ + send_timeout_) {
+    if (cf.send_timeout_ms != 0 && blocked_
+        && now_ms >= blocked_since_ + cf.send_timeout_ms)
+    {
         stop();
         return close_with(close_reason::send_timeout);
     }
 
-    if (read_timeout_ != 0 && now_ms >= last_data_ + read_timeout_) {
+    if (cf.read_timeout_ms != 0 && now_ms >= last_data_ + cf.read_timeout_ms) {
         stop();
         return close_with(close_reason::read_timeout);
     }
 
-    if (ping_ && state_ == outstanding && now_ms >= written_ + timeout_) {
+    if (ping_ && state_ == outstanding && now_ms >= written_ + cf.timeout_ms) {
         stop();
         return close_with(close_reason::heartbeat_timeout);
     }
 
     // a Ping stuck behind writes the peer does not take, and silence
     if (ping_ && state_ == queued && blocked_
-        && now_ms >= stuck_since() + timeout_) {
+        && now_ms >= stuck_since() + cf.timeout_ms)
+    {
         stop();
         return close_with(close_reason::heartbeat_timeout);
     }
 
-    // A Ping due within ping_slack() goes now rather than after one more
+    // A Ping due within ping_slack(cf) goes now rather than after one more
     // wake-up: the timer seldom fires right at the due time, which a Pong
     // moves without re-arming it (and nginx leaves a timer in place when
     // it would move by less than 300 ms).
     if (ping_ && state_ == idle
-        && now_ms + ping_slack() >= last_receive_ + interval_)
+        && now_ms + ping_slack(cf) >= last_receive_ + cf.interval_ms)
     {
         state_ = queued;
         action a;
@@ -200,7 +207,8 @@ action heartbeat::on_timer(std::uint64_t now_ms) noexcept
     return action();
 }
 
-std::uint64_t heartbeat::next_deadline() const noexcept
+std::uint64_t
+heartbeat::next_deadline(const heartbeat_config& cf) const noexcept
 {
     constexpr std::uint64_t none = ~std::uint64_t(0);
     std::uint64_t d = none;
@@ -210,24 +218,26 @@ std::uint64_t heartbeat::next_deadline() const noexcept
         return 0;
     }
 
-    if (send_timeout_ != 0 && blocked_ && blocked_since_ + send_timeout_ < d) {
-        d = blocked_since_ + send_timeout_;
+    if (cf.send_timeout_ms != 0 && blocked_
+        && blocked_since_ + cf.send_timeout_ms < d)
+    {
+        d = blocked_since_ + cf.send_timeout_ms;
     }
 
-    if (read_timeout_ != 0 && last_data_ + read_timeout_ < d) {
-        d = last_data_ + read_timeout_;
+    if (cf.read_timeout_ms != 0 && last_data_ + cf.read_timeout_ms < d) {
+        d = last_data_ + cf.read_timeout_ms;
     }
 
-    if (ping_ && s == idle && last_receive_ + interval_ < d) {
-        d = last_receive_ + interval_;
+    if (ping_ && s == idle && last_receive_ + cf.interval_ms < d) {
+        d = last_receive_ + cf.interval_ms;
     }
 
-    if (ping_ && s == outstanding && written_ + timeout_ < d) {
-        d = written_ + timeout_;
+    if (ping_ && s == outstanding && written_ + cf.timeout_ms < d) {
+        d = written_ + cf.timeout_ms;
     }
 
-    if (ping_ && s == queued && blocked_ && stuck_since() + timeout_ < d) {
-        d = stuck_since() + timeout_;
+    if (ping_ && s == queued && blocked_ && stuck_since() + cf.timeout_ms < d) {
+        d = stuck_since() + cf.timeout_ms;
     }
 
     if (d == none) {

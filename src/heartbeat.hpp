@@ -1,6 +1,9 @@
 // ngx_ws_heartbeat: the heartbeat state machine for one side (client or
 // upstream) of a proxied WebSocket. A pure object: events in, actions out,
 // explicit clocks (monotonic ms for deadlines, us for RTT). No nginx types.
+// The configuration is the caller's (it is the same for every connection of
+// a location) and comes with each call that needs it: the machine keeps only
+// what is its own, 56 bytes per side.
 #pragma once
 
 #include <cstddef>
@@ -42,9 +45,10 @@ constexpr std::size_t ping_payload_size = 16;
 
 class heartbeat {
 public:
-    heartbeat() noexcept = default;
+    heartbeat() noexcept : ping_(false), blocked_(false), sampled_(false) {}
 
     // Starts the machine at `now_ms`: the peer counts as just heard from.
+    // Only cf.ping is kept; the other calls take the same configuration.
     void start(const heartbeat_config& cf, std::uint64_t now_ms) noexcept;
 
     // Events.
@@ -64,26 +68,30 @@ public:
     // A Pong from the peer. True when it answers one of our Pings (payload
     // is ours: tag matches and sequence is one we sent, the latest 2^16):
     // the caller swallows it. When it answers the latest Ping, an RTT sample
-    // now_us - send time is taken (last, min, smoothed 7/8 + 1/8).
+    // now_us - send time is taken (last, min, smoothed 7/8 + 1/8), and
+    // *sampled (if given) says so.
     bool on_pong(const std::uint8_t* payload, std::size_t len,
-                 std::uint64_t now_us) noexcept;
+                 std::uint64_t now_us, bool* sampled = nullptr) noexcept;
 
     // Timer fired (or any time): what to do now. send_ping: the caller must
     // build a Ping with make_ping() and queue it; close: the peer is dead or
     // timed out. After close, the machine is stopped (returns none).
-    action on_timer(std::uint64_t now_ms) noexcept;
+    action on_timer(const heartbeat_config& cf, std::uint64_t now_ms) noexcept;
 
     // Absolute time (ms) at which on_timer() must run next; 0 = no timer.
     // A Ping is due once the peer has been silent for the interval; on_timer()
     // sends it up to ping_slack() (1/16 of the interval) before that.
-    std::uint64_t next_deadline() const noexcept;
+    std::uint64_t next_deadline(const heartbeat_config& cf) const noexcept;
 
     // Fills the Ping payload (ping_payload_size bytes), bumps the sequence.
     std::size_t make_ping(std::uint8_t* out, std::uint64_t now_us) noexcept;
 
     void stop() noexcept; // no more actions, no deadline
 
-    std::uint32_t ping_slack() const noexcept { return interval_ / 16; }
+    static std::uint32_t ping_slack(const heartbeat_config& cf) noexcept
+    {
+        return cf.interval_ms / 16;
+    }
 
     // Sends Pings (configured to, and not stopped).
     bool pinging() const noexcept { return ping_ && state_ != stopped; }
@@ -94,7 +102,7 @@ public:
     std::uint64_t rtt_last_us() const noexcept; // 0 = no sample yet
     std::uint64_t rtt_min_us() const noexcept;
     std::uint64_t rtt_smoothed_us() const noexcept;
-    std::uint32_t rtt_samples() const noexcept;
+    std::uint32_t rtt_samples() const noexcept; // saturates at 65535
 
 private:
     // idle: the next Ping is due at last_receive_ + interval.
@@ -117,20 +125,16 @@ private:
     std::uint64_t last_data_ = 0;     // ms
     std::uint64_t written_ = 0;       // ms, our outstanding Ping's write
     std::uint64_t blocked_since_ = 0; // ms, valid while blocked_
-    std::uint32_t interval_ = 0;
-    std::uint32_t timeout_ = 0;
-    std::uint32_t read_timeout_ = 0;
-    std::uint32_t send_timeout_ = 0;
-    std::uint32_t pings_ = 0; // also the next sequence number
+    std::uint32_t pings_ = 0;         // also the next sequence number
     std::uint32_t pongs_ = 0;
-    std::uint32_t samples_ = 0;
     std::uint32_t rtt_last_ = 0; // us, samples clamped to 32 bits
     std::uint32_t rtt_min_ = 0;
     std::uint32_t srtt_ = 0;
+    std::uint16_t samples_ = 0; // saturating
     state_t state_ = stopped;
-    bool ping_ = false;
-    bool blocked_ = false;
-    bool sampled_ = false; // the latest Ping already gave its RTT sample
+    bool ping_ : 1;
+    bool blocked_ : 1;
+    bool sampled_ : 1; // the latest Ping already gave its RTT sample
 };
 
 } // namespace wshb

@@ -22,6 +22,26 @@ heartbeat_config config(std::uint32_t interval, std::uint32_t timeout,
     return cf;
 }
 
+// The machine with its configuration at hand, as the glue keeps it.
+struct machine : heartbeat {
+    heartbeat_config cf;
+
+    void start(const heartbeat_config& c, std::uint64_t now_ms)
+    {
+        cf = c;
+        heartbeat::start(c, now_ms);
+    }
+
+    action on_timer(std::uint64_t now_ms)
+    {
+        return heartbeat::on_timer(cf, now_ms);
+    }
+
+    std::uint64_t next_deadline() const { return heartbeat::next_deadline(cf); }
+
+    std::uint32_t ping_slack() const { return heartbeat::ping_slack(cf); }
+};
+
 bool is(action a, action::kind_t k, close_reason r = close_reason::none)
 {
     return a.kind == k && a.reason == r;
@@ -45,7 +65,7 @@ pong_payload ping_of(heartbeat& hb, std::uint64_t now_us)
 
 TEST_CASE("heartbeat: Ping scheduling", "[heartbeat]")
 {
-    heartbeat hb;
+    machine hb;
     std::uint64_t t = 1000;
 
     CHECK(hb.next_deadline() == 0);
@@ -149,7 +169,7 @@ TEST_CASE("heartbeat: Ping scheduling", "[heartbeat]")
 
 TEST_CASE("heartbeat: read timeout", "[heartbeat]")
 {
-    heartbeat hb;
+    machine hb;
 
     SECTION("no data frame for read_timeout closes")
     {
@@ -185,7 +205,7 @@ TEST_CASE("heartbeat: read timeout", "[heartbeat]")
 
 TEST_CASE("heartbeat: send timeout", "[heartbeat]")
 {
-    heartbeat hb;
+    machine hb;
     hb.start(config(1000, 30, 0, 50), 0);
 
     SECTION("blocked for send_timeout closes")
@@ -220,7 +240,7 @@ TEST_CASE("heartbeat: send timeout", "[heartbeat]")
 
 TEST_CASE("heartbeat: priorities and deadlines", "[heartbeat]")
 {
-    heartbeat hb;
+    machine hb;
 
     SECTION("send timeout first when all are due")
     {
@@ -286,7 +306,7 @@ TEST_CASE("heartbeat: priorities and deadlines", "[heartbeat]")
 
 TEST_CASE("heartbeat: Ping payload and Pong matching", "[heartbeat]")
 {
-    heartbeat hb;
+    machine hb;
     hb.start(config(100, 30), 0);
 
     SECTION("payload layout")
@@ -405,7 +425,7 @@ TEST_CASE("heartbeat: close reason words", "[heartbeat]")
 TEST_CASE("heartbeat: a Ping stuck behind a peer that does not read",
           "[heartbeat]")
 {
-    heartbeat hb;
+    machine hb;
     hb.start(config(100, 30), 0);
 
     // the Ping is due and asked for, but the writes to the peer block
@@ -445,4 +465,37 @@ TEST_CASE("heartbeat: a Ping stuck behind a peer that does not read",
         CHECK(is(hb.on_timer(150), action::close,
                  close_reason::heartbeat_timeout));
     }
+}
+
+// Per-connection state is budgeted: the machine keeps only its own state.
+static_assert(sizeof(heartbeat) <= 56, "heartbeat grew past 56 bytes");
+
+TEST_CASE("heartbeat: on_pong says when it took an RTT sample", "[heartbeat]")
+{
+    machine hb;
+    bool sampled = true;
+
+    hb.start(config(100, 30), 0);
+
+    pong_payload p0 = ping_of(hb, 1000);
+    pong_payload p1 = ping_of(hb, 2000);
+
+    // ours but not the latest: swallowed, no sample
+    CHECK(hb.on_pong(p0.b, 16, 3000, &sampled));
+    CHECK_FALSE(sampled);
+
+    CHECK(hb.on_pong(p1.b, 16, 2500, &sampled));
+    CHECK(sampled);
+    CHECK(hb.rtt_last_us() == 500);
+
+    // the same answer again: no second sample
+    CHECK(hb.on_pong(p1.b, 16, 2600, &sampled));
+    CHECK_FALSE(sampled);
+
+    // not ours
+    pong_payload q = p1;
+    q.b[0] = 'x';
+    sampled = true;
+    CHECK_FALSE(hb.on_pong(q.b, 16, 2700, &sampled));
+    CHECK_FALSE(sampled);
 }
