@@ -82,15 +82,19 @@ class Proc:
     """A process started here (optionally inside a network namespace: `ip
     netns exec` execs the program, so the pid is the program's)."""
 
-    def __init__(self, argv, log, ns=None):
+    def __init__(self, argv, log, ns=None, cpus=None):
         if ns:
             argv = ["ip", "netns", "exec", ns] + argv
         self.argv = argv
         self.logf = open(log, "w")
         self.log = log
+        pin = None
+        if cpus is not None:
+            def pin():
+                os.sched_setaffinity(0, cpus)
         self.p = subprocess.Popen(argv, stdout=self.logf,
                                   stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, preexec_fn=pin)
 
     @property
     def pid(self):
@@ -141,7 +145,7 @@ class Backend:
     """wsbench server: echo, Pong, optional Pings (ping_ms)."""
 
     def __init__(self, name, ports, threads=1, ping_ms=0, ns=None,
-                 host="127.0.0.1"):
+                 host="127.0.0.1", cpus=None):
         self.name = name
         self.ports = ports
         base = os.path.join(WORK, name)
@@ -156,7 +160,7 @@ class Backend:
             argv += ["--listen", "%s:%d" % (host, p)]
         if ping_ms:
             argv += ["--ping-interval", str(ping_ms)]
-        self.proc = Proc(argv, base + ".log", ns)
+        self.proc = Proc(argv, base + ".log", ns, cpus)
         wait_file(self.ready, 10, self.proc, "backend " + name)
 
     def stop(self):
@@ -173,7 +177,7 @@ class Nginx:
 
     def __init__(self, name, cfg, backends, port, workers=1, wc=4096,
                  log_level="warn", listen=None, ns=None, master=True,
-                 wrapper=None, hb=None):
+                 wrapper=None, hb=None, cpus=None):
         self.name = name
         self.prefix = os.path.join(WORK, "nginx-" + name)
         shutil.rmtree(self.prefix, ignore_errors=True)
@@ -257,7 +261,8 @@ http {
         argv = [NGINX_BIN, "-p", self.prefix + "/", "-c", self.conf]
         if wrapper:
             argv = wrapper + argv
-        self.proc = Proc(argv, os.path.join(self.prefix, "stderr.log"), ns)
+        self.proc = Proc(argv, os.path.join(self.prefix, "stderr.log"), ns,
+                         cpus)
         if ns is None:
             try:
                 wait_port(port, 60 if wrapper else 10)
@@ -366,7 +371,7 @@ class Client:
 
     def __init__(self, url, label, conns, size=64, rate=0, inflight=1,
                  warmup=1.0, duration=3.0, idle=False, threads=1, srcs=None,
-                 ns=None, connect_timeout=120):
+                 ns=None, connect_timeout=120, cpus=None):
         Client.n += 1
         base = os.path.join(WORK, "client-%03d-%s" % (
             Client.n, "".join(ch if ch.isalnum() else "_" for ch in label)))
@@ -386,7 +391,7 @@ class Client:
             argv += ["--idle"]
         if srcs:
             argv += ["--src", ",".join(srcs)]
-        self.proc = Proc(argv, base + ".log", ns)
+        self.proc = Proc(argv, base + ".log", ns, cpus)
         self.timeout = connect_timeout + 10
 
     def wait_ready(self):
@@ -499,12 +504,21 @@ def section_relay(args, results):
         ("64KiB x100", 100, 65536, 1, 0),
         ("latency 64B x100 @1000/s", 100, 64, 1, 1000),
     ]
+    # nginx (its one worker) alone on the last CPU, the load generator and
+    # the backend on the others: nginx's own cost is what the relay
+    # measures, without the scheduler moving it around
+    ncpu = len(os.sched_getaffinity(0))
+    ngx_cpus = {ncpu - 1} if ncpu > 1 and args.pin else None
+    load_cpus = set(range(ncpu - 1)) if ngx_cpus else None
+    results["relay_pinning"] = dict(nginx=sorted(ngx_cpus or []),
+                                    load=sorted(load_cpus or []))
     bports = [free_port()]
-    be = Backend("relay-backend", bports)
+    be = Backend("relay-backend", bports, cpus=load_cpus)
     ngx = {}
     try:
         for name, _, cfg in CONFIGS:
-            ngx[name] = Nginx("relay-" + name, cfg, bports, free_port())
+            ngx[name] = Nginx("relay-" + name, cfg, bports, free_port(),
+                              cpus=ngx_cpus)
         runs = []
         for rnd in range(rounds):
             for sname, conns, size, inflight, rate in scenarios:
@@ -517,7 +531,7 @@ def section_relay(args, results):
                     n = ngx[cfg]
                     c = Client("ws://127.0.0.1:%d/ws" % n.port,
                                "%s %s r%d" % (sname, cfg, rnd), conns, size,
-                               rate, inflight, warm, dur)
+                               rate, inflight, warm, dur, cpus=load_cpus)
                     c.wait_ready()
                     t_ready = time.monotonic()
                     time.sleep(max(0, t_ready + warm - time.monotonic()))
@@ -1315,6 +1329,11 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench"))
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--pin", action="store_true",
+                    help="relay scenarios: nginx on the last CPU, the load "
+                         "generator and backend on the others (useful with "
+                         "4+ CPUs; on 2 the load side becomes the "
+                         "bottleneck)")
     ap.add_argument("--idle-rounds", type=int, default=2)
     ap.add_argument("--only", default="relay,idle,deadpeer,profile,sizeof")
     ap.add_argument("--max-load", type=float, default=0)
