@@ -1201,6 +1201,7 @@ ngx_http_ws_heartbeat_deadline(ngx_http_ws_heartbeat_side_t *s) noexcept
 static void
 ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
+    ngx_msec_t     grain;
     std::uint64_t  deadline, d;
 
     /* a draining connection's timer is the drain's grace timer */
@@ -1222,6 +1223,23 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
         }
 
         return;
+    }
+
+    /*
+     * deadlines round up to a grain of about 1/64 of the interval (a power
+     * of two, 1 to 128 ms): the timers of a worker's connections fall on
+     * common instants, and one wake-up serves all that are due
+     */
+
+    grain = ngx_http_ws_heartbeat_conf(ctx)->interval / 64;
+    grain = grain >= 128 ? 128 : grain;
+
+    while (grain & (grain - 1)) {
+        grain &= grain - 1;
+    }
+
+    if (grain > 1) {
+        deadline = (deadline + grain - 1) & ~((std::uint64_t) grain - 1);
     }
 
     ngx_add_timer(ngx_http_ws_heartbeat_timer(ctx), deadline > ngx_current_msec
