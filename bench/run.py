@@ -1343,6 +1343,9 @@ def main():
     args = ap.parse_args()
     if args.report_only:
         return report_only(args.out)
+    # SIGTERM (timeout, kill) unwinds like ^C: every section stops the
+    # nginx, backend and client processes it started in its finally blocks
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
     only = set(args.only.split(","))
     WORK = os.path.join(BUILD, "bench", "run")
     shutil.rmtree(WORK, ignore_errors=True)
