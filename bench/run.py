@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import random
 import secrets
 import shutil
 import signal
@@ -597,6 +598,78 @@ def summarize_relay(results):
     return summary
 
 
+# ----------------------------------------------------------- paired A and C
+
+def median_ci(xs, seed=1):
+    """The median and a 95% bootstrap interval of it."""
+    rnd = random.Random(seed)
+    boots = sorted(statistics.median(rnd.choice(xs) for _ in xs)
+                   for _ in range(2000))
+    return statistics.median(xs), boots[50], boots[1949]
+
+
+def section_pairs(args, results):
+    """Stock nginx (A) against the heartbeat on (C) in many short windows,
+    A and C back to back in alternating order: the median of the paired
+    ratios resolves a few percent where the seven rounds of the relay
+    table, each a few seconds apart, cannot on a shared 2-CPU machine."""
+    n_pairs = 4 if args.quick else args.pairs
+    warm, dur = 0.5, 1.0
+    scenarios = [("64B x100", 100, 64, 4), ("64KiB x100", 100, 65536, 1)]
+    cfgs = {c[0]: c[2] for c in CONFIGS}
+    bports = [free_port()]
+    be = Backend("pairs-backend", bports)
+    ngx = {}
+    out = dict(pairs=n_pairs, warmup_s=warm, duration_s=dur, scenarios={})
+    try:
+        for name in ("A", "C"):
+            ngx[name] = Nginx("pairs-" + name, cfgs[name], bports,
+                              free_port())
+        for sname, conns, size, inflight in scenarios:
+            rows = []
+            for i in range(n_pairs):
+                pair = {}
+                for cfg in (("A", "C") if i % 2 == 0 else ("C", "A")):
+                    n = ngx[cfg]
+                    c = Client("ws://127.0.0.1:%d/ws" % n.port,
+                               "pair %s %s %d" % (sname, cfg, i), conns,
+                               size, 0, inflight, warm, dur)
+                    c.wait_ready()
+                    t_ready = time.monotonic()
+                    time.sleep(max(0, t_ready + warm - time.monotonic()))
+                    cpu0 = n.cpu_ns()
+                    time.sleep(max(0, t_ready + warm + dur
+                                   - time.monotonic()))
+                    cpu1 = n.cpu_ns()
+                    r = c.result(dur + 30)
+                    if not r["messages"] or r["errors"]:
+                        raise RuntimeError("pair %s %s: %d messages, %d "
+                                           "errors" % (sname, cfg,
+                                                       r["messages"],
+                                                       r["errors"]))
+                    pair[cfg] = dict(msgs_per_s=r["msgs_per_s"],
+                                     cpu_us_per_msg=(cpu1 - cpu0) / 1e3
+                                     / r["messages"])
+                rows.append(dict(
+                    A=pair["A"], C=pair["C"],
+                    thr_ratio=pair["C"]["msgs_per_s"]
+                    / pair["A"]["msgs_per_s"],
+                    cpu_ratio=pair["C"]["cpu_us_per_msg"]
+                    / pair["A"]["cpu_us_per_msg"]))
+            thr = median_ci([r["thr_ratio"] for r in rows])
+            cpu = median_ci([r["cpu_ratio"] for r in rows])
+            out["scenarios"][sname] = dict(rows=rows, thr_ratio=thr,
+                                           cpu_ratio=cpu)
+            say("  %-10s C/A over %d pairs: throughput %.3f [%.3f-%.3f], "
+                "nginx CPU per message %.3f [%.3f-%.3f] (median, 95%% CI)"
+                % ((sname, n_pairs) + thr + cpu))
+    finally:
+        for n in ngx.values():
+            n.stop()
+        be.stop()
+    results["pairs"] = out
+
+
 # ------------------------------------------------------------ idle heartbeat
 
 def section_idle(args, results):
@@ -1110,6 +1183,22 @@ def report(results, out_dir):
             x[3:] for x in mod.get("modified", [])) if mod.get("modified")
         else "", mod.get("so_sha256")))
     md.append("")
+    if "pairs" in results:
+        pr = results["pairs"]
+        md.append("### Paired A/C: heartbeat on against stock nginx, %d "
+                  "pairs of %.1f s windows back to back" % (
+                      pr["pairs"], pr["duration_s"]))
+        md.append("")
+        md.append("| scenario | throughput C/A | nginx CPU per message C/A |")
+        md.append("|---|---:|---:|")
+        for scen, v in pr["scenarios"].items():
+            md.append("| %s | %.3f [%.3f-%.3f] | %.3f [%.3f-%.3f] |"
+                      % ((scen,) + tuple(v["thr_ratio"])
+                         + tuple(v["cpu_ratio"])))
+        md.append("")
+        md.append("Median of the per-pair ratios [95% bootstrap interval "
+                  "of the median].")
+        md.append("")
     if "relay" in results:
         s = results["relay"]["summary"]
         md.append("### Relay: ratios to A (median over %d alternating "
@@ -1335,7 +1424,9 @@ def main():
                          "4+ CPUs; on 2 the load side becomes the "
                          "bottleneck)")
     ap.add_argument("--idle-rounds", type=int, default=2)
-    ap.add_argument("--only", default="relay,idle,deadpeer,profile,sizeof")
+    ap.add_argument("--pairs", type=int, default=24)
+    ap.add_argument("--only",
+                    default="relay,pairs,idle,deadpeer,profile,sizeof")
     ap.add_argument("--max-load", type=float, default=0)
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild summary.md and the plot from "
@@ -1372,6 +1463,7 @@ def main():
                    argv=sys.argv[1:])
     sections = [("sizeof", lambda: section_sizeof(results)),
                 ("relay", lambda: section_relay(args, results)),
+                ("pairs", lambda: section_pairs(args, results)),
                 ("idle", lambda: section_idle(args, results)),
                 ("deadpeer", lambda: section_deadpeer(args, results)),
                 ("profile", lambda: section_profile(args, results))]
