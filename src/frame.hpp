@@ -70,14 +70,19 @@ const char* to_string(scan_error e) noexcept;
 constexpr std::size_t max_header_size = 14;
 constexpr std::size_t max_control_payload = 125;
 
+// 16 bytes: fin and masked are one-bit fields of one byte (read them as
+// bools; they have no address).
 struct frame_header {
     opcode op = opcode::cont;
-    bool fin = false;
-    bool masked = false;
+    bool fin : 1;
+    bool masked : 1;
     std::uint8_t rsv = 0;         // the RSV bits as in byte 0 (0x70 mask)
     std::uint8_t header_size = 0; // 2 .. 14
     std::uint8_t mask[4] = {0, 0, 0, 0};
     std::uint64_t len = 0; // payload length
+
+    // (C++17 has no default member initializers for bit-fields)
+    frame_header() noexcept : fin(false), masked(false) {}
 };
 
 // Incremental scanner over one direction of a WebSocket stream. It parses
