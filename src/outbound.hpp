@@ -36,7 +36,9 @@ constexpr long io_again = -2;
 //                                           // captured payload, unmasked)
 //   void on_error(scan_error e);            // stream rejected: passthrough
 
-constexpr std::size_t inject_capacity = 32; // masked Close + 16-byte reason
+// The largest frame the module queues: a masked Close, code and a 20-byte
+// reason ("server shutting down").
+constexpr std::size_t inject_capacity = 28;
 constexpr std::size_t candidate_pong_size = 6 + 16; // masked, 16 B payload
 
 class outbound {
@@ -78,6 +80,13 @@ public:
     bool blocked() const noexcept;     // last write was short or again
     bool at_boundary() const noexcept; // written stream between frames
     const frame_header& last_header() const noexcept;
+
+    // One byte not used by outbound: its owner keeps per-direction flags
+    // here (it takes room that is padding otherwise). A member function,
+    // not a public data member, so that outbound (and what holds it)
+    // stays standard-layout for offsetof; starts at 0.
+    std::uint8_t& owner_bits() noexcept { return owner_bits_; }
+    std::uint8_t owner_bits() const noexcept { return owner_bits_; }
 
 private:
     // The scanner sees relay bytes as they are consumed: written, or
@@ -160,6 +169,7 @@ private:
     std::uint8_t hold_len_ = 0;
     std::uint8_t hold_off_ = 0;
     std::uint8_t flags_ = 0;
+    std::uint8_t owner_bits_ = 0;
     std::uint32_t retry_len_ = 0;
 };
 

@@ -985,6 +985,46 @@ TEST_CASE("outbound: short writes and io_again while a hold goes out",
     }
 }
 
+TEST_CASE("outbound: the owner's byte", "[outbound]")
+{
+    outbound ob(role::client, true, false);
+    const outbound& c = ob;
+    CHECK(c.owner_bits() == 0);
+    ob.owner_bits() |= 0x81;
+
+    bytes data = wire::frame(0x82, bytes(40, 2), mask);
+    bytes foreign = wire::frame(0x8a, foreign_pong_payload(), mask);
+    bytes s = cat({data, foreign, data});
+    bytes inj = sim::inject_frame(role::client, 1, 1);
+    script_io io;
+    io.script = {io_again, 3};
+    REQUIRE(ob.queue(inj.data(), inj.size()));
+    CHECK(ob.flush(io) == io_again);
+    for (std::size_t i = 0; i < s.size();) {
+        long rc = ob.send(io, s.data() + i, s.size() - i);
+        REQUIRE(rc != io_error);
+        i += rc > 0 ? std::size_t(rc) : 0;
+    }
+    CHECK(io.out == cat({inj, s}));
+    CHECK(c.owner_bits() == 0x81);
+}
+
+TEST_CASE("outbound: the largest frame the module queues fits", "[outbound]")
+{
+    // ngx_ws_heartbeat_module.cpp: a masked Close, 1001 "server shutting
+    // down", sized by inject_capacity on the stack
+    const char* reason = "server shutting down";
+    std::uint8_t out[inject_capacity];
+    std::size_t n =
+        build_close(1001, reason, std::strlen(reason), mask, out, sizeof(out));
+    CHECK(n == inject_capacity);
+    outbound ob(role::server, true, false);
+    CHECK(ob.queue(out, n));
+}
+
 // The per-connection state budget: one outbound per direction.
+static_assert(sizeof(frame_header) == 16, "frame_header grew");
 static_assert(sizeof(basic_frame_scanner<16>) <= 48, "scanner grew");
-static_assert(sizeof(outbound) <= 96, "outbound grew");
+static_assert(sizeof(outbound) <= 88, "outbound grew");
+static_assert(std::is_standard_layout<outbound>::value,
+              "offsetof on what holds an outbound");
