@@ -67,17 +67,26 @@ enum class scan_error : std::uint8_t {
 
 const char* to_string(scan_error e) noexcept;
 
+// the scanner keeps the error in 4 bits
+static_assert(static_cast<int>(scan_error::bad_data_frame) < 16,
+              "scan_error fits a nibble");
+
 constexpr std::size_t max_header_size = 14;
 constexpr std::size_t max_control_payload = 125;
 
+// 16 bytes: fin and masked are one-bit fields of one byte (read them as
+// bools; they have no address).
 struct frame_header {
     opcode op = opcode::cont;
-    bool fin = false;
-    bool masked = false;
+    bool fin : 1;
+    bool masked : 1;
     std::uint8_t rsv = 0;         // the RSV bits as in byte 0 (0x70 mask)
     std::uint8_t header_size = 0; // 2 .. 14
     std::uint8_t mask[4] = {0, 0, 0, 0};
     std::uint64_t len = 0; // payload length
+
+    // (C++17 has no default member initializers for bit-fields)
+    frame_header() noexcept : fin(false), masked(false) {}
 };
 
 // Incremental scanner over one direction of a WebSocket stream. It parses
@@ -121,14 +130,28 @@ public:
     const std::uint8_t* control_payload() const noexcept;
     std::size_t control_size() const noexcept;
 
+    // For a caller that took in the first n >= 1 bytes of a control frame
+    // (fed here, and a prefix of a frame whose header has a 7-bit length
+    // and whose payload so far lies within the capture) and now passes
+    // them on without having kept a copy: lays those n bytes out again as
+    // they were on the wire, contiguous, at wire(). The captured payload is
+    // masked again in place, so control_payload() is not valid after this.
+    // Call it once; the bytes stay put until the next byte is fed.
+    void rewire(std::size_t n) noexcept;
+    const std::uint8_t* wire() const noexcept;
+
 private:
     // A header found whole in the buffer at a boundary is decoded in one
     // go (header_whole); one split across calls is decoded a byte at a time
     // straight into h_ (header_byte; no copy of the raw header is kept).
-    // Both leave the same state. pos_ counts the header bytes of the current
-    // frame consumed so far and is 0 exactly at a boundary; once the header
-    // is done it stays at header_size until the payload ends. remain_ is the
-    // payload still to skip. Control payloads are unmasked into cap_.
+    // Both leave the same state. The low nibble of pos_ counts the header
+    // bytes of the current frame consumed so far and is 0 exactly at a
+    // boundary; once the header is done it stays at header_size until the
+    // payload ends. Its high nibble is the scan_error: pos_ is read as a
+    // count only while there is none (so there it is pos_ itself), and
+    // pos_ == 0 is "at a boundary, no error". remain_ is the payload still
+    // to skip. Control payloads are unmasked into cap(), the tail of buf_;
+    // the wire_room bytes before it are where rewire() puts a header.
     enum : std::uint8_t {
         f_client = 0x01,      // sender is a client: frames must be masked
         f_rsv1 = 0x02,        // RSV1 allowed (permessage-deflate)
@@ -145,13 +168,16 @@ private:
     {
         return pos_ != 0 && (flags_ & f_header_done) != 0;
     }
+    std::uint8_t* cap() noexcept { return buf_ + wire_room; }
+    const std::uint8_t* cap() const noexcept { return buf_ + wire_room; }
+
+    static constexpr std::size_t wire_room = 6; // a masked 7-bit header
 
     frame_header h_;
     std::uint64_t remain_ = 0;
-    std::uint8_t cap_[Capture];
     std::uint8_t pos_ = 0;
     std::uint8_t flags_ = 0;
-    scan_error err_ = scan_error::none;
+    std::uint8_t buf_[wire_room + Capture];
 };
 
 using frame_scanner = basic_frame_scanner<max_control_payload>;
@@ -213,7 +239,7 @@ inline std::size_t frame_extent(const std::uint8_t* p, std::size_t n) noexcept
 template <std::size_t Capture>
 inline basic_frame_scanner<Capture>::basic_frame_scanner(
     role sender, bool allow_rsv1) noexcept
-    : cap_{}
+    : buf_{}
 {
     flags_ = static_cast<std::uint8_t>((sender == role::client ? f_client : 0)
                                        | (allow_rsv1 ? f_rsv1 : 0));
@@ -222,7 +248,8 @@ inline basic_frame_scanner<Capture>::basic_frame_scanner(
 template <std::size_t Capture>
 inline bool basic_frame_scanner<Capture>::fail(scan_error e) noexcept
 {
-    err_ = e;
+    pos_ = static_cast<std::uint8_t>((pos_ & 0x0f)
+                                     | (static_cast<std::uint8_t>(e) << 4));
     flags_ &= static_cast<std::uint8_t>(~(f_header_done | f_frame_done));
     return false;
 }
@@ -434,10 +461,10 @@ basic_frame_scanner<Capture>::header_whole(const std::uint8_t* p,
                                               : flags | f_in_message);
     }
 
-    h_.fin = fin;
-    h_.rsv = static_cast<std::uint8_t>(b0 & 0x70);
     h_.op = op;
+    h_.fin = fin; // fin and masked share a byte
     h_.masked = masked;
+    h_.rsv = static_cast<std::uint8_t>(b0 & 0x70);
     h_.header_size = static_cast<std::uint8_t>(size);
     h_.len = len;
 
@@ -479,7 +506,7 @@ inline std::size_t basic_frame_scanner<Capture>::advance(const std::uint8_t* p,
 {
     flags_ &= static_cast<std::uint8_t>(~f_frame_done);
 
-    if (err_ != scan_error::none || n == 0) {
+    if (pos_ >= 0x10 || n == 0) { // an error, or nothing
         return 0;
     }
 
@@ -513,7 +540,7 @@ inline std::size_t basic_frame_scanner<Capture>::advance(const std::uint8_t* p,
 
         for (std::size_t j = 0; j < k && off + j < Capture; j++) {
             std::uint8_t m = h_.masked ? h_.mask[(off + j) & 3] : 0;
-            cap_[off + j] = static_cast<std::uint8_t>(p[i + j] ^ m);
+            cap()[off + j] = static_cast<std::uint8_t>(p[i + j] ^ m);
         }
     }
 
@@ -534,7 +561,7 @@ std::size_t
 basic_frame_scanner<Capture>::until_boundary(const std::uint8_t* p,
                                              std::size_t n) const noexcept
 {
-    if (err_ != scan_error::none) {
+    if (pos_ >= 0x10) { // an error
         return npos;
     }
 
@@ -555,7 +582,7 @@ basic_frame_scanner<Capture>::until_boundary(const std::uint8_t* p,
 template <std::size_t Capture>
 inline bool basic_frame_scanner<Capture>::at_boundary() const noexcept
 {
-    return pos_ == 0 && err_ == scan_error::none;
+    return pos_ == 0; // and no error
 }
 
 template <std::size_t Capture>
@@ -579,7 +606,8 @@ inline bool basic_frame_scanner<Capture>::in_message() const noexcept
 template <std::size_t Capture>
 inline scan_error basic_frame_scanner<Capture>::error() const noexcept
 {
-    return err_;
+    // (so that error() != none is one compare of pos_)
+    return pos_ < 0x10 ? scan_error::none : static_cast<scan_error>(pos_ >> 4);
 }
 
 template <std::size_t Capture>
@@ -592,13 +620,51 @@ template <std::size_t Capture>
 inline const std::uint8_t*
 basic_frame_scanner<Capture>::control_payload() const noexcept
 {
-    return cap_;
+    return cap();
 }
 
 template <std::size_t Capture>
 inline std::size_t basic_frame_scanner<Capture>::control_size() const noexcept
 {
     return h_.len < Capture ? static_cast<std::size_t>(h_.len) : Capture;
+}
+
+// The header goes right before the capture: 2 bytes, or 6 with the mask.
+// Before byte 1 is in, masked is false and only byte 0 is asked for.
+template <std::size_t Capture>
+inline const std::uint8_t* basic_frame_scanner<Capture>::wire() const noexcept
+{
+    return cap() - (h_.masked ? 6 : 2);
+}
+
+template <std::size_t Capture>
+void basic_frame_scanner<Capture>::rewire(std::size_t n) noexcept
+{
+    std::size_t hs = h_.masked ? 6 : 2;
+    std::uint8_t* w = cap() - hs;
+
+    w[0] = static_cast<std::uint8_t>((h_.fin ? 0x80 : 0) | h_.rsv
+                                     | static_cast<std::uint8_t>(h_.op));
+    // only a 7-bit length is asked for: len is the length byte
+    w[1] = static_cast<std::uint8_t>((h_.masked ? 0x80 : 0) | (h_.len & 0x7f));
+
+    if (h_.masked) {
+        for (std::size_t i = 0; i < 4; i++) {
+            w[2 + i] = h_.mask[i];
+        }
+    }
+
+    std::size_t k = n > hs ? n - hs : 0;
+
+    if (k > Capture) {
+        k = Capture;
+    }
+
+    if (h_.masked) {
+        for (std::size_t j = 0; j < k; j++) {
+            cap()[j] = static_cast<std::uint8_t>(cap()[j] ^ h_.mask[j & 3]);
+        }
+    }
 }
 
 } // namespace wshb

@@ -36,7 +36,9 @@ constexpr long io_again = -2;
 //                                           // captured payload, unmasked)
 //   void on_error(scan_error e);            // stream rejected: passthrough
 
-constexpr std::size_t inject_capacity = 32; // masked Close + 16-byte reason
+// The largest frame the module queues: a masked Close, code and a 20-byte
+// reason ("server shutting down").
+constexpr std::size_t inject_capacity = 28;
 constexpr std::size_t candidate_pong_size = 6 + 16; // masked, 16 B payload
 
 class outbound {
@@ -79,16 +81,29 @@ public:
     bool at_boundary() const noexcept; // written stream between frames
     const frame_header& last_header() const noexcept;
 
+    // One byte not used by outbound: its owner keeps per-direction flags
+    // here (it takes room that is padding otherwise). A member function,
+    // not a public data member, so that outbound (and what holds it)
+    // stays standard-layout for offsetof; starts at 0.
+    std::uint8_t& owner_bits() noexcept { return owner_bits_; }
+    std::uint8_t owner_bits() const noexcept { return owner_bits_; }
+
 private:
     // The scanner sees relay bytes as they are consumed: written, or
-    // absorbed into held_. The written stream is therefore at a boundary
+    // absorbed into the hold. The written stream is therefore at a boundary
     // when a hold is being absorbed (it started at a boundary and none of
     // it is written) or when there is no hold and the scanner is at one.
     //
     // inject_: the queued frame, inject_off_ bytes of it written; once a
     // write of it was attempted (f_inject_started) it is in flight and
     // goes out whole before anything else. hold(): an absorbed candidate
-    // Pong (in held_), hold_off_ bytes of it written while forwarding.
+    // Pong, hold_len_ bytes of it taken in and hold_off_ of them written
+    // while forwarding. No copy of them is kept: the scanner has seen
+    // exactly those bytes (a hold starts at a boundary, and no relay byte
+    // is fed while it is absorbing or forwarding), so when it turns to
+    // forwarding they are laid out again from the scanner's state
+    // (forward_hold(): sc_.rewire()), at sc_.wire(), where they stay put
+    // for the retry rule until the hold is written and relay bytes go on.
     //
     // retry(): the kind of bytes the last io_again (or 0) was on and
     // retry_len_ their length: the next write must repeat them.
@@ -129,6 +144,7 @@ private:
     }
 
     bool relay_boundary() const noexcept;
+    void forward_hold() noexcept;
     std::uint8_t pong_byte1() const noexcept;
     std::size_t pong_frame_size() const noexcept;
     bool candidate(const std::uint8_t* p, std::size_t n) const noexcept;
@@ -148,17 +164,17 @@ private:
 
     basic_frame_scanner<16> sc_;
     std::uint8_t inject_[inject_capacity];
-    std::uint8_t held_[candidate_pong_size];
     std::uint8_t inject_len_ = 0;
     std::uint8_t inject_off_ = 0;
     std::uint8_t hold_len_ = 0;
     std::uint8_t hold_off_ = 0;
     std::uint8_t flags_ = 0;
+    std::uint8_t owner_bits_ = 0;
     std::uint32_t retry_len_ = 0;
 };
 
 inline outbound::outbound(role sender, bool swallow, bool allow_rsv1) noexcept
-    : sc_(sender, allow_rsv1), inject_{}, held_{}
+    : sc_(sender, allow_rsv1), inject_{}
 {
     flags_ = static_cast<std::uint8_t>((sender == role::client ? f_client : 0)
                                        | (swallow ? f_swallow : 0));
@@ -237,6 +253,15 @@ inline bool outbound::at_boundary() const noexcept
 inline const frame_header& outbound::last_header() const noexcept
 {
     return sc_.header();
+}
+
+// The hold (absorbing) is to be written after all: its bytes are laid out
+// again from the scanner.
+inline void outbound::forward_hold() noexcept
+{
+    set_hold(hold_forwarding);
+    hold_off_ = 0;
+    sc_.rewire(hold_len_);
 }
 
 inline std::uint8_t outbound::pong_byte1() const noexcept
@@ -321,8 +346,7 @@ inline std::size_t outbound::relay_length(const std::uint8_t* p,
 inline void outbound::give_up() noexcept
 {
     if (hold() == hold_absorbing) {
-        set_hold(hold_forwarding);
-        hold_off_ = 0;
+        forward_hold();
     }
 
     drop_queued();
@@ -438,7 +462,7 @@ long outbound::write_module(Io& io) noexcept
 
         if (hold() == hold_forwarding) {
             std::size_t n = hold_len_ - hold_off_;
-            long w = put(io, retry_hold, held_ + hold_off_, n);
+            long w = put(io, retry_hold, sc_.wire() + hold_off_, n);
 
             if (w < 0) {
                 return w;
@@ -470,8 +494,7 @@ std::size_t outbound::absorb(Io& io, const std::uint8_t* p,
 
     // the second byte arrived late and says it is not a candidate
     if (hold_len_ == 1 && p[0] != pong_byte1()) {
-        set_hold(hold_forwarding);
-        hold_off_ = 0;
+        forward_hold();
         return 0;
     }
 
@@ -479,10 +502,6 @@ std::size_t outbound::absorb(Io& io, const std::uint8_t* p,
 
     if (n < k) {
         k = n;
-    }
-
-    for (std::size_t i = 0; i < k; i++) {
-        held_[hold_len_ + i] = p[i];
     }
 
     hold_len_ = static_cast<std::uint8_t>(hold_len_ + k);
@@ -493,8 +512,7 @@ std::size_t outbound::absorb(Io& io, const std::uint8_t* p,
             set_hold(hold_none);
             hold_len_ = 0;
         } else {
-            set_hold(hold_forwarding);
-            hold_off_ = 0;
+            forward_hold();
         }
     }
 
@@ -580,8 +598,7 @@ template <class Io>
 long outbound::release(Io& io) noexcept
 {
     if (hold() == hold_absorbing) {
-        set_hold(hold_forwarding);
-        hold_off_ = 0;
+        forward_hold();
     }
 
     return flush(io);

@@ -912,5 +912,80 @@ TEST_CASE("frame_extent: where a frame ends, from its length fields", "[frame]")
     CHECK(frame_extent(huge.data(), huge.size()) == no_extent);
 }
 
+TEST_CASE("scanner: rewire() lays a control frame's first bytes out again",
+          "[frame]")
+{
+    // every prefix of control frames with payloads up to the capture, fed
+    // whole or a byte at a time (the header decoded in one go or byte by
+    // byte), after a data frame so that the state is not fresh
+    const std::uint8_t m[4] = {0x9a, 0x00, 0xff, 0x31};
+
+    for (role r : {role::client, role::server}) {
+        const std::uint8_t* mk = r == role::client ? m : nullptr;
+
+        for (std::uint8_t b0 : {0x8a, 0x89, 0x88}) {
+            for (std::size_t len : {0, 1, 5, 15, 16}) {
+                bytes f = wire::frame(b0, filler(len), mk);
+                bytes pre = wire::frame(0x82, filler(40), mk);
+
+                for (std::size_t n = 1; n <= f.size(); n++) {
+                    for (bool bytewise : {false, true}) {
+                        basic_frame_scanner<16> sc(r);
+                        REQUIRE(sc.advance(pre.data(), pre.size())
+                                == pre.size());
+
+                        if (bytewise) {
+                            for (std::size_t i = 0; i < n; i++) {
+                                REQUIRE(sc.advance(f.data() + i, 1) == 1);
+                            }
+                        } else {
+                            REQUIRE(sc.advance(f.data(), n) == n);
+                        }
+
+                        sc.rewire(n);
+                        INFO("b0 " << int(b0) << " len " << len << " n " << n
+                                   << " bytewise " << bytewise);
+                        CHECK(bytes(sc.wire(), sc.wire() + n)
+                              == bytes(f.begin(), f.begin() + n));
+                        CHECK(sc.error() == scan_error::none);
+                        CHECK(sc.at_boundary() == (n == f.size()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("scanner: the error shares a byte with the header position",
+          "[frame]")
+{
+    // rejected at each header byte position: the error reads back, the
+    // scanner is not at a boundary and consumes nothing more
+    bytes bad16 = wire::frame(0x82, filler(125), nullptr, wire::len_form::f16);
+    bytes bad64 = wire::header(0x82, std::uint64_t(1) << 63, nullptr);
+
+    for (std::size_t step : {1, 2, 64}) {
+        for (const bytes* b : {&bad16, &bad64}) {
+            basic_frame_scanner<16> sc(role::server);
+            std::size_t pos = 0;
+
+            while (pos < b->size() && sc.error() == scan_error::none) {
+                std::size_t k = b->size() - pos < step ? b->size() - pos : step;
+                pos += sc.advance(b->data() + pos, k);
+            }
+
+            CHECK(sc.error()
+                  == (b == &bad16 ? scan_error::bad_size
+                                  : scan_error::bad_size_64));
+            CHECK_FALSE(sc.at_boundary());
+            CHECK_FALSE(sc.header_complete());
+            CHECK(sc.advance(b->data(), b->size()) == 0);
+            CHECK(sc.until_boundary(b->data(), b->size())
+                  == basic_frame_scanner<16>::npos);
+        }
+    }
+}
+
 // The per-connection state budget (two of each per connection).
-static_assert(sizeof(basic_frame_scanner<16>) <= 56, "scanner grew");
+static_assert(sizeof(frame_header) == 16, "frame_header grew");
+static_assert(sizeof(basic_frame_scanner<16>) <= 48, "scanner grew");

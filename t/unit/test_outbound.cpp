@@ -1,8 +1,11 @@
 // Unit tests for src/outbound.hpp: the send wrapper of one relay direction.
 #include <catch2/catch.hpp>
 
+#include <cstring>
 #include <deque>
 #include <random>
+#include <string>
+#include <type_traits>
 
 #include "frame_builder.hpp"
 #include "outbound.hpp"
@@ -30,6 +33,7 @@ struct script_io {
         long r;
     };
     std::vector<call> calls;
+    std::vector<bytes> wrote; // the bytes each call was asked to write
     std::vector<bytes> asked;
     std::vector<frame_header> frames;
     std::vector<bytes> payloads;
@@ -51,7 +55,34 @@ struct script_io {
             r = static_cast<long>(w);
         }
         calls.push_back({p, n, r});
+        wrote.emplace_back(p, p + n);
         return r;
+    }
+
+    // OpenSSL's rule: after io_again or 0 the next write repeats the same
+    // bytes at the same address, at least as many (exactly as many for
+    // module bytes, which are not relay bytes). Empty when kept.
+    std::string retry_problem(const bytes& relay) const
+    {
+        for (std::size_t i = 0; i + 1 < calls.size(); i++) {
+            if (calls[i].r > 0) {
+                continue;
+            }
+            const call& a = calls[i];
+            const call& b = calls[i + 1];
+            bool is_relay =
+                a.p >= relay.data() && a.p < relay.data() + relay.size();
+            if (b.p != a.p) {
+                return "retry " + std::to_string(i + 1) + ": another pointer";
+            }
+            if (is_relay ? b.n < a.n : b.n != a.n) {
+                return "retry " + std::to_string(i + 1) + ": another length";
+            }
+            if (std::memcmp(wrote[i + 1].data(), wrote[i].data(), a.n) != 0) {
+                return "retry " + std::to_string(i + 1) + ": other bytes";
+            }
+        }
+        return std::string();
     }
 
     bool match_pong(const std::uint8_t* p, std::size_t n)
@@ -791,6 +822,209 @@ TEST_CASE("outbound: frames are heard of only once written", "[outbound]")
     CHECK(io.calls.size() == 4); // short, again, to the Pong, after it
 }
 
+TEST_CASE("outbound: a held Pong that is not ours goes out as it came",
+          "[outbound][hold]")
+{
+    // the hold keeps no copy: its bytes are laid out again from the
+    // scanner's state; split at every byte, and fed a byte at a time
+    for (role r : {role::client, role::server}) {
+        const std::uint8_t* mk = r == role::client ? mask : nullptr;
+        bytes data = wire::frame(0x82, bytes(40, 2), mk);
+        bytes foreign = wire::frame(0x8a, foreign_pong_payload(), mk);
+        bytes ours = wire::frame(0x8a, our_pong_payload(4), mk);
+        bytes s = cat({data, foreign, data, ours, foreign});
+        bytes want = cat({data, foreign, data, foreign});
+
+        for (std::size_t at = 1; at < s.size(); at++) {
+            outbound ob(r, true, false);
+            script_io io;
+            INFO("role " << int(r) << " split at " << at);
+            REQUIRE(ob.send(io, s.data(), at) == long(at));
+            REQUIRE(ob.send(io, s.data() + at, s.size() - at)
+                    == long(s.size() - at));
+            CHECK(io.out == want);
+            CHECK(io.asked.size() == 3);
+            CHECK(io.payloads.size() == 5);
+            CHECK(io.payloads[1] == foreign_pong_payload());
+            CHECK(io.payloads[4] == foreign_pong_payload());
+            CHECK(ob.at_boundary());
+            CHECK_FALSE(ob.pending());
+        }
+
+        outbound ob(r, true, false);
+        script_io io;
+        for (std::size_t i = 0; i < s.size(); i++) {
+            REQUIRE(ob.send(io, s.data() + i, 1) == 1);
+        }
+        CHECK(io.out == want);
+        // a held Pong is one write, as it came
+        std::size_t held_writes = 0;
+        for (const bytes& w : io.wrote) {
+            held_writes += w == foreign ? 1 : 0;
+        }
+        CHECK(held_writes == 2);
+    }
+}
+
+TEST_CASE("outbound: the stream ends inside a held Pong, at every length",
+          "[outbound][hold]")
+{
+    for (role r : {role::client, role::server}) {
+        const std::uint8_t* mk = r == role::client ? mask : nullptr;
+        bytes data = wire::frame(0x81, wire::text("before"), mk);
+
+        for (bool mine : {true, false}) {
+            bytes pong = wire::frame(
+                0x8a, mine ? our_pong_payload(9) : foreign_pong_payload(), mk);
+
+            for (std::size_t k = 1; k < pong.size(); k++) {
+                for (bool bytewise : {false, true}) {
+                    outbound ob(r, true, false);
+                    script_io io;
+                    bytes s =
+                        cat({data, bytes(pong.begin(), pong.begin() + k)});
+                    INFO("role " << int(r) << " ours " << mine << " k " << k
+                                 << " bytewise " << bytewise);
+
+                    REQUIRE(ob.send(io, s.data(), data.size())
+                            == long(data.size()));
+                    if (bytewise) {
+                        for (std::size_t i = data.size(); i < s.size(); i++) {
+                            REQUIRE(ob.send(io, s.data() + i, 1) == 1);
+                        }
+                    } else {
+                        REQUIRE(ob.send(io, s.data() + data.size(), k)
+                                == long(k));
+                    }
+                    CHECK(io.out == data);
+                    CHECK(ob.at_boundary());
+
+                    CHECK(ob.release(io) == 0);
+                    CHECK(io.out == s);
+                    CHECK(io.wrote.back()
+                          == bytes(pong.begin(), pong.begin() + k));
+                    CHECK(io.asked.empty());
+                    CHECK_FALSE(ob.pending());
+                    CHECK(ob.release(io) == 0); // once only
+                    CHECK(io.out == s);
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("outbound: short writes and io_again while a hold goes out",
+          "[outbound][hold]")
+{
+    // every first result on the held bytes, then more trouble, with a
+    // frame queued meanwhile: the retry rule holds, the output is exact
+    const long again_script[] = {io_again, 0, 1, io_again, 2};
+
+    for (role r : {role::client, role::server}) {
+        const std::uint8_t* mk = r == role::client ? mask : nullptr;
+        bytes foreign = wire::frame(0x8a, foreign_pong_payload(), mk);
+        bytes after = wire::frame(0x82, bytes(30, 5), mk);
+        bytes inj = sim::inject_frame(r, 3, 2);
+        bytes s = cat({foreign, after});
+
+        for (long first = 0; first < long(foreign.size()); first++) {
+            for (bool released : {false, true}) {
+                outbound ob(r, true, false);
+                script_io io;
+                std::size_t k = released ? foreign.size() - 3 : foreign.size();
+                bytes held(foreign.begin(), foreign.begin() + k);
+                if (first >= long(k)) {
+                    continue; // not short
+                }
+                INFO("role " << int(r) << " first " << first << " released "
+                             << released);
+
+                io.script.push_back(first == 0 ? io_again : first);
+                for (long v : again_script) {
+                    io.script.push_back(v);
+                }
+
+                std::size_t done = 0;
+                if (released) {
+                    REQUIRE(ob.send(io, s.data(), k) == long(k));
+                    CHECK(io.calls.empty());
+                    CHECK(ob.release(io) == io_again);
+                    done = k;
+                } else {
+                    // all of it is taken in; the hold waits, blocked
+                    long n = ob.send(io, s.data(), s.size());
+                    REQUIRE(n == long(foreign.size()));
+                    done = foreign.size();
+                }
+                CHECK(ob.blocked());
+                CHECK(ob.pending());
+                REQUIRE(ob.queue(inj.data(), inj.size()));
+
+                long rc = io_again;
+                for (int i = 0; i < 40 && rc == io_again; i++) {
+                    rc = ob.flush(io);
+                }
+                CHECK(rc == 0);
+
+                if (!released) {
+                    CHECK_FALSE(ob.pending());
+                    REQUIRE(ob.send(io, s.data() + done, s.size() - done)
+                            == long(s.size() - done));
+                    CHECK(io.out == cat({foreign, inj, after}));
+                } else {
+                    // the stream ends inside a frame: no boundary for it
+                    CHECK(io.out == held);
+                    CHECK(ob.queued());
+                }
+                CHECK(io.retry_problem(s) == "");
+                // every write of held bytes is from one stable place
+                CHECK(io.calls[0].n == k);
+                CHECK(io.wrote[0] == held);
+            }
+        }
+    }
+}
+
+TEST_CASE("outbound: the owner's byte", "[outbound]")
+{
+    outbound ob(role::client, true, false);
+    const outbound& c = ob;
+    CHECK(c.owner_bits() == 0);
+    ob.owner_bits() |= 0x81;
+
+    bytes data = wire::frame(0x82, bytes(40, 2), mask);
+    bytes foreign = wire::frame(0x8a, foreign_pong_payload(), mask);
+    bytes s = cat({data, foreign, data});
+    bytes inj = sim::inject_frame(role::client, 1, 1);
+    script_io io;
+    io.script = {io_again, 3};
+    REQUIRE(ob.queue(inj.data(), inj.size()));
+    CHECK(ob.flush(io) == io_again);
+    for (std::size_t i = 0; i < s.size();) {
+        long rc = ob.send(io, s.data() + i, s.size() - i);
+        REQUIRE(rc != io_error);
+        i += rc > 0 ? std::size_t(rc) : 0;
+    }
+    CHECK(io.out == cat({inj, s}));
+    CHECK(c.owner_bits() == 0x81);
+}
+
+TEST_CASE("outbound: the largest frame the module queues fits", "[outbound]")
+{
+    // ngx_ws_heartbeat_module.cpp: a masked Close, 1001 "server shutting
+    // down", sized by inject_capacity on the stack
+    const char* reason = "server shutting down";
+    std::uint8_t out[inject_capacity];
+    std::size_t n =
+        build_close(1001, reason, std::strlen(reason), mask, out, sizeof(out));
+    CHECK(n == inject_capacity);
+    outbound ob(role::server, true, false);
+    CHECK(ob.queue(out, n));
+}
+
 // The per-connection state budget: one outbound per direction.
-static_assert(sizeof(basic_frame_scanner<16>) <= 56, "scanner grew");
-static_assert(sizeof(outbound) <= 120, "outbound grew");
+static_assert(sizeof(frame_header) == 16, "frame_header grew");
+static_assert(sizeof(basic_frame_scanner<16>) <= 48, "scanner grew");
+static_assert(sizeof(outbound) <= 88, "outbound grew");
+static_assert(std::is_standard_layout<outbound>::value,
+              "offsetof on what holds an outbound");
