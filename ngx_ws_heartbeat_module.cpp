@@ -215,7 +215,7 @@ ngx_http_ws_heartbeat_ctx_of(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
     size_t  off;
 
-    off = s->which == NGX_HTTP_WS_HB_CLIENT
+    off = s->which() == NGX_HTTP_WS_HB_CLIENT
           ? offsetof(ngx_http_ws_heartbeat_ctx_t, client)
           : offsetof(ngx_http_ws_heartbeat_ctx_t, upstream);
 
@@ -233,7 +233,7 @@ ngx_http_ws_heartbeat_conn(ngx_http_ws_heartbeat_side_t *s) noexcept
 
     r = ngx_http_ws_heartbeat_ctx_of(s)->request;
 
-    if (s->which == NGX_HTTP_WS_HB_CLIENT) {
+    if (s->which() == NGX_HTTP_WS_HB_CLIENT) {
         return r->connection;
     }
 
@@ -380,14 +380,14 @@ struct ngx_http_ws_heartbeat_io {
 
         rc = ngx_http_ws_heartbeat_io_send(c)(c, const_cast<u_char *>(p), n);
 
-        hb = ctx->hb(side->which);
+        hb = ctx->hb(side->which());
 
         if (rc > 0) {
             if (hb != nullptr) {
                 hb->on_write_progress();
             }
 
-            side->blocked = 0;
+            side->set(NGX_HTTP_WS_HB_S_BLOCKED, 0);
         }
 
         if (rc == NGX_ERROR || (rc >= 0 && (size_t) rc == n)) {
@@ -396,8 +396,8 @@ struct ngx_http_ws_heartbeat_io {
 
         /* short write or NGX_AGAIN: the real send has cleared ready */
 
-        if (!side->blocked) {
-            side->blocked = 1;
+        if (!side->is(NGX_HTTP_WS_HB_S_BLOCKED)) {
+            side->set(NGX_HTTP_WS_HB_S_BLOCKED, 1);
 
             if (hb != nullptr) {
                 hb->on_write_blocked(ngx_current_msec);
@@ -411,7 +411,7 @@ struct ngx_http_ws_heartbeat_io {
     /* the peer whose frames this stream carries */
     ngx_http_ws_heartbeat_side_t *sender() noexcept
     {
-        return side->which == NGX_HTTP_WS_HB_CLIENT ? &ctx->upstream
+        return side->which() == NGX_HTTP_WS_HB_CLIENT ? &ctx->upstream
                                                     : &ctx->client;
     }
 
@@ -423,7 +423,7 @@ struct ngx_http_ws_heartbeat_io {
         ngx_http_ws_heartbeat_stats_t *st;
 
         peer = sender();
-        hb = ctx->hb(peer->which);
+        hb = ctx->hb(peer->which());
 
         if (hb == nullptr) {
             return false;
@@ -436,10 +436,10 @@ struct ngx_http_ws_heartbeat_io {
         }
 
         st = ngx_http_ws_heartbeat_stats(ctx);
-        ngx_http_ws_heartbeat_count(st, pongs[peer->which]);
+        ngx_http_ws_heartbeat_count(st, pongs[peer->which()]);
 
         if (sampled) {
-            ngx_http_ws_heartbeat_count_rtt(st, peer->which,
+            ngx_http_ws_heartbeat_count_rtt(st, peer->which(),
                                             hb->rtt_last_us());
         }
 
@@ -451,7 +451,7 @@ struct ngx_http_ws_heartbeat_io {
         wshb::heartbeat  *hb;
 
         if (wshb::is_data(h.op)) {
-            hb = ctx->hb(sender()->which);
+            hb = ctx->hb(sender()->which());
 
             if (hb != nullptr) {
                 hb->on_data(ngx_current_msec);
@@ -464,11 +464,10 @@ struct ngx_http_ws_heartbeat_io {
     {
         if (h.op == wshb::opcode::close) {
             ngx_http_ws_heartbeat_count_close_frame(
-                                                ngx_http_ws_heartbeat_stats(ctx),
-                                                    sender()->which,
-                                                    payload, n);
+                ngx_http_ws_heartbeat_stats(ctx), sender()->which(),
+                payload, n);
             if (ctx->first_close == 0) {
-                ctx->first_close = sender()->which + 1;
+                ctx->first_close = sender()->which() + 1;
             }
         }
 
@@ -477,8 +476,10 @@ struct ngx_http_ws_heartbeat_io {
          * unless an endpoint's own Close has just gone that way
          */
 
-        if (side->drain_pending && !side->out.in_message()) {
-            side->drain_pending = 0;
+        if (side->is(NGX_HTTP_WS_HB_S_DRAIN_PENDING)
+            && !side->out.in_message())
+        {
+            side->set(NGX_HTTP_WS_HB_S_DRAIN_PENDING, 0);
 
             if (h.op != wshb::opcode::close) {
                 (void) ngx_http_ws_heartbeat_queue_close(side, 1001,
@@ -489,7 +490,7 @@ struct ngx_http_ws_heartbeat_io {
         /* a Close has gone to this peer: the module sends none of its own */
 
         if (h.op == wshb::opcode::close) {
-            side->close_sent = 1;
+            side->set(NGX_HTTP_WS_HB_S_CLOSE_SENT, 1);
         }
 
         if (h.op != wshb::opcode::close || ctx->close_seen) {
@@ -500,14 +501,14 @@ struct ngx_http_ws_heartbeat_io {
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, conn->log, 0,
                        "ws heartbeat: %s sent Close",
-                       side->which == NGX_HTTP_WS_HB_CLIENT ? "upstream"
+                       side->which() == NGX_HTTP_WS_HB_CLIENT ? "upstream"
                                                             : "client");
         ctx->close_seen = 1;
         ngx_http_ws_heartbeat_stop(ctx);
         ctx->client.out.drop_queued();
         ctx->upstream.out.drop_queued();
-        ctx->client.ping_queued = 0;
-        ctx->upstream.ping_queued = 0;
+        ctx->client.set(NGX_HTTP_WS_HB_S_PING_QUEUED, 0);
+        ctx->upstream.set(NGX_HTTP_WS_HB_S_PING_QUEUED, 0);
 
         /* a draining connection keeps its grace timer */
 
@@ -542,7 +543,7 @@ struct ngx_http_ws_heartbeat_io {
         ngx_log_error(NGX_LOG_INFO, conn->log, 0,
                       "%s sent invalid WebSocket frame (%s), "
                       "ws heartbeat disabled for this connection",
-                      side->which == NGX_HTTP_WS_HB_CLIENT ? "upstream"
+                      side->which() == NGX_HTTP_WS_HB_CLIENT ? "upstream"
                                                            : "client",
                       wshb::to_string(e));
 
@@ -825,10 +826,10 @@ ngx_http_ws_heartbeat_start_side(ngx_http_ws_heartbeat_side_t *s,
 
     /* a side has a heartbeat when the module pings it */
 
-    hb = ctx->hb(s->which);
+    hb = ctx->hb(s->which());
 
     if (hb != nullptr) {
-        hb->start(ngx_http_ws_heartbeat_hb_conf(ctx, s->which),
+        hb->start(ngx_http_ws_heartbeat_hb_conf(ctx, s->which()),
                   ngx_current_msec);
     }
 }
@@ -899,9 +900,14 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
     r->write_event_handler = ngx_http_ws_heartbeat_write_handler;
     u->write_event_handler = ngx_http_ws_heartbeat_upstream_write_handler;
 
-    /* like the per-connection timer it replaces: no reason to stay for */
+    /*
+     * not cancelable: like nginx's own relay timers it keeps an exiting
+     * worker until the connection ends (ws_heartbeat_drain bounds that);
+     * a cancelable bit would outlive the relay into a lingering close,
+     * which the worker would then abandon ("open socket left")
+     */
 
-    timer->cancelable = 1;
+    timer->cancelable = 0;
 
     ngx_http_ws_heartbeat_start_side(&ctx->client, c);
     ngx_http_ws_heartbeat_start_side(&ctx->upstream, uc);
@@ -958,10 +964,10 @@ ngx_http_ws_heartbeat_after_write(ngx_http_ws_heartbeat_side_t *s) noexcept
 
     ngx_http_ws_heartbeat_ctx_t  *ctx;
 
-    if (s->ping_queued && !s->out.queued()) {
-        s->ping_queued = 0;
+    if (s->is(NGX_HTTP_WS_HB_S_PING_QUEUED) && !s->out.queued()) {
+        s->set(NGX_HTTP_WS_HB_S_PING_QUEUED, 0);
         ctx = ngx_http_ws_heartbeat_ctx_of(s);
-        ctx->hb(s->which)->on_ping_written(ngx_current_msec);
+        ctx->hb(s->which())->on_ping_written(ngx_current_msec);
         ngx_http_ws_heartbeat_arm(ctx);
     }
 }
@@ -1012,7 +1018,7 @@ ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf, size_t size)
     ctx = ngx_http_ws_heartbeat_ctx_of(s);
 
     if (n > 0) {
-        hb = ctx->hb(s->which);
+        hb = ctx->hb(s->which());
 
         if (hb != nullptr) {
             hb->on_receive(ngx_current_msec);
@@ -1020,12 +1026,12 @@ ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf, size_t size)
 
     } else if (n == 0 || n == NGX_ERROR) {
         if (ctx->first_eof == 0) {
-            ctx->first_eof = s->which + 1;
+            ctx->first_eof = s->which() + 1;
         }
 
         /* the start of a Pong held back from the other side goes on */
 
-        ngx_http_ws_heartbeat_release(s->which == NGX_HTTP_WS_HB_CLIENT
+        ngx_http_ws_heartbeat_release(s->which() == NGX_HTTP_WS_HB_CLIENT
                                       ? &ctx->upstream : &ctx->client);
     }
 
@@ -1079,7 +1085,7 @@ ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept
      * out whole; nothing of ours may go before its rest
      */
 
-    if (s->which == NGX_HTTP_WS_HB_CLIENT
+    if (s->which() == NGX_HTTP_WS_HB_CLIENT
         && (c->buffered || io.ctx->request->out != NULL))
     {
         return;
@@ -1169,13 +1175,14 @@ ngx_http_ws_heartbeat_deadline(ngx_http_ws_heartbeat_side_t *s) noexcept
     ngx_http_ws_heartbeat_ctx_t  *ctx;
 
     ctx = ngx_http_ws_heartbeat_ctx_of(s);
-    hb = ctx->hb(s->which);
+    hb = ctx->hb(s->which());
 
     if (hb == nullptr) {
         return 0;
     }
 
-    deadline = hb->next_deadline(ngx_http_ws_heartbeat_hb_conf(ctx, s->which));
+    deadline = hb->next_deadline(
+                   ngx_http_ws_heartbeat_hb_conf(ctx, s->which()));
 
     /*
      * bytes from the peer move the next Ping later but do not re-arm the
@@ -1258,7 +1265,7 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
 
     mask = nullptr;
 
-    if (s->which == NGX_HTTP_WS_HB_UPSTREAM) {
+    if (s->which() == NGX_HTTP_WS_HB_UPSTREAM) {
         if (RAND_bytes(key, sizeof(key)) != 1) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "ws heartbeat: RAND_bytes() failed");
@@ -1268,7 +1275,7 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
         mask = key;
     }
 
-    (void) ngx_http_ws_heartbeat_ctx_of(s)->hb(s->which)->make_ping(
+    (void) ngx_http_ws_heartbeat_ctx_of(s)->hb(s->which())->make_ping(
                payload, ngx_http_ws_heartbeat_now_us());
 
     n = wshb::build_control(wshb::opcode::ping, payload, sizeof(payload),
@@ -1280,12 +1287,13 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                    "ws heartbeat: ping to %s queued",
-                   s->which == NGX_HTTP_WS_HB_CLIENT ? "client" : "upstream");
+                   s->which() == NGX_HTTP_WS_HB_CLIENT ? "client"
+                                                       : "upstream");
 
-    s->ping_queued = 1;
+    s->set(NGX_HTTP_WS_HB_S_PING_QUEUED, 1);
     ngx_http_ws_heartbeat_count(
         ngx_http_ws_heartbeat_stats(ngx_http_ws_heartbeat_ctx_of(s)),
-        pings[s->which]);
+        pings[s->which()]);
 
     ngx_http_ws_heartbeat_flush(s);
 }
@@ -1349,7 +1357,7 @@ ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
 
     for (i = 0; i < 2; i++) {
         s = ngx_http_ws_heartbeat_side_at(ctx, i);
-        hb = ctx->hb(s->which);
+        hb = ctx->hb(s->which());
 
         if (hb == nullptr) {
             continue;
@@ -1369,13 +1377,14 @@ ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
          * good part of the socket buffer has drained)
          */
 
-        if (s->ping_queued && s->blocked
+        if (s->is(NGX_HTTP_WS_HB_S_PING_QUEUED)
+            && s->is(NGX_HTTP_WS_HB_S_BLOCKED)
             && ngx_http_ws_heartbeat_acks(c, lcf->timeout))
         {
             hb->on_receive(ngx_current_msec);
         }
 
-        a = hb->on_timer(ngx_http_ws_heartbeat_hb_conf(ctx, s->which),
+        a = hb->on_timer(ngx_http_ws_heartbeat_hb_conf(ctx, s->which()),
                          ngx_current_msec);
 
         if (a.kind == wshb::action::close) {
@@ -1407,9 +1416,9 @@ ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
     for (i = 0; i < 2; i++) {
         s = ngx_http_ws_heartbeat_side_at(ctx, i);
 
-        if (s->ping_queued) {
+        if (s->is(NGX_HTTP_WS_HB_S_PING_QUEUED)) {
             s->out.drop_queued();
-            s->ping_queued = 0;
+            s->set(NGX_HTTP_WS_HB_S_PING_QUEUED, 0);
         }
     }
 
@@ -1431,13 +1440,13 @@ ngx_http_ws_heartbeat_queue_close(ngx_http_ws_heartbeat_side_t *s,
     std::uint8_t  frame[wshb::inject_capacity];
     std::uint8_t  key[4], *mask;
 
-    if (s->close_sent || s->out.passthrough()) {
+    if (s->is(NGX_HTTP_WS_HB_S_CLOSE_SENT) || s->out.passthrough()) {
         return false;
     }
 
     mask = nullptr;
 
-    if (s->which == NGX_HTTP_WS_HB_UPSTREAM) {
+    if (s->which() == NGX_HTTP_WS_HB_UPSTREAM) {
         if (RAND_bytes(key, sizeof(key)) != 1) {
             return false;
         }
@@ -1454,8 +1463,8 @@ ngx_http_ws_heartbeat_queue_close(ngx_http_ws_heartbeat_side_t *s,
         return false;
     }
 
-    s->close_sent = 1;
-    s->ping_queued = 0;
+    s->set(NGX_HTTP_WS_HB_S_CLOSE_SENT, 1);
+    s->set(NGX_HTTP_WS_HB_S_PING_QUEUED, 0);
 
     return true;
 }
@@ -1526,12 +1535,12 @@ ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
         break;
 
     default:
-        ctx->end = dead->which == NGX_HTTP_WS_HB_CLIENT
+        ctx->end = dead->which() == NGX_HTTP_WS_HB_CLIENT
                    ? NGX_HTTP_WS_HB_END_CLIENT_HEARTBEAT
                    : NGX_HTTP_WS_HB_END_UPSTREAM_HEARTBEAT;
     }
 
-    if (dead->which == NGX_HTTP_WS_HB_CLIENT) {
+    if (dead->which() == NGX_HTTP_WS_HB_CLIENT) {
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
                       "ws heartbeat: closing, client %s "
                       "in location \"%V\"",
@@ -1552,7 +1561,7 @@ ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
      * upstream makes the client see 1011
      */
 
-    if (dead->which == NGX_HTTP_WS_HB_CLIENT) {
+    if (dead->which() == NGX_HTTP_WS_HB_CLIENT) {
         text = reason == wshb::close_reason::heartbeat_timeout
                ? "heartbeat timeout"
                : reason == wshb::close_reason::read_timeout
@@ -1625,7 +1634,6 @@ ngx_http_ws_heartbeat_cleanup(void *data) noexcept
      */
 
     timer = ngx_http_ws_heartbeat_timer(ctx);
-    timer->cancelable = 0;
 
     if (timer->timer_set) {
         ngx_del_timer(timer);
@@ -1859,7 +1867,7 @@ ngx_http_ws_heartbeat_start_drain(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 
     if (!ctx->close_seen) {
         if (s->out.in_message() || !s->out.at_boundary()) {
-            s->drain_pending = 1;
+            s->set(NGX_HTTP_WS_HB_S_DRAIN_PENDING, 1);
 
         } else {
             ngx_http_ws_heartbeat_send_close(s, 1001, "server shutting down");

@@ -109,26 +109,46 @@ typedef enum {
 struct ngx_http_ws_heartbeat_ctx_t;
 
 
+/* a side's flags, in its outbound's owner_bits() */
+
+#define NGX_HTTP_WS_HB_S_UPSTREAM       0x01    /* which: the upstream */
+#define NGX_HTTP_WS_HB_S_PING_QUEUED    0x02    /* our Ping not written */
+#define NGX_HTTP_WS_HB_S_BLOCKED        0x04    /* last write blocked */
+#define NGX_HTTP_WS_HB_S_CLOSE_SENT     0x08    /* a Close went to it */
+#define NGX_HTTP_WS_HB_S_DRAIN_PENDING  0x10    /* Close after message */
+
+
 /*
  * one peer of the relay: the bytes sent to it; its connection, ctx and
- * heartbeat are found from `which` (ngx_ws_heartbeat_module.cpp)
+ * heartbeat are found from which() (ngx_ws_heartbeat_module.cpp)
  */
 struct ngx_http_ws_heartbeat_side_t {
     wshb::outbound                  out;     /* bytes written to this peer */
-    unsigned                        which:1;
-    unsigned                        ping_queued:1;
-    unsigned                        blocked:1;
-    unsigned                        close_sent:1;   /* a Close went to it */
-    unsigned                        drain_pending:1; /* Close after message */
 
     ngx_http_ws_heartbeat_side_t(ngx_uint_t w, bool swallow, bool rsv1)
         noexcept
         : out(w == NGX_HTTP_WS_HB_CLIENT ? wshb::role::server
                                          : wshb::role::client,
-              swallow, rsv1),
-          which(w), ping_queued(0), blocked(0),
-          close_sent(0), drain_pending(0)
+              swallow, rsv1)
     {
+        out.owner_bits() = w == NGX_HTTP_WS_HB_CLIENT
+                           ? 0 : NGX_HTTP_WS_HB_S_UPSTREAM;
+    }
+
+    ngx_uint_t which() const noexcept
+    {
+        return out.owner_bits() & NGX_HTTP_WS_HB_S_UPSTREAM;
+    }
+
+    bool is(std::uint8_t flag) const noexcept
+    {
+        return (out.owner_bits() & flag) != 0;
+    }
+
+    void set(std::uint8_t flag, bool on) noexcept
+    {
+        out.owner_bits() = static_cast<std::uint8_t>(
+            on ? out.owner_bits() | flag : out.owner_bits() & ~flag);
     }
 };
 
@@ -177,8 +197,9 @@ struct ngx_http_ws_heartbeat_ctx_t {
         bool rsv1) noexcept
         : client(NGX_HTTP_WS_HB_CLIENT, upstream_ping, rsv1),
           upstream(NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
-          request(r), header_write_handler(nullptr), end(NGX_HTTP_WS_HB_END_NONE), hooked(0),
-          seen(0), disabled(0), invalid(0), close_seen(0), draining(0),
+          request(r), header_write_handler(nullptr),
+          end(NGX_HTTP_WS_HB_END_NONE), hooked(0), seen(0), disabled(0),
+          invalid(0), close_seen(0), draining(0),
           first_close(0), first_eof(0), upstream_hb(upstream_ping),
           client_hb()
     {
@@ -212,6 +233,9 @@ static_assert(std::is_trivially_destructible<ngx_http_ws_heartbeat_ctx_t>
               ::value, "ctx lives in a pool without a destructor");
 static_assert(std::is_standard_layout<ngx_http_ws_heartbeat_ctx_t>::value,
               "a side finds its ctx with offsetof()");
+static_assert(offsetof(ngx_http_ws_heartbeat_ctx_t, upstream_hb_) <= 256,
+              "per-connection state: at most 256 bytes (without the "
+              "upstream heartbeat)");
 
 
 
