@@ -493,6 +493,27 @@ def med(runs, scen, cfg, metric):
 
 # ------------------------------------------------------ throughput / latency
 
+def measure(n, label, conns, size, rate, inflight, warm, dur, cpus=None):
+    """One client run against nginx n: the client's result plus the
+    worker's CPU (schedstat, user/sys) over the measured window."""
+    c = Client("ws://127.0.0.1:%d/ws" % n.port, label, conns, size, rate,
+               inflight, warm, dur, cpus=cpus)
+    c.wait_ready()
+    t_ready = time.monotonic()
+    time.sleep(max(0, t_ready + warm - time.monotonic()))
+    cpu0, us0 = n.cpu_ns(), n.user_sys()
+    time.sleep(max(0, t_ready + warm + dur - time.monotonic()))
+    cpu1, us1 = n.cpu_ns(), n.user_sys()
+    res = c.result(dur + 30)
+    res.update(nginx_cpu_s=(cpu1 - cpu0) / 1e9,
+               nginx_user_s=us1[0] - us0[0],
+               nginx_sys_s=us1[1] - us0[1],
+               loadavg=os.getloadavg()[0])
+    res["cpu_us_per_msg"] = ((cpu1 - cpu0) / 1e3 / res["messages"]
+                             if res["messages"] else None)
+    return res
+
+
 def section_relay(args, results):
     q = args.quick
     rounds = 1 if q else args.rounds
@@ -529,26 +550,10 @@ def section_relay(args, results):
                 if rnd % 2:
                     order.reverse()
                 for cfg in order:
-                    n = ngx[cfg]
-                    c = Client("ws://127.0.0.1:%d/ws" % n.port,
-                               "%s %s r%d" % (sname, cfg, rnd), conns, size,
-                               rate, inflight, warm, dur, cpus=load_cpus)
-                    c.wait_ready()
-                    t_ready = time.monotonic()
-                    time.sleep(max(0, t_ready + warm - time.monotonic()))
-                    cpu0, us0 = n.cpu_ns(), n.user_sys()
-                    time.sleep(max(0, t_ready + warm + dur
-                                   - time.monotonic()))
-                    cpu1, us1 = n.cpu_ns(), n.user_sys()
-                    res = c.result(dur + 30)
-                    res.update(scenario=sname, config=cfg, round=rnd,
-                               nginx_cpu_s=(cpu1 - cpu0) / 1e9,
-                               nginx_user_s=us1[0] - us0[0],
-                               nginx_sys_s=us1[1] - us0[1],
-                               loadavg=os.getloadavg()[0])
-                    res["cpu_us_per_msg"] = ((cpu1 - cpu0) / 1e3
-                                             / res["messages"]
-                                             if res["messages"] else None)
+                    res = measure(ngx[cfg], "%s %s r%d" % (sname, cfg, rnd),
+                                  conns, size, rate, inflight, warm, dur,
+                                  load_cpus)
+                    res.update(scenario=sname, config=cfg, round=rnd)
                     runs.append(res)
                     say("  r%d %-26s %s  %9.0f msg/s %8.2f MB/s  p50 %7.1f "
                         "p99 %8.1f us  nginx %5.2f us/msg  pings %d  err %d"
@@ -630,26 +635,15 @@ def section_pairs(args, results):
             for i in range(n_pairs):
                 pair = {}
                 for cfg in (("A", "C") if i % 2 == 0 else ("C", "A")):
-                    n = ngx[cfg]
-                    c = Client("ws://127.0.0.1:%d/ws" % n.port,
-                               "pair %s %s %d" % (sname, cfg, i), conns,
-                               size, 0, inflight, warm, dur)
-                    c.wait_ready()
-                    t_ready = time.monotonic()
-                    time.sleep(max(0, t_ready + warm - time.monotonic()))
-                    cpu0 = n.cpu_ns()
-                    time.sleep(max(0, t_ready + warm + dur
-                                   - time.monotonic()))
-                    cpu1 = n.cpu_ns()
-                    r = c.result(dur + 30)
+                    r = measure(ngx[cfg], "pair %s %s %d" % (sname, cfg, i),
+                                conns, size, 0, inflight, warm, dur)
                     if not r["messages"] or r["errors"]:
                         raise RuntimeError("pair %s %s: %d messages, %d "
                                            "errors" % (sname, cfg,
                                                        r["messages"],
                                                        r["errors"]))
                     pair[cfg] = dict(msgs_per_s=r["msgs_per_s"],
-                                     cpu_us_per_msg=(cpu1 - cpu0) / 1e3
-                                     / r["messages"])
+                                     cpu_us_per_msg=r["cpu_us_per_msg"])
                 rows.append(dict(
                     A=pair["A"], C=pair["C"],
                     thr_ratio=pair["C"]["msgs_per_s"]
