@@ -1,7 +1,9 @@
 
 /*
- * ngx_ws_heartbeat_module: the types the glue files share. The only place
- * besides the glue .cpp files that includes nginx headers.
+ * ngx_ws_heartbeat_module: what the glue files share. The configuration,
+ * the per-connection state (ctx, its two sides), the counters in shared
+ * memory, the small lookups every file uses, and the functions one glue
+ * file offers the others. The only header that includes nginx's.
  */
 
 
@@ -73,15 +75,19 @@ typedef enum {
  */
 
 typedef struct {
+    ngx_atomic_t                    buckets[NGX_HTTP_WS_HB_RTT_BUCKETS];
+    ngx_atomic_t                    sum_us;
+    ngx_atomic_t                    count;
+} ngx_http_ws_heartbeat_histogram_t;
+
+typedef struct {
     ngx_atomic_t                    connections;
     ngx_atomic_t                    active;
     ngx_atomic_t                    pings[2];       /* by side */
     ngx_atomic_t                    pongs[2];
     ngx_atomic_t                    ends[NGX_HTTP_WS_HB_END_N];
     ngx_atomic_t                    close_frames[2][NGX_HTTP_WS_HB_CODES];
-    ngx_atomic_t                    rtt[2][NGX_HTTP_WS_HB_RTT_BUCKETS];
-    ngx_atomic_t                    rtt_sum_us[2];
-    ngx_atomic_t                    rtt_count[2];
+    ngx_http_ws_heartbeat_histogram_t  rtt[2];
 } ngx_http_ws_heartbeat_stats_t;
 
 
@@ -106,22 +112,21 @@ typedef enum {
 } ngx_http_ws_heartbeat_side_e;
 
 
-struct ngx_http_ws_heartbeat_ctx_t;
+/* a side's flags: ctx->side_flags[which] */
 
-
-/* a side's flags, in its outbound's owner_bits() */
-
-#define NGX_HTTP_WS_HB_S_UPSTREAM       0x01    /* which: the upstream */
-#define NGX_HTTP_WS_HB_S_PING_QUEUED    0x02    /* our Ping not written */
-#define NGX_HTTP_WS_HB_S_BLOCKED        0x04    /* last write blocked */
-#define NGX_HTTP_WS_HB_S_CLOSE_SENT     0x08    /* a Close went to it */
-#define NGX_HTTP_WS_HB_S_DRAIN_PENDING  0x10    /* Close after message */
+#define NGX_HTTP_WS_HB_S_PING_QUEUED    0x01    /* our Ping not written */
+#define NGX_HTTP_WS_HB_S_BLOCKED        0x02    /* last write blocked */
+#define NGX_HTTP_WS_HB_S_CLOSE_SENT     0x04    /* a Close went to it */
+#define NGX_HTTP_WS_HB_S_DRAIN_PENDING  0x08    /* Close after message */
 
 
 /*
- * one peer of the relay: the bytes sent to it; its connection, ctx and
- * heartbeat are found from which() (ngx_ws_heartbeat_module.cpp)
+ * One peer of the relay, named by the peer it writes to: the client side
+ * carries upstream frames (and our Pings) to the client and may swallow
+ * the upstream's Pongs; the upstream side carries client frames to the
+ * upstream and swallows the client's Pongs to our Pings.
  */
+
 struct ngx_http_ws_heartbeat_side_t {
     wshb::outbound                  out;     /* bytes written to this peer */
 
@@ -131,24 +136,14 @@ struct ngx_http_ws_heartbeat_side_t {
                                          : wshb::role::client,
               swallow, rsv1)
     {
-        out.owner_bits() = w == NGX_HTTP_WS_HB_CLIENT
-                           ? 0 : NGX_HTTP_WS_HB_S_UPSTREAM;
     }
+
+    /* the upstream side relays the client's frames: it writes as one */
 
     ngx_uint_t which() const noexcept
     {
-        return out.owner_bits() & NGX_HTTP_WS_HB_S_UPSTREAM;
-    }
-
-    bool is(std::uint8_t flag) const noexcept
-    {
-        return (out.owner_bits() & flag) != 0;
-    }
-
-    void set(std::uint8_t flag, bool on) noexcept
-    {
-        out.owner_bits() = static_cast<std::uint8_t>(
-            on ? out.owner_bits() | flag : out.owner_bits() & ~flag);
+        return out.sender() == wshb::role::client ? NGX_HTTP_WS_HB_UPSTREAM
+                                                  : NGX_HTTP_WS_HB_CLIENT;
     }
 };
 
@@ -158,11 +153,9 @@ struct ngx_http_ws_heartbeat_side_t {
  * the client connection's read event timer, which nginx leaves unused while
  * it relays an upgraded connection (ngx_http_upstream_process_upgraded()
  * times only the client's writes and the upstream's reads and writes).
- * The upstream's heartbeat comes last and is allocated only with
- * ws_heartbeat_upstream on.
  */
+
 struct ngx_http_ws_heartbeat_ctx_t {
-    /* client: frames to the client; upstream: frames to the upstream */
     ngx_http_ws_heartbeat_side_t        client;
     ngx_http_ws_heartbeat_side_t        upstream;
 
@@ -170,6 +163,8 @@ struct ngx_http_ws_heartbeat_ctx_t {
 
     /* at the 101 header: the relay has started when it has changed */
     ngx_http_event_handler_pt           header_write_handler;
+
+    std::uint8_t                        side_flags[2]; /* NGX_..._S_* */
 
     unsigned                            end:4;    /* _end_e */
     unsigned                            hooked:1; /* relay hooked */
@@ -183,32 +178,56 @@ struct ngx_http_ws_heartbeat_ctx_t {
     unsigned                            upstream_hb:1; /* allocated */
 
     wshb::heartbeat                     client_hb;
+
+    /*
+     * Allocated at partial size: the upstream's heartbeat machine is the
+     * last member and exists only with ws_heartbeat_upstream on, so the
+     * usual connection costs 56 bytes less (256 instead of 312, as
+     * bench/sizeof_ctx prints). Reached through hb() only.
+     */
     alignas(wshb::heartbeat) unsigned char
-                                        upstream_hb_[sizeof(wshb::heartbeat)];
+                                        upstream_hb_storage[
+                                            sizeof(wshb::heartbeat)];
 
     /* bytes to allocate; the constructor needs them all */
     static std::size_t size(bool upstream_ping) noexcept
     {
         return upstream_ping ? sizeof(ngx_http_ws_heartbeat_ctx_t)
-               : offsetof(ngx_http_ws_heartbeat_ctx_t, upstream_hb_);
+               : offsetof(ngx_http_ws_heartbeat_ctx_t, upstream_hb_storage);
     }
 
     ngx_http_ws_heartbeat_ctx_t(ngx_http_request_t *r, bool upstream_ping,
         bool rsv1) noexcept
         : client(NGX_HTTP_WS_HB_CLIENT, upstream_ping, rsv1),
           upstream(NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
-          request(r), header_write_handler(nullptr),
+          request(r), header_write_handler(nullptr), side_flags{0, 0},
           end(NGX_HTTP_WS_HB_END_NONE), hooked(0), seen(0), disabled(0),
           invalid(0), close_seen(0), draining(0),
           first_close(0), first_eof(0), upstream_hb(upstream_ping),
           client_hb()
     {
         if (upstream_ping) {
-            new (upstream_hb_) wshb::heartbeat();
+            new (upstream_hb_storage) wshb::heartbeat();
         }
     }
 
+    /* the two sides, by which(): the one way to visit both */
+
+    ngx_http_ws_heartbeat_side_t *side(ngx_uint_t which) noexcept
+    {
+        return which == NGX_HTTP_WS_HB_CLIENT ? &client : &upstream;
+    }
+
+    /* the side that carries the other peer's frames */
+
+    ngx_http_ws_heartbeat_side_t *
+    other(const ngx_http_ws_heartbeat_side_t *s) noexcept
+    {
+        return side(s->which() ^ 1);
+    }
+
     /* a side's heartbeat; NULL: the upstream one with no Pings to send */
+
     wshb::heartbeat *hb(ngx_uint_t which) noexcept
     {
         if (which == NGX_HTTP_WS_HB_CLIENT) {
@@ -217,27 +236,34 @@ struct ngx_http_ws_heartbeat_ctx_t {
 
         return upstream_hb
                ? std::launder(reinterpret_cast<wshb::heartbeat *>(
-                     upstream_hb_))
+                     upstream_hb_storage))
                : nullptr;
+    }
+
+    bool is(const ngx_http_ws_heartbeat_side_t *s, std::uint8_t flag)
+        const noexcept
+    {
+        return (side_flags[s->which()] & flag) != 0;
+    }
+
+    void set(const ngx_http_ws_heartbeat_side_t *s, std::uint8_t flag,
+        bool on) noexcept
+    {
+        std::uint8_t  &f = side_flags[s->which()];
+
+        f = static_cast<std::uint8_t>(on ? f | flag : f & ~flag);
     }
 };
 
-/*
- * Both sides are named by the peer they talk to: ctx->client.out carries
- * upstream frames (and our Pings) to the client and may swallow upstream
- * Pongs; ctx->upstream.out carries client frames to the upstream and
- * swallows the client's Pongs to our Pings.
- */
 
 static_assert(std::is_trivially_destructible<ngx_http_ws_heartbeat_ctx_t>
               ::value, "ctx lives in a pool without a destructor");
 static_assert(std::is_standard_layout<ngx_http_ws_heartbeat_ctx_t>::value,
               "a side finds its ctx with offsetof()");
-static_assert(offsetof(ngx_http_ws_heartbeat_ctx_t, upstream_hb_) <= 256,
+static_assert(offsetof(ngx_http_ws_heartbeat_ctx_t, upstream_hb_storage)
+              <= 256,
               "per-connection state: at most 256 bytes (without the "
               "upstream heartbeat)");
-
-
 
 
 #pragma GCC visibility pop
@@ -248,31 +274,270 @@ extern ngx_module_t  ngx_ws_heartbeat_module;
 }
 
 
-/* ngx/ngx_ws_heartbeat_stats.cpp; hidden: called inside the .so only */
+/* the lookups every glue file makes: one way each */
 
-#pragma GCC visibility push(hidden)
+static inline ngx_http_ws_heartbeat_main_conf_t *
+ngx_http_ws_heartbeat_main_conf(ngx_http_request_t *r) noexcept
+{
+    return static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
+               ngx_http_get_module_main_conf(r, ngx_ws_heartbeat_module));
+}
 
 
-ngx_int_t ngx_http_ws_heartbeat_stats_init(ngx_conf_t *cf,
-    ngx_http_ws_heartbeat_main_conf_t *hmcf) noexcept;
-ngx_int_t ngx_http_ws_heartbeat_add_variables(ngx_conf_t *cf) noexcept;
-char *ngx_http_ws_heartbeat_status(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf) noexcept;
-void ngx_http_ws_heartbeat_count_rtt(ngx_http_ws_heartbeat_stats_t *st,
-    ngx_uint_t side, std::uint64_t us) noexcept;
-void ngx_http_ws_heartbeat_count_close_frame(
-    ngx_http_ws_heartbeat_stats_t *st, ngx_uint_t from,
-    const std::uint8_t *payload, std::size_t n) noexcept;
-ngx_http_ws_heartbeat_end_e ngx_http_ws_heartbeat_end(
-    ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
+static inline ngx_http_ws_heartbeat_ctx_t *
+ngx_http_ws_heartbeat_get_ctx(ngx_http_request_t *r) noexcept
+{
+    return static_cast<ngx_http_ws_heartbeat_ctx_t *>(
+               ngx_http_get_module_ctx(r, ngx_ws_heartbeat_module));
+}
 
-#pragma GCC visibility pop
+
+static inline ngx_http_ws_heartbeat_loc_conf_t *
+ngx_http_ws_heartbeat_conf(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    return static_cast<ngx_http_ws_heartbeat_loc_conf_t *>(
+               ngx_http_get_module_loc_conf(ctx->request,
+                                            ngx_ws_heartbeat_module));
+}
+
+
+static inline ngx_http_ws_heartbeat_stats_t *
+ngx_http_ws_heartbeat_stats(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    return ngx_http_ws_heartbeat_main_conf(ctx->request)->stats;
+}
+
+
+/* a side's ctx: the sides are members of it */
+
+static inline ngx_http_ws_heartbeat_ctx_t *
+ngx_http_ws_heartbeat_ctx_of(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    size_t  off;
+
+    off = s->which() == NGX_HTTP_WS_HB_CLIENT
+          ? offsetof(ngx_http_ws_heartbeat_ctx_t, client)
+          : offsetof(ngx_http_ws_heartbeat_ctx_t, upstream);
+
+    return reinterpret_cast<ngx_http_ws_heartbeat_ctx_t *>(
+               reinterpret_cast<u_char *>(s) - off);
+}
+
+
+/* a side's connection; NULL once the upstream one is closed */
+
+static inline ngx_connection_t *
+ngx_http_ws_heartbeat_conn(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    ngx_http_request_t  *r;
+
+    r = ngx_http_ws_heartbeat_ctx_of(s)->request;
+
+    if (s->which() == NGX_HTTP_WS_HB_CLIENT) {
+        return r->connection;
+    }
+
+    return r->upstream != NULL ? r->upstream->peer.connection : NULL;
+}
+
+
+/*
+ * the timer of a connection's heartbeat and of its drain: the client
+ * connection's read event, whose timer nginx leaves unused while relaying
+ * (it fires into r->read_event_handler, which the module wraps)
+ */
+
+static inline ngx_event_t *
+ngx_http_ws_heartbeat_timer(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    return ctx->request->connection->read;
+}
+
+
+/*
+ * nginx's own I/O functions of a connection: what an upgraded connection
+ * has unless another module wrapped them (then the module stays out)
+ */
+
+#if (NGX_SSL)
+#define ngx_http_ws_heartbeat_own(c, tls_io, io)  ((c)->ssl ? (tls_io) : (io))
+#else
+#define ngx_http_ws_heartbeat_own(c, tls_io, io)  (io)
+#endif
+
+static inline ngx_send_pt
+ngx_http_ws_heartbeat_io_send(ngx_connection_t *c) noexcept
+{
+    return ngx_http_ws_heartbeat_own(c, ngx_ssl_write, ngx_io.send);
+}
+
+
+static inline ngx_recv_pt
+ngx_http_ws_heartbeat_io_recv(ngx_connection_t *c) noexcept
+{
+    return ngx_http_ws_heartbeat_own(c, ngx_ssl_recv, ngx_io.recv);
+}
+
+
+/* the clock of RTT samples (ngx_current_msec has milliseconds only) */
+
+static inline std::uint64_t
+ngx_http_ws_heartbeat_now_us() noexcept
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (std::uint64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+
+/*
+ * the next header with this name in a list (headers_in, headers_out),
+ * after *part and *i; start with *part = NULL. NULL: no more.
+ */
+
+static inline ngx_table_elt_t *
+ngx_http_ws_heartbeat_next_header(ngx_list_t *list, const char *name,
+    ngx_list_part_t **part, ngx_uint_t *i) noexcept
+{
+    size_t            len;
+    ngx_table_elt_t  *h;
+
+    if (*part == NULL) {
+        *part = &list->part;
+        *i = 0;
+    }
+
+    len = ngx_strlen(name);
+
+    for ( ;; ) {
+        if (*i >= (*part)->nelts) {
+            if ((*part)->next == NULL) {
+                return NULL;
+            }
+
+            *part = (*part)->next;
+            *i = 0;
+            continue;
+        }
+
+        h = &static_cast<ngx_table_elt_t *>((*part)->elts)[(*i)++];
+
+        if (h->hash != 0 && h->key.len == len
+            && ngx_strncasecmp(h->key.data, (u_char *) name, len) == 0)
+        {
+            return h;
+        }
+    }
+}
+
+
+static inline const char *
+ngx_http_ws_heartbeat_side_name(ngx_uint_t which) noexcept
+{
+    return which == NGX_HTTP_WS_HB_CLIENT ? "client" : "upstream";
+}
 
 
 #define ngx_http_ws_heartbeat_count(st, field)                               \
     if ((st) != NULL) {                                                      \
         (void) ngx_atomic_fetch_add(&(st)->field, 1);                         \
     }
+
+
+/* what each glue file offers the others; hidden: inside the .so only */
+
+#pragma GCC visibility push(hidden)
+
+
+/* ngx/ngx_ws_heartbeat_filter.cpp: finds upgraded connections, hooks them */
+
+ngx_int_t ngx_http_ws_heartbeat_filter_init(ngx_conf_t *cf) noexcept;
+
+
+/* ngx/ngx_ws_heartbeat_io.cpp: the send/recv wrappers and what they run */
+
+ssize_t ngx_http_ws_heartbeat_send(ngx_connection_t *c, u_char *buf,
+    size_t size) noexcept;
+ssize_t ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf,
+    size_t size) noexcept;
+void ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r) noexcept;
+void ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
+    ngx_http_upstream_t *u) noexcept;
+bool ngx_http_ws_heartbeat_queue_frame(ngx_http_ws_heartbeat_side_t *s,
+    wshb::opcode op, std::uint16_t code, const std::uint8_t *payload,
+    std::size_t len, bool replace) noexcept;
+void ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept;
+void ngx_http_ws_heartbeat_unhook(ngx_connection_t *c) noexcept;
+
+
+/* ngx/ngx_ws_heartbeat_timer.cpp: deadlines, Pings, timeouts */
+
+void ngx_http_ws_heartbeat_start(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
+void ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
+void ngx_http_ws_heartbeat_read_handler(ngx_http_request_t *r) noexcept;
+
+
+/* ngx/ngx_ws_heartbeat_close.cpp: stepping aside, Close frames, finalize */
+
+void ngx_http_ws_heartbeat_quiet(ngx_http_ws_heartbeat_ctx_t *ctx,
+    bool drop_queued) noexcept;
+void ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx)
+    noexcept;
+bool ngx_http_ws_heartbeat_queue_close(ngx_http_ws_heartbeat_side_t *s,
+    std::uint16_t code, const char *reason) noexcept;
+void ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
+    std::uint16_t code, const char *reason) noexcept;
+void ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
+    ngx_http_ws_heartbeat_side_t *dead, wshb::close_reason reason) noexcept;
+void ngx_http_ws_heartbeat_finalize(ngx_http_ws_heartbeat_ctx_t *ctx)
+    noexcept;
+
+
+/* ngx/ngx_ws_heartbeat_exit.cpp: the worker-exit drain */
+
+void ngx_http_ws_heartbeat_start_drain(ngx_http_ws_heartbeat_ctx_t *ctx)
+    noexcept;
+void ngx_http_ws_heartbeat_drain_expired(ngx_http_ws_heartbeat_ctx_t *ctx)
+    noexcept;
+ngx_int_t ngx_http_ws_heartbeat_init_process(ngx_cycle_t *cycle) noexcept;
+void ngx_http_ws_heartbeat_exit_process(ngx_cycle_t *cycle) noexcept;
+
+
+/* ngx/ngx_ws_heartbeat_stats.cpp: the counters in shared memory */
+
+ngx_int_t ngx_http_ws_heartbeat_stats_init(ngx_conf_t *cf,
+    ngx_http_ws_heartbeat_main_conf_t *hmcf) noexcept;
+void ngx_http_ws_heartbeat_count_rtt(ngx_http_ws_heartbeat_stats_t *st,
+    ngx_uint_t side, std::uint64_t us) noexcept;
+void ngx_http_ws_heartbeat_count_close_frame(
+    ngx_http_ws_heartbeat_stats_t *st, ngx_uint_t from,
+    const std::uint8_t *payload, std::size_t n) noexcept;
+void ngx_http_ws_heartbeat_count_start(ngx_http_ws_heartbeat_ctx_t *ctx)
+    noexcept;
+void ngx_http_ws_heartbeat_count_end(ngx_http_ws_heartbeat_ctx_t *ctx)
+    noexcept;
+ngx_http_ws_heartbeat_end_e ngx_http_ws_heartbeat_end(
+    ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
+extern const char  *ngx_http_ws_heartbeat_end_names[];
+extern const std::uint64_t  ngx_http_ws_heartbeat_rtt_le[];
+
+
+/* ngx/ngx_ws_heartbeat_status.cpp: the ws_heartbeat_status endpoint */
+
+char *ngx_http_ws_heartbeat_status(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf) noexcept;
+ngx_int_t ngx_http_ws_heartbeat_status_handler(ngx_http_request_t *r)
+    noexcept;
+
+
+/* ngx/ngx_ws_heartbeat_variables.cpp: the $ws_heartbeat_* variables */
+
+ngx_int_t ngx_http_ws_heartbeat_add_variables(ngx_conf_t *cf) noexcept;
+
+
+#pragma GCC visibility pop
 
 
 #endif /* NGX_WS_HEARTBEAT_HPP */

@@ -81,12 +81,12 @@ public:
     bool at_boundary() const noexcept; // written stream between frames
     const frame_header& last_header() const noexcept;
 
-    // One byte not used by outbound: its owner keeps per-direction flags
-    // here (it takes room that is padding otherwise). A member function,
-    // not a public data member, so that outbound (and what holds it)
-    // stays standard-layout for offsetof; starts at 0.
-    std::uint8_t& owner_bits() noexcept { return owner_bits_; }
-    std::uint8_t owner_bits() const noexcept { return owner_bits_; }
+    // Who produced the relay bytes (the constructor's `sender`): the
+    // client for the stream written to the upstream (masked frames).
+    role sender() const noexcept
+    {
+        return flag(f_client) ? role::client : role::server;
+    }
 
 private:
     // The scanner sees relay bytes as they are consumed: written, or
@@ -169,7 +169,6 @@ private:
     std::uint8_t hold_len_ = 0;
     std::uint8_t hold_off_ = 0;
     std::uint8_t flags_ = 0;
-    std::uint8_t owner_bits_ = 0;
     std::uint32_t retry_len_ = 0;
 };
 

@@ -20,6 +20,9 @@ from lib.wsproto import TEXT, Client
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 MODULE_CPP = os.path.join(ROOT, "ngx_ws_heartbeat_module.cpp")
 STATS_CPP = os.path.join(ROOT, "ngx", "ngx_ws_heartbeat_stats.cpp")
+STATUS_CPP = os.path.join(ROOT, "ngx", "ngx_ws_heartbeat_status.cpp")
+VARIABLES_CPP = os.path.join(ROOT, "ngx", "ngx_ws_heartbeat_variables.cpp")
+HEADER_HPP = os.path.join(ROOT, "ngx", "ngx_ws_heartbeat.hpp")
 DOCS = os.path.join(ROOT, "docs")
 EXAMPLE = os.path.join(ROOT, "examples", "ws-heartbeat-site.conf")
 
@@ -78,16 +81,15 @@ def merge_defaults():
 
 
 def variables():
-    block = c_block(read(STATS_CPP), "ngx_http_ws_heartbeat_vars[] =")
-    names = re.findall(r'ngx_string\("(\w+)"\)', block)
+    block = c_block(read(VARIABLES_CPP), "ngx_http_ws_heartbeat_vars[] =")
+    names = re.findall(r'ngx_http_ws_heartbeat_var\("(\w+)"', block)
     assert names
     return names
 
 
 def metric_families():
-    text = read(STATS_CPP)
-    return re.findall(r'NGX_HTTP_WS_HB_FAMILY\(p,\s*"(\w+)",\s*"(\w+)"',
-                      text)
+    block = c_block(read(STATUS_CPP), "ngx_http_ws_heartbeat_families[]")
+    return re.findall(r'\{\s*"(\w+)",\s*"(\w+)",', block)
 
 
 def end_names():
@@ -96,8 +98,9 @@ def end_names():
 
 
 def sides():
-    return c_strings(c_block(read(STATS_CPP),
-                             "ngx_http_ws_heartbeat_sides[] ="))
+    text = read(HEADER_HPP)
+    i = text.index("ngx_http_ws_heartbeat_side_name(ngx_uint_t which)")
+    return c_strings(text[i:text.index("}", i)])
 
 
 def log_formats():

@@ -1,0 +1,217 @@
+
+/*
+ * ngx_ws_heartbeat_module: how a managed connection stops being managed
+ * or ends. Going quiet (an endpoint's Close), stepping aside (a frame the
+ * module cannot parse), the module's own Close frames, and closing a
+ * connection whose peer is dead or timed out: Close frames first, then
+ * ngx_http_finalize_request() by the verified-safe path. Called from the
+ * timer, the Io adapter and the worker-exit drain.
+ */
+
+
+#include "ngx_ws_heartbeat.hpp"
+
+
+static void ngx_http_ws_heartbeat_discard_input(
+    ngx_http_ws_heartbeat_side_t *s) noexcept;
+
+
+/*
+ * no more Pings or timeouts on either side; the queued Pings go too (all
+ * queued frames with drop_queued). Safe inside the Io callbacks.
+ */
+
+void
+ngx_http_ws_heartbeat_quiet(ngx_http_ws_heartbeat_ctx_t *ctx,
+    bool drop_queued) noexcept
+{
+    ngx_uint_t                     i;
+    wshb::heartbeat               *hb;
+    ngx_http_ws_heartbeat_side_t  *s;
+
+    for (i = 0; i < 2; i++) {
+        s = ctx->side(i);
+        hb = ctx->hb(i);
+
+        if (hb != nullptr) {
+            hb->stop();
+        }
+
+        if (drop_queued || ctx->is(s, NGX_HTTP_WS_HB_S_PING_QUEUED)) {
+            s->out.drop_queued();
+            ctx->set(s, NGX_HTTP_WS_HB_S_PING_QUEUED, 0);
+        }
+    }
+
+    /* a draining connection keeps its grace timer */
+
+    if (ngx_http_ws_heartbeat_timer(ctx)->timer_set && !ctx->draining) {
+        ngx_del_timer(ngx_http_ws_heartbeat_timer(ctx));
+    }
+}
+
+
+/* the module no longer injects anything: plain forwarding, as stock nginx */
+
+void
+ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    ctx->disabled = 1;
+
+    ngx_http_ws_heartbeat_quiet(ctx, false);
+}
+
+
+/* safe inside the Io callbacks of s->out: it only queues */
+
+bool
+ngx_http_ws_heartbeat_queue_close(ngx_http_ws_heartbeat_side_t *s,
+    std::uint16_t code, const char *reason) noexcept
+{
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    ctx = ngx_http_ws_heartbeat_ctx_of(s);
+
+    if (ctx->is(s, NGX_HTTP_WS_HB_S_CLOSE_SENT) || s->out.passthrough()) {
+        return false;
+    }
+
+    /* a Close takes the place of a queued Ping */
+
+    if (!ngx_http_ws_heartbeat_queue_frame(s, wshb::opcode::close, code,
+                                           (const std::uint8_t *) reason,
+                                           ngx_strlen(reason), true))
+    {
+        return false;
+    }
+
+    ctx->set(s, NGX_HTTP_WS_HB_S_CLOSE_SENT, 1);
+    ctx->set(s, NGX_HTTP_WS_HB_S_PING_QUEUED, 0);
+
+    return true;
+}
+
+
+void
+ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
+    std::uint16_t code, const char *reason) noexcept
+{
+    if (ngx_http_ws_heartbeat_queue_close(s, code, reason)) {
+        ngx_http_ws_heartbeat_flush(s);
+    }
+}
+
+
+void
+ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
+    ngx_http_ws_heartbeat_side_t *dead, wshb::close_reason reason) noexcept
+{
+    const char                *text;
+    ngx_http_request_t        *r;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    r = ctx->request;
+    clcf = static_cast<ngx_http_core_loc_conf_t *>(
+               ngx_http_get_module_loc_conf(r, ngx_http_core_module));
+
+    switch (reason) {
+
+    case wshb::close_reason::read_timeout:
+        ctx->end = NGX_HTTP_WS_HB_END_READ_TIMEOUT;
+        break;
+
+    case wshb::close_reason::send_timeout:
+        ctx->end = NGX_HTTP_WS_HB_END_SEND_TIMEOUT;
+        break;
+
+    default:
+        ctx->end = dead->which() == NGX_HTTP_WS_HB_CLIENT
+                   ? NGX_HTTP_WS_HB_END_CLIENT_HEARTBEAT
+                   : NGX_HTTP_WS_HB_END_UPSTREAM_HEARTBEAT;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "ws heartbeat: closing, %s %s in location \"%V\"",
+                  ngx_http_ws_heartbeat_side_name(dead->which()),
+                  wshb::to_string(reason), &clcf->name);
+
+    ngx_http_ws_heartbeat_step_aside(ctx);
+
+    /*
+     * tell the side still alive first, then best effort the other one;
+     * a client gone dead makes the backend see 1001 "going away", a dead
+     * upstream makes the client see 1011
+     */
+
+    if (dead->which() == NGX_HTTP_WS_HB_CLIENT) {
+        text = reason == wshb::close_reason::heartbeat_timeout
+               ? "heartbeat timeout"
+               : reason == wshb::close_reason::read_timeout
+               ? "read timeout" : "send timeout";
+
+        ngx_http_ws_heartbeat_send_close(&ctx->upstream, 1001, text);
+        ngx_http_ws_heartbeat_send_close(&ctx->client, 1001, text);
+
+    } else {
+        ngx_http_ws_heartbeat_send_close(&ctx->client, 1011,
+                                         "upstream timeout");
+        ngx_http_ws_heartbeat_send_close(&ctx->upstream, 1001,
+                                         "heartbeat timeout");
+    }
+
+    ngx_http_ws_heartbeat_finalize(ctx);
+}
+
+
+void
+ngx_http_ws_heartbeat_finalize(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = ctx->request;
+    c = r->connection;
+
+    ngx_http_ws_heartbeat_discard_input(&ctx->upstream);
+    ngx_http_ws_heartbeat_discard_input(&ctx->client);
+
+    /*
+     * ngx_http_finalize_request(r, NGX_ERROR) alone frees r inside
+     * ngx_http_terminate_request(); take a reference the way
+     * ngx_http_request_handler() does for c->close
+     */
+
+    r->main->count++;
+    ngx_http_finalize_request(r, NGX_ERROR);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * close() on a socket with unread input sends RST and discards what is
+ * still queued for sending: our Close frame. Read and drop what has
+ * arrived (bounded) so that the Close goes out before the FIN.
+ */
+
+static void
+ngx_http_ws_heartbeat_discard_input(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    size_t             total;
+    ssize_t            n;
+    u_char             buf[4096];
+    ngx_connection_t  *c;
+
+    c = ngx_http_ws_heartbeat_conn(s);
+
+    if (c == NULL) {
+        return;
+    }
+
+    for (total = 0; total < 65536; total += n) {
+        n = c->recv(c, buf, sizeof(buf));
+
+        if (n <= 0) {
+            return;
+        }
+    }
+}

@@ -1,0 +1,437 @@
+
+/*
+ * ngx_ws_heartbeat_module: the relay's bytes. The send/recv wrappers that
+ * nginx's relay calls on both connections, the Io adapter that gives
+ * wshb::outbound (src/outbound.hpp) the real send, and the write-event
+ * wrappers that flush the module's own frames before the relay runs.
+ * Calls the timer (a blocked write, a written Ping), the close path (an
+ * endpoint's Close, a frame it cannot parse) and the counters.
+ */
+
+
+#include "ngx_ws_heartbeat.hpp"
+
+#include <openssl/rand.h>
+
+
+static void ngx_http_ws_heartbeat_write_out(ngx_http_ws_heartbeat_side_t *s,
+    bool release) noexcept;
+
+
+/* the Io of wshb::outbound: the real send of one peer's connection */
+
+#pragma GCC visibility push(hidden)
+
+struct ngx_http_ws_heartbeat_io {
+    ngx_http_ws_heartbeat_side_t  *side;
+    ngx_http_ws_heartbeat_ctx_t   *ctx;
+    ngx_connection_t              *conn;
+
+    ngx_http_ws_heartbeat_io(ngx_http_ws_heartbeat_side_t *s,
+        ngx_connection_t *c) noexcept
+        : side(s), ctx(ngx_http_ws_heartbeat_ctx_of(s)), conn(c)
+    {
+    }
+
+    long write(const std::uint8_t *p, std::size_t n) noexcept
+    {
+        ngx_connection_t  *c = conn;
+        ssize_t            rc;
+        wshb::heartbeat   *hb;
+
+        rc = ngx_http_ws_heartbeat_io_send(c)(c, const_cast<u_char *>(p), n);
+
+        hb = ctx->hb(side->which());
+
+        if (rc > 0) {
+            if (hb != nullptr) {
+                hb->on_write_progress();
+            }
+
+            ctx->set(side, NGX_HTTP_WS_HB_S_BLOCKED, 0);
+        }
+
+        if (rc == NGX_ERROR || (rc >= 0 && (size_t) rc == n)) {
+            return rc;
+        }
+
+        /* short write or NGX_AGAIN: the real send has cleared ready */
+
+        if (!ctx->is(side, NGX_HTTP_WS_HB_S_BLOCKED)) {
+            ctx->set(side, NGX_HTTP_WS_HB_S_BLOCKED, 1);
+
+            if (hb != nullptr) {
+                hb->on_write_blocked(ngx_current_msec);
+                ngx_http_ws_heartbeat_arm(ctx);
+            }
+        }
+
+        return rc;
+    }
+
+    bool match_pong(const std::uint8_t *payload, std::size_t n) noexcept
+    {
+        bool                           sampled;
+        wshb::heartbeat               *hb;
+        ngx_http_ws_heartbeat_side_t  *peer;
+        ngx_http_ws_heartbeat_stats_t *st;
+
+        peer = ctx->other(side);
+        hb = ctx->hb(peer->which());
+
+        if (hb == nullptr) {
+            return false;
+        }
+
+        if (!hb->on_pong(payload, n, ngx_http_ws_heartbeat_now_us(),
+                         &sampled))
+        {
+            return false;
+        }
+
+        st = ngx_http_ws_heartbeat_stats(ctx);
+        ngx_http_ws_heartbeat_count(st, pongs[peer->which()]);
+
+        if (sampled) {
+            ngx_http_ws_heartbeat_count_rtt(st, peer->which(),
+                                            hb->rtt_last_us());
+        }
+
+        return true;
+    }
+
+    void on_header(const wshb::frame_header &h) noexcept
+    {
+        wshb::heartbeat  *hb;
+
+        if (wshb::is_data(h.op)) {
+            hb = ctx->hb(ctx->other(side)->which());
+
+            if (hb != nullptr) {
+                hb->on_data(ngx_current_msec);
+            }
+        }
+    }
+
+    void on_frame(const wshb::frame_header &h, const std::uint8_t *payload,
+                  std::size_t n) noexcept
+    {
+        if (h.op == wshb::opcode::close) {
+            ngx_http_ws_heartbeat_count_close_frame(
+                ngx_http_ws_heartbeat_stats(ctx), ctx->other(side)->which(),
+                payload, n);
+            if (ctx->first_close == 0) {
+                ctx->first_close = ctx->other(side)->which() + 1;
+            }
+        }
+
+        /*
+         * draining: the Close waited for the message in flight to end,
+         * unless an endpoint's own Close has just gone that way
+         */
+
+        if (ctx->is(side, NGX_HTTP_WS_HB_S_DRAIN_PENDING)
+            && !side->out.in_message())
+        {
+            ctx->set(side, NGX_HTTP_WS_HB_S_DRAIN_PENDING, 0);
+
+            if (h.op != wshb::opcode::close) {
+                (void) ngx_http_ws_heartbeat_queue_close(side, 1001,
+                                                   "server shutting down");
+            }
+        }
+
+        /* a Close has gone to this peer: the module sends none of its own */
+
+        if (h.op == wshb::opcode::close) {
+            ctx->set(side, NGX_HTTP_WS_HB_S_CLOSE_SENT, 1);
+        }
+
+        if (h.op != wshb::opcode::close || ctx->close_seen) {
+            return;
+        }
+
+        /* an endpoint started the closing handshake: no more Pings */
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, conn->log, 0,
+                       "ws heartbeat: %s sent Close",
+                       ngx_http_ws_heartbeat_side_name(
+                           ctx->other(side)->which()));
+        ctx->close_seen = 1;
+        ngx_http_ws_heartbeat_quiet(ctx, true);
+    }
+
+    void on_error(wshb::scan_error e) noexcept
+    {
+        /* counted once, as the connection's end, when it ends */
+
+        if (ctx->end == NGX_HTTP_WS_HB_END_NONE) {
+            ctx->end = NGX_HTTP_WS_HB_END_INVALID_FRAME;
+        }
+
+        /* one line per connection: the other direction may follow */
+
+        if (ctx->invalid) {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, conn->log, 0,
+                           "ws heartbeat: invalid frame (%s) after "
+                           "stepping aside", wshb::to_string(e));
+            return;
+        }
+
+        ctx->invalid = 1;
+
+        ngx_log_error(NGX_LOG_INFO, conn->log, 0,
+                      "%s sent invalid WebSocket frame (%s), "
+                      "ws heartbeat disabled for this connection",
+                      ngx_http_ws_heartbeat_side_name(
+                          ctx->other(side)->which()),
+                      wshb::to_string(e));
+
+        ngx_http_ws_heartbeat_step_aside(ctx);
+    }
+};
+
+#pragma GCC visibility pop
+
+
+static ngx_http_ws_heartbeat_side_t *
+ngx_http_ws_heartbeat_side(ngx_connection_t *c) noexcept
+{
+    ngx_http_request_t           *r;
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    r = static_cast<ngx_http_request_t *>(c->data);
+    ctx = ngx_http_ws_heartbeat_get_ctx(r);
+
+    if (ctx == NULL || !ctx->hooked) {
+        return nullptr;
+    }
+
+    return c == r->connection ? &ctx->client : &ctx->upstream;
+}
+
+
+/*
+ * nginx's own I/O functions back, where they are still the module's: at
+ * the end of the relay, or when r->ctx is gone (an internal redirect to
+ * post_action zeroes it) and the wrappers find no side to run
+ */
+
+void
+ngx_http_ws_heartbeat_unhook(ngx_connection_t *c) noexcept
+{
+    if (c->send == ngx_http_ws_heartbeat_send) {
+        c->send = ngx_http_ws_heartbeat_io_send(c);
+    }
+
+    if (c->recv == ngx_http_ws_heartbeat_recv) {
+        c->recv = ngx_http_ws_heartbeat_io_recv(c);
+    }
+}
+
+
+static void
+ngx_http_ws_heartbeat_after_write(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    /* the Pong deadline starts when our Ping has reached the socket */
+
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    ctx = ngx_http_ws_heartbeat_ctx_of(s);
+
+    if (ctx->is(s, NGX_HTTP_WS_HB_S_PING_QUEUED) && !s->out.queued()) {
+        ctx->set(s, NGX_HTTP_WS_HB_S_PING_QUEUED, 0);
+        ctx->hb(s->which())->on_ping_written(ngx_current_msec);
+        ngx_http_ws_heartbeat_arm(ctx);
+    }
+}
+
+
+ssize_t
+ngx_http_ws_heartbeat_send(ngx_connection_t *c, u_char *buf, size_t size)
+    noexcept
+{
+    long                           n;
+    ngx_http_ws_heartbeat_side_t  *s;
+
+    s = ngx_http_ws_heartbeat_side(c);
+
+    if (s == nullptr) {
+        ngx_http_ws_heartbeat_unhook(c);
+        return c->send(c, buf, size);
+    }
+
+    ngx_http_ws_heartbeat_io  io(s, c);
+
+    n = s->out.send(io, buf, size);
+
+    ngx_http_ws_heartbeat_after_write(s);
+
+    return n;
+}
+
+
+ssize_t
+ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf, size_t size)
+    noexcept
+{
+    ssize_t                        n;
+    wshb::heartbeat               *hb;
+    ngx_http_ws_heartbeat_ctx_t   *ctx;
+    ngx_http_ws_heartbeat_side_t  *s;
+
+    s = ngx_http_ws_heartbeat_side(c);
+
+    if (s == nullptr) {
+        ngx_http_ws_heartbeat_unhook(c);
+        return c->recv(c, buf, size);
+    }
+
+    n = ngx_http_ws_heartbeat_io_recv(c)(c, buf, size);
+
+    ctx = ngx_http_ws_heartbeat_ctx_of(s);
+
+    if (n > 0) {
+        hb = ctx->hb(s->which());
+
+        if (hb != nullptr) {
+            hb->on_receive(ngx_current_msec);
+        }
+
+    } else if (n == 0 || n == NGX_ERROR) {
+        if (ctx->first_eof == 0) {
+            ctx->first_eof = s->which() + 1;
+        }
+
+        /* the start of a Pong held back from the other side goes on */
+
+        ngx_http_ws_heartbeat_write_out(ctx->other(s), true);
+    }
+
+    return n;
+}
+
+
+/*
+ * write the module's own bytes to a side's peer: what is queued (flush), or
+ * also the start of a Pong held back from a sender whose stream has ended
+ * (release: it can no longer become a whole one and goes on as it is)
+ */
+
+static void
+ngx_http_ws_heartbeat_write_out(ngx_http_ws_heartbeat_side_t *s,
+    bool release) noexcept
+{
+    long               rc;
+    ngx_connection_t  *c;
+
+    c = ngx_http_ws_heartbeat_conn(s);
+
+    if (c == NULL || !c->write->ready) {
+        return;
+    }
+
+    ngx_http_ws_heartbeat_io  io(s, c);
+
+    /*
+     * ngx_http_upstream_upgrade() does not check that the 101 header went
+     * out whole; nothing of ours may go before its rest
+     */
+
+    if (!release
+        && s->which() == NGX_HTTP_WS_HB_CLIENT
+        && (c->buffered || io.ctx->request->out != NULL))
+    {
+        return;
+    }
+
+    rc = release ? s->out.release(io) : s->out.flush(io);
+
+    if (rc == NGX_AGAIN) {
+        (void) ngx_handle_write_event(c->write, 0);
+    }
+
+    ngx_http_ws_heartbeat_after_write(s);
+}
+
+
+/*
+ * one control frame of the module's own, queued for a side's peer: to the
+ * client unmasked, to the upstream masked with a fresh random key;
+ * replace: it takes the place of a queued frame not yet started
+ */
+
+bool
+ngx_http_ws_heartbeat_queue_frame(ngx_http_ws_heartbeat_side_t *s,
+    wshb::opcode op, std::uint16_t code, const std::uint8_t *payload,
+    std::size_t len, bool replace) noexcept
+{
+    size_t        n;
+    std::uint8_t  frame[wshb::inject_capacity];
+    std::uint8_t  key[4], *mask;
+
+    mask = nullptr;
+
+    if (s->which() == NGX_HTTP_WS_HB_UPSTREAM) {
+        if (RAND_bytes(key, sizeof(key)) != 1) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "ws heartbeat: RAND_bytes() failed");
+            return false;
+        }
+
+        mask = key;
+    }
+
+    n = op == wshb::opcode::close
+        ? wshb::build_close(code, reinterpret_cast<const char *>(payload),
+                            len, mask, frame, sizeof(frame))
+        : wshb::build_control(op, payload, len, mask, frame, sizeof(frame));
+
+    if (replace) {
+        s->out.drop_queued();
+    }
+
+    return n != 0 && s->out.queue(frame, n);
+}
+
+
+void
+ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    /* the common case: each write event of the relay comes through here */
+
+    if (s->out.pending()) {
+        ngx_http_ws_heartbeat_write_out(s, false);
+    }
+}
+
+
+void
+ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r) noexcept
+{
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    ctx = ngx_http_ws_heartbeat_get_ctx(r);
+
+    if (ctx != NULL && ctx->hooked && !r->connection->write->timedout) {
+        ngx_http_ws_heartbeat_flush(&ctx->client);
+    }
+
+    ngx_http_ws_heartbeat_main_conf(r)->write_handler(r);
+}
+
+
+void
+ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
+    ngx_http_upstream_t *u) noexcept
+{
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    ctx = ngx_http_ws_heartbeat_get_ctx(r);
+
+    if (ctx != NULL && ctx->hooked && !u->peer.connection->write->timedout) {
+        ngx_http_ws_heartbeat_flush(&ctx->upstream);
+    }
+
+    ngx_http_ws_heartbeat_main_conf(r)->upstream_write_handler(r, u);
+}
