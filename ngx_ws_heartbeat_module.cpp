@@ -15,11 +15,15 @@
 
 static char *ngx_http_ws_heartbeat_set_time(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf) noexcept;
+static char *ngx_http_ws_heartbeat_set_max_age(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf) noexcept;
 static void *ngx_http_ws_heartbeat_create_main_conf(ngx_conf_t *cf) noexcept;
 static void *ngx_http_ws_heartbeat_create_loc_conf(ngx_conf_t *cf) noexcept;
 static char *ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf,
     void *parent, void *child) noexcept;
 static ngx_int_t ngx_http_ws_heartbeat_init(ngx_conf_t *cf) noexcept;
+static ngx_int_t ngx_http_ws_heartbeat_init_module(ngx_cycle_t *cycle)
+    noexcept;
 
 
 /*
@@ -95,6 +99,20 @@ static ngx_command_t  ngx_http_ws_heartbeat_commands[] = {
       offsetof(ngx_http_ws_heartbeat_loc_conf_t, drain_timeout),
       &ngx_http_ws_heartbeat_positive },
 
+    { ngx_string("ws_heartbeat_drain_spread"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_ws_heartbeat_set_time,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ws_heartbeat_loc_conf_t, drain_spread),
+      &ngx_http_ws_heartbeat_optional },
+
+    { ngx_string("ws_heartbeat_max_age"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_ws_heartbeat_set_max_age,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ws_heartbeat_loc_conf_t, max_age),
+      NULL },
+
     { ngx_string("ws_heartbeat_status"),
       NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_ws_heartbeat_status,
@@ -129,7 +147,7 @@ ngx_module_t  ngx_ws_heartbeat_module = {
     ngx_http_ws_heartbeat_commands,        /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    NULL,                                  /* init module */
+    ngx_http_ws_heartbeat_init_module,     /* init module */
     ngx_http_ws_heartbeat_init_process,    /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
@@ -144,32 +162,23 @@ extern ngx_module_t  ngx_http_proxy_module __attribute__((weak));
 }
 
 
+/*
+ * a time in value: within [b->low, b->high], where 0 means off when
+ * b->low is 0; NGX_CONF_OK or the error, logged with the directive's name
+ */
+
 static char *
-ngx_http_ws_heartbeat_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf) noexcept
+ngx_http_ws_heartbeat_parse_time(ngx_conf_t *cf, ngx_command_t *cmd,
+    ngx_str_t *value, ngx_conf_num_bounds_t *b, ngx_msec_t *mp) noexcept
 {
-    char  *p = static_cast<char *>(conf);
+    ngx_int_t  ms;
 
-    ngx_int_t               ms;
-    ngx_str_t              *value;
-    ngx_msec_t             *mp;
-    ngx_conf_num_bounds_t  *b;
-
-    mp = reinterpret_cast<ngx_msec_t *>(p + cmd->offset);
-
-    if (*mp != NGX_CONF_UNSET_MSEC) {
-        return const_cast<char *>("is duplicate");
-    }
-
-    value = static_cast<ngx_str_t *>(cf->args->elts);
-    b = static_cast<ngx_conf_num_bounds_t *>(cmd->post);
-
-    ms = ngx_parse_time(&value[1], 0);
+    ms = ngx_parse_time(value, 0);
 
     if (ms == NGX_ERROR) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid value \"%V\" in \"%V\" directive",
-                           &value[1], &cmd->name);
+                           value, &cmd->name);
         return static_cast<char *>(NGX_CONF_ERROR);
     }
 
@@ -182,7 +191,7 @@ ngx_http_ws_heartbeat_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid value \"%V\" in \"%V\" directive, "
                            "it must be %sbetween %dms and %dd",
-                           &value[1], &cmd->name,
+                           value, &cmd->name,
                            b->low == 0 ? "0 (off) or " : "",
                            (int) NGX_HTTP_WS_HEARTBEAT_MIN_TIME,
                            (int) (NGX_HTTP_WS_HEARTBEAT_MAX_TIME
@@ -191,6 +200,86 @@ ngx_http_ws_heartbeat_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     *mp = (ngx_msec_t) ms;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_ws_heartbeat_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf) noexcept
+{
+    char  *p = static_cast<char *>(conf);
+
+    ngx_str_t   *value;
+    ngx_msec_t  *mp;
+
+    mp = reinterpret_cast<ngx_msec_t *>(p + cmd->offset);
+
+    if (*mp != NGX_CONF_UNSET_MSEC) {
+        return const_cast<char *>("is duplicate");
+    }
+
+    value = static_cast<ngx_str_t *>(cf->args->elts);
+
+    return ngx_http_ws_heartbeat_parse_time(cf, cmd, &value[1],
+               static_cast<ngx_conf_num_bounds_t *>(cmd->post), mp);
+}
+
+
+/* ws_heartbeat_max_age off | time [jitter] */
+
+static char *
+ngx_http_ws_heartbeat_set_max_age(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf) noexcept
+{
+    ngx_http_ws_heartbeat_loc_conf_t *lcf =
+        static_cast<ngx_http_ws_heartbeat_loc_conf_t *>(conf);
+
+    char       *rv;
+    ngx_str_t  *value;
+
+    if (lcf->max_age != NGX_CONF_UNSET_MSEC) {
+        return const_cast<char *>("is duplicate");
+    }
+
+    value = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        if (cf->args->nelts > 2) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\" in \"%V\" directive, "
+                               "\"off\" takes no jitter",
+                               &value[2], &cmd->name);
+            return static_cast<char *>(NGX_CONF_ERROR);
+        }
+
+        lcf->max_age = 0;
+        lcf->max_age_jitter = 0;
+        return NGX_CONF_OK;
+    }
+
+    rv = ngx_http_ws_heartbeat_parse_time(cf, cmd, &value[1],
+                                          &ngx_http_ws_heartbeat_positive,
+                                          &lcf->max_age);
+    if (rv != NGX_CONF_OK || cf->args->nelts == 2) {
+        return rv;
+    }
+
+    rv = ngx_http_ws_heartbeat_parse_time(cf, cmd, &value[2],
+                                          &ngx_http_ws_heartbeat_optional,
+                                          &lcf->max_age_jitter);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (lcf->max_age_jitter > lcf->max_age) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "the jitter must not exceed the age \"%V\"",
+                           &value[2], &cmd->name, &value[1]);
+        return static_cast<char *>(NGX_CONF_ERROR);
+    }
 
     return NGX_CONF_OK;
 }
@@ -225,6 +314,9 @@ ngx_http_ws_heartbeat_create_loc_conf(ngx_conf_t *cf) noexcept
     conf->send_timeout = NGX_CONF_UNSET_MSEC;
     conf->drain = NGX_CONF_UNSET;
     conf->drain_timeout = NGX_CONF_UNSET_MSEC;
+    conf->drain_spread = NGX_CONF_UNSET_MSEC;
+    conf->max_age = NGX_CONF_UNSET_MSEC;
+    conf->max_age_jitter = NGX_CONF_UNSET_MSEC;
 
     return conf;
 }
@@ -239,8 +331,9 @@ ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_http_ws_heartbeat_loc_conf_t *conf =
         static_cast<ngx_http_ws_heartbeat_loc_conf_t *>(child);
 
-    ngx_http_core_loc_conf_t  *clcf;
-    ngx_http_upstream_conf_t  *ucf;
+    ngx_http_core_loc_conf_t           *clcf;
+    ngx_http_upstream_conf_t           *ucf;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
 
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_value(conf->upstream, prev->upstream, 0);
@@ -251,9 +344,34 @@ ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_value(conf->drain, prev->drain, 1);
     ngx_conf_merge_msec_value(conf->drain_timeout, prev->drain_timeout,
                               5000);
+    ngx_conf_merge_msec_value(conf->drain_spread, prev->drain_spread, 10000);
+
+    /* the jitter goes with the age it was given with; else 10% of it */
+
+    if (conf->max_age == NGX_CONF_UNSET_MSEC) {
+        conf->max_age_jitter = prev->max_age_jitter;
+    }
+
+    ngx_conf_merge_msec_value(conf->max_age, prev->max_age, 0);
+
+    if (conf->max_age_jitter == NGX_CONF_UNSET_MSEC) {
+        conf->max_age_jitter = conf->max_age / 10;
+    }
 
     if (!conf->enable) {
         return NGX_CONF_OK;
+    }
+
+    /* what a worker may need at exit, for the check in init_module */
+
+    hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
+               ngx_http_conf_get_module_main_conf(cf,
+                                                  ngx_ws_heartbeat_module));
+
+    if (conf->drain) {
+        hmcf->longest_drain = ngx_max(hmcf->longest_drain,
+                                      conf->drain_spread
+                                      + conf->drain_timeout);
     }
 
     /*
@@ -319,4 +437,41 @@ ngx_http_ws_heartbeat_init(ngx_conf_t *cf) noexcept
     }
 
     return ngx_http_ws_heartbeat_filter_init(cf);
+}
+
+
+/*
+ * after the whole configuration (worker_shutdown_timeout may come after
+ * the http block): an exiting worker is cut off before its drain can end
+ */
+
+static ngx_int_t
+ngx_http_ws_heartbeat_init_module(ngx_cycle_t *cycle) noexcept
+{
+    ngx_core_conf_t                    *ccf;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
+    if (cycle->conf_ctx[ngx_http_module.index] == NULL) {
+        return NGX_OK;
+    }
+
+    hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
+               ngx_http_cycle_get_module_main_conf(cycle,
+                                                   ngx_ws_heartbeat_module));
+    ccf = reinterpret_cast<ngx_core_conf_t *>(
+              ngx_get_conf(cycle->conf_ctx, ngx_core_module));
+
+    if (ccf->shutdown_timeout != 0
+        && ccf->shutdown_timeout != NGX_CONF_UNSET_MSEC
+        && hmcf->longest_drain > ccf->shutdown_timeout)
+    {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "\"ws_heartbeat_drain_spread\" + "
+                      "\"ws_heartbeat_drain_timeout\" %Mms exceed "
+                      "\"worker_shutdown_timeout\" %Mms, the spread is "
+                      "cut to fit", hmcf->longest_drain,
+                      ccf->shutdown_timeout);
+    }
+
+    return NGX_OK;
 }

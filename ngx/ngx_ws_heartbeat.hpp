@@ -45,6 +45,9 @@ typedef struct {
     ngx_msec_t                      send_timeout;
     ngx_flag_t                      drain;
     ngx_msec_t                      drain_timeout;
+    ngx_msec_t                      drain_spread;
+    ngx_msec_t                      max_age;        /* 0: off */
+    ngx_msec_t                      max_age_jitter;
 } ngx_http_ws_heartbeat_loc_conf_t;
 
 
@@ -58,6 +61,7 @@ typedef enum {
     NGX_HTTP_WS_HB_END_SEND_TIMEOUT,
     NGX_HTTP_WS_HB_END_INVALID_FRAME,
     NGX_HTTP_WS_HB_END_DRAIN,
+    NGX_HTTP_WS_HB_END_MAX_AGE,
     NGX_HTTP_WS_HB_END_CLIENT_CLOSE,
     NGX_HTTP_WS_HB_END_UPSTREAM_CLOSE,
     NGX_HTTP_WS_HB_END_OTHER,
@@ -87,6 +91,7 @@ typedef struct {
     ngx_atomic_t                    pongs[2];
     ngx_atomic_t                    ends[NGX_HTTP_WS_HB_END_N];
     ngx_atomic_t                    close_frames[2][NGX_HTTP_WS_HB_CODES];
+    ngx_atomic_t                    discarded[2];   /* by sender */
     ngx_http_ws_heartbeat_histogram_t  rtt[2];
 } ngx_http_ws_heartbeat_stats_t;
 
@@ -95,6 +100,13 @@ typedef struct {
     ngx_connection_t               *watch;  /* per worker: exit signal */
     ngx_shm_zone_t                 *zone;
     ngx_http_ws_heartbeat_stats_t  *stats;
+
+    /* the worker began to exit at exit_msec (ngx_current_msec) */
+    ngx_flag_t                      exiting;
+    ngx_msec_t                      exit_msec;
+
+    /* the longest drain spread + drain timeout of a location: nginx -t */
+    ngx_msec_t                      longest_drain;
 
     /*
      * the relay's event handlers that the module wraps, the same for every
@@ -117,7 +129,8 @@ typedef enum {
 #define NGX_HTTP_WS_HB_S_PING_QUEUED    0x01    /* our Ping not written */
 #define NGX_HTTP_WS_HB_S_BLOCKED        0x02    /* last write blocked */
 #define NGX_HTTP_WS_HB_S_CLOSE_SENT     0x04    /* a Close went to it */
-#define NGX_HTTP_WS_HB_S_DRAIN_PENDING  0x08    /* Close after message */
+#define NGX_HTTP_WS_HB_S_CLOSE_PENDING  0x08    /* Close after message */
+#define NGX_HTTP_WS_HB_S_PEER_CLOSED    0x10    /* its sender's Close seen */
 
 
 /*
@@ -172,10 +185,16 @@ struct ngx_http_ws_heartbeat_ctx_t {
     unsigned                            disabled:1;   /* stepped aside */
     unsigned                            invalid:1;    /* logged it */
     unsigned                            close_seen:1; /* endpoint Close */
-    unsigned                            draining:1;
+    unsigned                            closing:1;    /* drain, max age */
     unsigned                            first_close:2; /* 1 client, 2 up */
     unsigned                            first_eof:2;   /* 1 client, 2 up */
     unsigned                            upstream_hb:1; /* allocated */
+
+    /*
+     * drawn when the relay is hooked (RAND_bytes): the connection's own
+     * moments in the drain spread and in the max age jitter
+     */
+    std::uint32_t                       random;
 
     wshb::heartbeat                     client_hb;
 
@@ -202,9 +221,9 @@ struct ngx_http_ws_heartbeat_ctx_t {
           upstream(NGX_HTTP_WS_HB_UPSTREAM, true, rsv1),
           request(r), header_write_handler(nullptr), side_flags{0, 0},
           end(NGX_HTTP_WS_HB_END_NONE), hooked(0), seen(0), disabled(0),
-          invalid(0), close_seen(0), draining(0),
+          invalid(0), close_seen(0), closing(0),
           first_close(0), first_eof(0), upstream_hb(upstream_ping),
-          client_hb()
+          random(0), client_hb()
     {
         if (upstream_ping) {
             new (upstream_hb_storage) wshb::heartbeat();
@@ -491,15 +510,23 @@ void ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
     std::uint16_t code, const char *reason) noexcept;
 void ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
     ngx_http_ws_heartbeat_side_t *dead, wshb::close_reason reason) noexcept;
+void ngx_http_ws_heartbeat_start_closing(ngx_http_ws_heartbeat_ctx_t *ctx,
+    ngx_http_ws_heartbeat_end_e why) noexcept;
+bool ngx_http_ws_heartbeat_close_pending(ngx_http_ws_heartbeat_side_t *s)
+    noexcept;
+void ngx_http_ws_heartbeat_closing_expired(ngx_http_ws_heartbeat_ctx_t *ctx)
+    noexcept;
 void ngx_http_ws_heartbeat_finalize(ngx_http_ws_heartbeat_ctx_t *ctx)
     noexcept;
 
 
-/* ngx/ngx_ws_heartbeat_exit.cpp: the worker-exit drain */
+/* ngx/ngx_ws_heartbeat_exit.cpp: the worker-exit drain, the max age */
 
-void ngx_http_ws_heartbeat_start_drain(ngx_http_ws_heartbeat_ctx_t *ctx)
+void ngx_http_ws_heartbeat_exit_hooked(ngx_http_ws_heartbeat_ctx_t *ctx)
     noexcept;
-void ngx_http_ws_heartbeat_drain_expired(ngx_http_ws_heartbeat_ctx_t *ctx)
+std::uint64_t ngx_http_ws_heartbeat_end_deadline(
+    ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
+bool ngx_http_ws_heartbeat_end_due(ngx_http_ws_heartbeat_ctx_t *ctx)
     noexcept;
 ngx_int_t ngx_http_ws_heartbeat_init_process(ngx_cycle_t *cycle) noexcept;
 void ngx_http_ws_heartbeat_exit_process(ngx_cycle_t *cycle) noexcept;

@@ -2,10 +2,16 @@
 /*
  * ngx_ws_heartbeat_module: how a managed connection stops being managed
  * or ends. Going quiet (an endpoint's Close), stepping aside (a frame the
- * module cannot parse), the module's own Close frames, and closing a
- * connection whose peer is dead or timed out: Close frames first, then
- * ngx_http_finalize_request() by the verified-safe path. Called from the
- * timer, the Io adapter and the worker-exit drain.
+ * module cannot parse), the module's own Close frames, the graceful close
+ * on behalf of the client (drain, max age: Close 1001 to the upstream at
+ * a message boundary, bounded by ws_heartbeat_drain_timeout), and closing
+ * a connection whose peer is dead or timed out: Close frames first, then
+ * the upstream's own cleanup. Called from the timer, the Io adapter and
+ * ngx_ws_heartbeat_exit.cpp.
+ *
+ * A Close of the module's ends the stream to its peer (RFC 6455 5.5.1:
+ * no data after a Close): what the other peer still sends that way is
+ * consumed and counted, its own Close included (wshb::outbound, last).
  */
 
 
@@ -43,9 +49,9 @@ ngx_http_ws_heartbeat_quiet(ngx_http_ws_heartbeat_ctx_t *ctx,
         }
     }
 
-    /* a draining connection keeps its grace timer */
+    /* a closing connection keeps its deadline */
 
-    if (ngx_http_ws_heartbeat_timer(ctx)->timer_set && !ctx->draining) {
+    if (ngx_http_ws_heartbeat_timer(ctx)->timer_set && !ctx->closing) {
         ngx_del_timer(ngx_http_ws_heartbeat_timer(ctx));
     }
 }
@@ -86,6 +92,7 @@ ngx_http_ws_heartbeat_queue_close(ngx_http_ws_heartbeat_side_t *s,
     }
 
     ctx->set(s, NGX_HTTP_WS_HB_S_CLOSE_SENT, 1);
+    ctx->set(s, NGX_HTTP_WS_HB_S_CLOSE_PENDING, 0);
     ctx->set(s, NGX_HTTP_WS_HB_S_PING_QUEUED, 0);
 
     return true;
@@ -99,6 +106,110 @@ ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
     if (ngx_http_ws_heartbeat_queue_close(s, code, reason)) {
         ngx_http_ws_heartbeat_flush(s);
     }
+}
+
+
+static const char *
+ngx_http_ws_heartbeat_closing_reason(ngx_http_ws_heartbeat_ctx_t *ctx)
+    noexcept
+{
+    return ctx->end == NGX_HTTP_WS_HB_END_MAX_AGE ? "max age"
+                                                  : "server shutting down";
+}
+
+
+/*
+ * Close the connection on behalf of the client (a worker that exits, a
+ * connection at its max age): the upstream gets Close 1001 at the next
+ * boundary between messages; the client hears of it through the
+ * upstream's own Close, which comes after the last message the upstream
+ * sends, and its answer goes no further. What is still open at
+ * ws_heartbeat_drain_timeout is closed by the module (closing_expired()).
+ */
+
+void
+ngx_http_ws_heartbeat_start_closing(ngx_http_ws_heartbeat_ctx_t *ctx,
+    ngx_http_ws_heartbeat_end_e why) noexcept
+{
+    ngx_http_ws_heartbeat_side_t  *s;
+
+    if (ctx->closing) {
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
+                   "ws heartbeat: closing, %s",
+                   ngx_http_ws_heartbeat_end_names[why]);
+
+    ngx_http_ws_heartbeat_step_aside(ctx);
+    ctx->closing = 1;
+
+    if (ctx->end == NGX_HTTP_WS_HB_END_NONE) {
+        ctx->end = why;
+    }
+
+    /* after an endpoint's Close the closing handshake is under way */
+
+    if (!ctx->close_seen) {
+        s = &ctx->upstream;
+        ctx->set(s, NGX_HTTP_WS_HB_S_CLOSE_PENDING, 1);
+
+        if (ngx_http_ws_heartbeat_close_pending(s)) {
+            ngx_http_ws_heartbeat_flush(s);
+        }
+    }
+
+    ngx_add_timer(ngx_http_ws_heartbeat_timer(ctx),
+                  ngx_http_ws_heartbeat_conf(ctx)->drain_timeout);
+}
+
+
+/*
+ * the graceful Close waits for the end of the message in flight and for a
+ * frame of ours in flight (a Ping); true when it has been queued. Safe
+ * inside the Io callbacks: it only queues.
+ */
+
+bool
+ngx_http_ws_heartbeat_close_pending(ngx_http_ws_heartbeat_side_t *s) noexcept
+{
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    ctx = ngx_http_ws_heartbeat_ctx_of(s);
+
+    if (!ctx->is(s, NGX_HTTP_WS_HB_S_CLOSE_PENDING)
+        || s->out.in_message()
+        || !s->out.at_boundary())
+    {
+        return false;
+    }
+
+    return ngx_http_ws_heartbeat_queue_close(s, 1001,
+               ngx_http_ws_heartbeat_closing_reason(ctx));
+}
+
+
+/* the drain timeout has passed: what is still open is closed now */
+
+void
+ngx_http_ws_heartbeat_closing_expired(ngx_http_ws_heartbeat_ctx_t *ctx)
+    noexcept
+{
+    const char  *reason;
+
+    reason = ngx_http_ws_heartbeat_closing_reason(ctx);
+
+    ngx_log_error(NGX_LOG_INFO, ctx->request->connection->log, 0,
+                  "ws heartbeat: closing, drain timeout");
+
+    /* a message still unfinished is cut: a Close may come between frames */
+
+    if (ctx->is(&ctx->upstream, NGX_HTTP_WS_HB_S_CLOSE_PENDING)) {
+        ngx_http_ws_heartbeat_send_close(&ctx->upstream, 1001, reason);
+    }
+
+    ngx_http_ws_heartbeat_send_close(&ctx->client, 1001, reason);
+    ngx_http_ws_heartbeat_finalize(ctx);
 }
 
 
@@ -166,23 +277,37 @@ ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
 void
 ngx_http_ws_heartbeat_finalize(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
+    ngx_connection_t      *c;
+    ngx_http_request_t    *r;
+    ngx_http_cleanup_pt    cleanup;
+    ngx_http_upstream_t   *u;
 
     r = ctx->request;
     c = r->connection;
+    u = r->upstream;
 
     ngx_http_ws_heartbeat_discard_input(&ctx->upstream);
     ngx_http_ws_heartbeat_discard_input(&ctx->client);
 
     /*
-     * ngx_http_finalize_request(r, NGX_ERROR) alone frees r inside
-     * ngx_http_terminate_request(); take a reference the way
-     * ngx_http_request_handler() does for c->close
+     * the upstream's own cleanup (ngx_http_upstream_cleanup(), the slot
+     * u->cleanup points to in r->cleanup) ends the relay as a peer's close
+     * does: the upstream connection closes, the request is finalized with
+     * NGX_DONE and the client connection closes (or lingers). Not
+     * ngx_http_finalize_request(r, NGX_ERROR): with post_action it runs
+     * the post action and leaves the relay open; alone it also frees r
+     * inside ngx_http_terminate_request(). r is gone afterwards.
      */
 
-    r->main->count++;
-    ngx_http_finalize_request(r, NGX_ERROR);
+    if (u == NULL || u->cleanup == NULL || *u->cleanup == NULL) {
+        r->main->count++;
+        ngx_http_finalize_request(r, NGX_ERROR);
+        ngx_http_run_posted_requests(c);
+        return;
+    }
+
+    cleanup = *u->cleanup;
+    cleanup(r);
     ngx_http_run_posted_requests(c);
 }
 

@@ -1,10 +1,12 @@
 
 /*
- * ngx_ws_heartbeat_module: the worker-exit drain. A watch connection per
- * worker learns that the worker is exiting (reload, nginx -s quit); each
- * managed connection then gets Close 1001 toward the upstream at a message
- * boundary, and what is still open at ws_heartbeat_drain_timeout is closed
- * through the close path (ngx_ws_heartbeat_close.cpp).
+ * ngx_ws_heartbeat_module: the ends the module plans for a connection.
+ * The worker-exit drain: a watch connection per worker learns that the
+ * worker is exiting (reload, nginx -s quit), and each managed connection
+ * starts its graceful close (ngx_ws_heartbeat_close.cpp) at its own random
+ * moment in ws_heartbeat_drain_spread. The max age: each connection is
+ * closed the same way at its own age in [max age - jitter, max age].
+ * The timer (ngx_ws_heartbeat_timer.cpp) asks when and whether they are due.
  */
 
 
@@ -14,61 +16,181 @@
 static void ngx_http_ws_heartbeat_exiting(ngx_event_t *ev) noexcept;
 
 
-void
-ngx_http_ws_heartbeat_start_drain(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+/* a uniform draw from [0, range] of a 32-bit random value */
+
+static ngx_msec_t
+ngx_http_ws_heartbeat_uniform(std::uint32_t random, ngx_msec_t range) noexcept
 {
-    ngx_http_ws_heartbeat_side_t  *s;
-
-    if (ctx->draining) {
-        return;
-    }
-
-    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ctx->request->connection->log, 0,
-                   "ws heartbeat: draining");
-
-    ngx_http_ws_heartbeat_step_aside(ctx);
-    ctx->draining = 1;
-
-    if (ctx->end == NGX_HTTP_WS_HB_END_NONE) {
-        ctx->end = NGX_HTTP_WS_HB_END_DRAIN;
-    }
-
-    /*
-     * the upstream gets Close 1001 at the next boundary that is not inside
-     * a fragmented message; the client hears of it through the upstream's
-     * own Close, which comes after the last message the upstream sends, so
-     * nothing reaches the client after a Close. Only what is still open at
-     * the drain timeout gets a Close from the module itself. After an
-     * endpoint's Close the closing handshake is under way already.
-     */
-
-    s = &ctx->upstream;
-
-    if (!ctx->close_seen) {
-        if (s->out.in_message() || !s->out.at_boundary()) {
-            ctx->set(s, NGX_HTTP_WS_HB_S_DRAIN_PENDING, 1);
-
-        } else {
-            ngx_http_ws_heartbeat_send_close(s, 1001, "server shutting down");
-        }
-    }
-
-    ngx_add_timer(ngx_http_ws_heartbeat_timer(ctx),
-                  ngx_http_ws_heartbeat_conf(ctx)->drain_timeout);
+    return (ngx_msec_t) (((std::uint64_t) random * (range + 1)) >> 32);
 }
 
 
-/* the drain timeout: what is still open gets the module's own Close */
+/* when this connection's drain starts: its own moment in the spread */
+
+static std::uint64_t
+ngx_http_ws_heartbeat_drain_at(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    ngx_msec_t                          spread, room;
+    ngx_core_conf_t                    *ccf;
+    ngx_http_ws_heartbeat_loc_conf_t   *lcf;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
+    lcf = ngx_http_ws_heartbeat_conf(ctx);
+    hmcf = ngx_http_ws_heartbeat_main_conf(ctx->request);
+
+    if (!hmcf->exiting || !lcf->drain) {
+        return 0;
+    }
+
+    /* spread and drain timeout fit in worker_shutdown_timeout */
+
+    spread = lcf->drain_spread;
+    ccf = reinterpret_cast<ngx_core_conf_t *>(
+              ngx_get_conf(ngx_cycle->conf_ctx, ngx_core_module));
+
+    if (ccf->shutdown_timeout != 0
+        && ccf->shutdown_timeout != NGX_CONF_UNSET_MSEC)
+    {
+        room = ccf->shutdown_timeout > lcf->drain_timeout
+               ? ccf->shutdown_timeout - lcf->drain_timeout : 0;
+        spread = ngx_min(spread, room);
+    }
+
+    return (std::uint64_t) hmcf->exit_msec
+           + ngx_http_ws_heartbeat_uniform(ctx->random, spread);
+}
+
+
+/* when this connection reaches its max age: its own moment in the jitter */
+
+static std::uint64_t
+ngx_http_ws_heartbeat_max_age_at(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    ngx_msec_t                         age, target;
+    std::uint32_t                      h;
+    ngx_time_t                        *tp;
+    ngx_http_request_t                *r;
+    ngx_http_ws_heartbeat_loc_conf_t  *lcf;
+
+    lcf = ngx_http_ws_heartbeat_conf(ctx);
+
+    /* a connection the module stepped aside from is left as it is */
+
+    if (lcf->max_age == 0 || ctx->disabled) {
+        return 0;
+    }
+
+    /* a draw of its own, not the drain's: the random value mixed */
+
+    h = ctx->random;
+    h = (h ^ (h >> 16)) * 0x85ebca6b;
+    h = (h ^ (h >> 13)) * 0xc2b2ae35;
+    h ^= h >> 16;
+
+    target = lcf->max_age - ngx_http_ws_heartbeat_uniform(h,
+                                                        lcf->max_age_jitter);
+
+    /* the age of the connection: of its request, in nginx's cached time */
+
+    r = ctx->request;
+    tp = ngx_timeofday();
+    age = (ngx_msec_t) (tp->sec - r->start_sec) * 1000
+          + tp->msec - r->start_msec;
+
+    return (std::uint64_t) ngx_current_msec
+           + (target > age ? target - age : 0);
+}
+
+
+/* the next planned end of a connection (drain, max age); 0: none */
+
+std::uint64_t
+ngx_http_ws_heartbeat_end_deadline(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    std::uint64_t  drain, age;
+
+    if (ctx->closing) {
+        return 0;
+    }
+
+    drain = ngx_http_ws_heartbeat_drain_at(ctx);
+    age = ngx_http_ws_heartbeat_max_age_at(ctx);
+
+    if (drain == 0 || (age != 0 && age < drain)) {
+        return age;
+    }
+
+    return drain;
+}
+
+
+/*
+ * the timer: a planned end that is due starts the graceful close; in an
+ * exiting worker with ws_heartbeat_drain off the module steps aside, so
+ * that the connection ends as with stock nginx (its Pings would keep an
+ * idle one alive). True: nothing more for the heartbeat to do.
+ */
+
+bool
+ngx_http_ws_heartbeat_end_due(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    std::uint64_t                       at;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
+    if (ctx->closing) {
+        return true;
+    }
+
+    hmcf = ngx_http_ws_heartbeat_main_conf(ctx->request);
+
+    /* the watch could not tell (it is missing): ngx_exiting does */
+
+    if (ngx_exiting && !hmcf->exiting) {
+        hmcf->exiting = 1;
+        hmcf->exit_msec = ngx_current_msec;
+    }
+
+    if (hmcf->exiting && !ngx_http_ws_heartbeat_conf(ctx)->drain) {
+        if (!ctx->disabled) {
+            ngx_http_ws_heartbeat_step_aside(ctx);
+        }
+
+        return true;
+    }
+
+    at = ngx_http_ws_heartbeat_drain_at(ctx);
+
+    if (at != 0 && at <= ngx_current_msec) {
+        ngx_http_ws_heartbeat_start_closing(ctx, NGX_HTTP_WS_HB_END_DRAIN);
+        return true;
+    }
+
+    at = ngx_http_ws_heartbeat_max_age_at(ctx);
+
+    if (at != 0 && at <= ngx_current_msec) {
+        ngx_http_ws_heartbeat_start_closing(ctx, NGX_HTTP_WS_HB_END_MAX_AGE);
+        return true;
+    }
+
+    return false;
+}
+
+
+/* a connection upgraded while the worker is already exiting drains now */
 
 void
-ngx_http_ws_heartbeat_drain_expired(ngx_http_ws_heartbeat_ctx_t *ctx)
-    noexcept
+ngx_http_ws_heartbeat_exit_hooked(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
-    ngx_log_error(NGX_LOG_INFO, ctx->request->connection->log, 0,
-                  "ws heartbeat: closing, drain timeout");
-    ngx_http_ws_heartbeat_send_close(&ctx->client, 1001,
-                                     "server shutting down");
-    ngx_http_ws_heartbeat_finalize(ctx);
+    if (!ngx_exiting) {
+        return;
+    }
+
+    if (ngx_http_ws_heartbeat_conf(ctx)->drain) {
+        ngx_http_ws_heartbeat_start_closing(ctx, NGX_HTTP_WS_HB_END_DRAIN);
+
+    } else {
+        ngx_http_ws_heartbeat_step_aside(ctx);
+    }
 }
 
 
@@ -93,6 +215,9 @@ ngx_http_ws_heartbeat_exiting(ngx_event_t *ev) noexcept
     hmcf->watch = NULL;
     ngx_close_connection(c);
 
+    hmcf->exiting = 1;
+    hmcf->exit_msec = ngx_current_msec;
+
     /*
      * the worker's connections the module has hooked are those with its
      * send(); the client one of each (c == r->connection) stands for its
@@ -116,10 +241,18 @@ ngx_http_ws_heartbeat_exiting(ngx_event_t *ev) noexcept
 
         ctx = ngx_http_ws_heartbeat_get_ctx(r);
 
-        if (ctx != NULL && ctx->hooked
-            && ngx_http_ws_heartbeat_conf(ctx)->drain)
+        /* a relay that has ended (lingering close) is no drain's */
+
+        if (ctx == NULL || !ctx->hooked || r->upstream == NULL
+            || r->upstream->peer.connection == NULL)
         {
-            ngx_http_ws_heartbeat_start_drain(ctx);
+            continue;
+        }
+
+        /* each starts its drain at its own moment: the timer tells */
+
+        if (!ngx_http_ws_heartbeat_end_due(ctx)) {
+            ngx_http_ws_heartbeat_arm(ctx);
         }
     }
 }

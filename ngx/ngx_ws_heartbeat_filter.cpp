@@ -11,6 +11,8 @@
 
 #include "ngx_ws_heartbeat.hpp"
 
+#include <openssl/rand.h>
+
 
 static ngx_int_t ngx_http_ws_heartbeat_is_websocket(ngx_http_request_t *r,
     bool *rsv1) noexcept;
@@ -306,7 +308,6 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
     ngx_event_t                        *timer;
     ngx_connection_t                   *c, *uc;
     ngx_http_upstream_t                *u;
-    ngx_http_ws_heartbeat_loc_conf_t   *lcf;
     ngx_http_ws_heartbeat_main_conf_t  *hmcf;
 
     c = r->connection;
@@ -332,7 +333,12 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "ws heartbeat: hooked");
 
-    lcf = ngx_http_ws_heartbeat_conf(ctx);
+    if (RAND_bytes(reinterpret_cast<unsigned char *>(&ctx->random),
+                   sizeof(ctx->random)) != 1)
+    {
+        ctx->random = (std::uint32_t) ngx_random() << 16
+                      ^ (std::uint32_t) ngx_random();
+    }
 
     ctx->hooked = 1;
 
@@ -358,11 +364,7 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
 
     ngx_http_ws_heartbeat_count_start(ctx);
 
-    /* a connection upgraded while the worker is already exiting */
-
-    if (lcf->drain && ngx_exiting) {
-        ngx_http_ws_heartbeat_start_drain(ctx);
-    }
+    ngx_http_ws_heartbeat_exit_hooked(ctx);
 }
 
 

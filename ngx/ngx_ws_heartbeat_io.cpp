@@ -104,6 +104,13 @@ struct ngx_http_ws_heartbeat_io {
     {
         wshb::heartbeat  *hb;
 
+        /* after a Close of ours to this peer: consumed, not written */
+
+        if (side->out.discarding()) {
+            ngx_http_ws_heartbeat_count(ngx_http_ws_heartbeat_stats(ctx),
+                                        discarded[ctx->other(side)->which()]);
+        }
+
         if (wshb::is_data(h.op)) {
             hb = ctx->hb(ctx->other(side)->which());
 
@@ -116,7 +123,12 @@ struct ngx_http_ws_heartbeat_io {
     void on_frame(const wshb::frame_header &h, const std::uint8_t *payload,
                   std::size_t n) noexcept
     {
-        if (h.op == wshb::opcode::close) {
+        /* an endpoint's Close counts once a direction (a peer may repeat) */
+
+        if (h.op == wshb::opcode::close
+            && !ctx->is(side, NGX_HTTP_WS_HB_S_PEER_CLOSED))
+        {
+            ctx->set(side, NGX_HTTP_WS_HB_S_PEER_CLOSED, 1);
             ngx_http_ws_heartbeat_count_close_frame(
                 ngx_http_ws_heartbeat_stats(ctx), ctx->other(side)->which(),
                 payload, n);
@@ -125,20 +137,21 @@ struct ngx_http_ws_heartbeat_io {
             }
         }
 
+        if (side->out.discarding()) {
+            return;
+        }
+
         /*
-         * draining: the Close waited for the message in flight to end,
-         * unless an endpoint's own Close has just gone that way
+         * closing on behalf of the client: the Close waited for the message
+         * in flight to end, unless an endpoint's own Close has just gone
+         * that way
          */
 
-        if (ctx->is(side, NGX_HTTP_WS_HB_S_DRAIN_PENDING)
-            && !side->out.in_message())
-        {
-            ctx->set(side, NGX_HTTP_WS_HB_S_DRAIN_PENDING, 0);
+        if (h.op == wshb::opcode::close) {
+            ctx->set(side, NGX_HTTP_WS_HB_S_CLOSE_PENDING, 0);
 
-            if (h.op != wshb::opcode::close) {
-                (void) ngx_http_ws_heartbeat_queue_close(side, 1001,
-                                                   "server shutting down");
-            }
+        } else {
+            (void) ngx_http_ws_heartbeat_close_pending(side);
         }
 
         /* a Close has gone to this peer: the module sends none of its own */
@@ -238,6 +251,15 @@ ngx_http_ws_heartbeat_after_write(ngx_http_ws_heartbeat_side_t *s) noexcept
     ngx_http_ws_heartbeat_ctx_t  *ctx;
 
     ctx = ngx_http_ws_heartbeat_ctx_of(s);
+
+    /* a graceful Close waited for our Ping in flight */
+
+    if (ctx->is(s, NGX_HTTP_WS_HB_S_CLOSE_PENDING)
+        && ngx_http_ws_heartbeat_close_pending(s))
+    {
+        ngx_http_ws_heartbeat_flush(s);
+        return;
+    }
 
     if (ctx->is(s, NGX_HTTP_WS_HB_S_PING_QUEUED) && !s->out.queued()) {
         ctx->set(s, NGX_HTTP_WS_HB_S_PING_QUEUED, 0);

@@ -28,6 +28,7 @@ const char  *ngx_http_ws_heartbeat_end_names[] = {
     "send_timeout",
     "invalid_frame",
     "drain",
+    "max_age",
     "client_close",
     "upstream_close",
     "other"

@@ -14,10 +14,10 @@
 
 typedef enum {
     NGX_HTTP_WS_HB_BY_NONE = 0,     /* one counter */
-    NGX_HTTP_WS_HB_BY_PEER,         /* [2]: peer */
+    NGX_HTTP_WS_HB_BY_SIDE,         /* [2]: side */
     NGX_HTTP_WS_HB_BY_REASON,       /* [END_N]: reason, "open" left out */
-    NGX_HTTP_WS_HB_BY_FROM_CODE,    /* [2][CODES]: from, code */
-    NGX_HTTP_WS_HB_BY_PEER_RTT      /* histogram_t[2]: peer, le */
+    NGX_HTTP_WS_HB_BY_SIDE_CODE,    /* [2][CODES]: side, code */
+    NGX_HTTP_WS_HB_BY_SIDE_RTT      /* histogram_t[2]: side, le */
 } ngx_http_ws_heartbeat_by_e;
 
 
@@ -27,6 +27,7 @@ typedef struct {
     const char                 *help;
     const char                 *json;   /* its place in the JSON: "a" "a.b" */
     ngx_http_ws_heartbeat_by_e  by;
+    const char                 *side;   /* the label of a side: peer, from */
     size_t                      offset; /* in ngx_http_ws_heartbeat_stats_t */
 } ngx_http_ws_heartbeat_family_t;
 
@@ -40,37 +41,44 @@ static const ngx_http_ws_heartbeat_family_t  ngx_http_ws_heartbeat_families[]
     = {
     { "connections_total", "counter",
       "WebSocket connections the module has managed.",
-      "connections.total", NGX_HTTP_WS_HB_BY_NONE,
+      "connections.total", NGX_HTTP_WS_HB_BY_NONE, NULL,
       ngx_http_ws_heartbeat_at(connections) },
 
     { "connections_active", "gauge",
       "WebSocket connections the module manages now.",
-      "connections.active", NGX_HTTP_WS_HB_BY_NONE,
+      "connections.active", NGX_HTTP_WS_HB_BY_NONE, NULL,
       ngx_http_ws_heartbeat_at(active) },
 
     { "pings_total", "counter",
       "Pings the module sent, by peer.",
-      "pings", NGX_HTTP_WS_HB_BY_PEER,
+      "pings", NGX_HTTP_WS_HB_BY_SIDE, "peer",
       ngx_http_ws_heartbeat_at(pings) },
 
     { "pongs_total", "counter",
       "Pongs to the module's Pings, by peer.",
-      "pongs", NGX_HTTP_WS_HB_BY_PEER,
+      "pongs", NGX_HTTP_WS_HB_BY_SIDE, "peer",
       ngx_http_ws_heartbeat_at(pongs) },
 
     { "closes_total", "counter",
       "WebSocket connections ended, by reason.",
-      "closes", NGX_HTTP_WS_HB_BY_REASON,
+      "closes", NGX_HTTP_WS_HB_BY_REASON, NULL,
       ngx_http_ws_heartbeat_at(ends) },
 
     { "close_frames_total", "counter",
       "Close frames the endpoints sent, by sender and status code.",
-      "close_frames", NGX_HTTP_WS_HB_BY_FROM_CODE,
+      "close_frames", NGX_HTTP_WS_HB_BY_SIDE_CODE, "from",
       ngx_http_ws_heartbeat_at(close_frames) },
+
+    { "discarded_frames_total", "counter",
+      "Frames an endpoint sent after the module had closed the stream "
+      "toward the other one on its behalf, consumed and not relayed, "
+      "by sender.",
+      "discarded_frames", NGX_HTTP_WS_HB_BY_SIDE, "from",
+      ngx_http_ws_heartbeat_at(discarded) },
 
     { "rtt_seconds", "histogram",
       "Round trip of the module's Pings, by peer.",
-      "rtt_seconds", NGX_HTTP_WS_HB_BY_PEER_RTT,
+      "rtt_seconds", NGX_HTTP_WS_HB_BY_SIDE_RTT, "peer",
       ngx_http_ws_heartbeat_at(rtt) }
 };
 
@@ -327,7 +335,7 @@ ngx_http_ws_heartbeat_histograms(ngx_http_ws_heartbeat_printer_t *pr,
                                       ngx_http_ws_heartbeat_side_name(side));
             ngx_http_ws_heartbeat_key(&s, 1, "buckets");
             ngx_http_ws_heartbeat_key(&s, 2, (const char *) le);
-            ngx_http_ws_heartbeat_label(&s, "peer", 0);
+            ngx_http_ws_heartbeat_label(&s, f->side, 0);
             ngx_http_ws_heartbeat_label(&s, "le", 2);
             s.value = cum;
             ngx_http_ws_heartbeat_emit(pr, f, &s, NULL);
@@ -337,7 +345,7 @@ ngx_http_ws_heartbeat_histograms(ngx_http_ws_heartbeat_printer_t *pr,
         s.suffix = "_sum";
         ngx_http_ws_heartbeat_key(&s, 0, ngx_http_ws_heartbeat_side_name(side));
         ngx_http_ws_heartbeat_key(&s, 1, "sum");
-        ngx_http_ws_heartbeat_label(&s, "peer", 0);
+        ngx_http_ws_heartbeat_label(&s, f->side, 0);
         s.seconds = true;
         ngx_http_ws_heartbeat_emit(pr, f, &s, &h[side].sum_us);
 
@@ -372,13 +380,13 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
         ngx_http_ws_heartbeat_emit(pr, f, &s, a);
         break;
 
-    case NGX_HTTP_WS_HB_BY_PEER:
+    case NGX_HTTP_WS_HB_BY_SIDE:
         for (side = 0; side < 2; side++) {
             s = {};
             s.suffix = "";
             ngx_http_ws_heartbeat_key(&s, 0,
                                       ngx_http_ws_heartbeat_side_name(side));
-            ngx_http_ws_heartbeat_label(&s, "peer", 0);
+            ngx_http_ws_heartbeat_label(&s, f->side, 0);
             ngx_http_ws_heartbeat_emit(pr, f, &s, &a[side]);
         }
         break;
@@ -394,7 +402,7 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
         }
         break;
 
-    case NGX_HTTP_WS_HB_BY_FROM_CODE:
+    case NGX_HTTP_WS_HB_BY_SIDE_CODE:
 
         /* 1000..1015 by code; application codes and an empty Close: other */
 
@@ -412,7 +420,7 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
                 ngx_http_ws_heartbeat_key(&s, 0,
                     ngx_http_ws_heartbeat_side_name(side));
                 ngx_http_ws_heartbeat_key(&s, 1, (const char *) code);
-                ngx_http_ws_heartbeat_label(&s, "from", 0);
+                ngx_http_ws_heartbeat_label(&s, f->side, 0);
                 ngx_http_ws_heartbeat_label(&s, "code", 1);
                 ngx_http_ws_heartbeat_emit(pr, f, &s,
                                     &a[side * NGX_HTTP_WS_HB_CODES + i]);
@@ -420,11 +428,64 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
         }
         break;
 
-    case NGX_HTTP_WS_HB_BY_PEER_RTT:
+    case NGX_HTTP_WS_HB_BY_SIDE_RTT:
         ngx_http_ws_heartbeat_histograms(pr, f,
             reinterpret_cast<ngx_http_ws_heartbeat_histogram_t *>(base));
         break;
     }
+}
+
+
+/*
+ * the most the printers write: a family's HELP and TYPE lines, and for
+ * each value a line or JSON member of at most NGX_HTTP_WS_HB_LINE bytes
+ * (a name, 3 keys or 2 labels of at most NGX_HTTP_WS_HB_KEY_LEN, a number)
+ */
+
+#define NGX_HTTP_WS_HB_LINE  (64 + 4 * NGX_HTTP_WS_HB_KEY_LEN + NGX_INT64_LEN)
+
+static size_t
+ngx_http_ws_heartbeat_print_size() noexcept
+{
+    size_t                                 size, n;
+    ngx_uint_t                             i;
+    const ngx_http_ws_heartbeat_family_t  *f;
+
+    size = 16;
+
+    for (i = 0; i < sizeof(ngx_http_ws_heartbeat_families)
+                    / sizeof(ngx_http_ws_heartbeat_families[0]); i++)
+    {
+        f = &ngx_http_ws_heartbeat_families[i];
+
+        switch (f->by) {
+
+        case NGX_HTTP_WS_HB_BY_NONE:
+            n = 1;
+            break;
+
+        case NGX_HTTP_WS_HB_BY_SIDE:
+            n = 2;
+            break;
+
+        case NGX_HTTP_WS_HB_BY_REASON:
+            n = NGX_HTTP_WS_HB_END_N;
+            break;
+
+        case NGX_HTTP_WS_HB_BY_SIDE_CODE:
+            n = 2 * NGX_HTTP_WS_HB_CODES;
+            break;
+
+        default: /* NGX_HTTP_WS_HB_BY_SIDE_RTT */
+            n = 2 * (NGX_HTTP_WS_HB_RTT_BUCKETS + 2);
+            break;
+        }
+
+        size += 64 + 2 * ngx_strlen(f->name) + ngx_strlen(f->help)
+                + ngx_strlen(f->type) + n * NGX_HTTP_WS_HB_LINE;
+    }
+
+    return size;
 }
 
 
@@ -510,11 +571,7 @@ ngx_http_ws_heartbeat_status_handler(ngx_http_request_t *r) noexcept
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
 
-    /* generous: every line is well under 128 bytes */
-
-    size = 128 * (16 + 2 * NGX_HTTP_WS_HB_END_N
-                  + 2 * NGX_HTTP_WS_HB_CODES
-                  + 2 * (NGX_HTTP_WS_HB_RTT_BUCKETS + 2));
+    size = ngx_http_ws_heartbeat_print_size();
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {

@@ -131,20 +131,24 @@ ngx_http_ws_heartbeat_deadline(ngx_http_ws_heartbeat_side_t *s) noexcept
 void
 ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
+    ngx_uint_t     i;
     ngx_msec_t     grain;
     std::uint64_t  deadline, d;
 
-    /* a draining connection's timer is the drain's grace timer */
+    /* a closing connection's timer is its drain timeout */
 
-    if (ctx->draining) {
+    if (ctx->closing) {
         return;
     }
 
-    deadline = ngx_http_ws_heartbeat_deadline(&ctx->client);
-    d = ngx_http_ws_heartbeat_deadline(&ctx->upstream);
+    deadline = ngx_http_ws_heartbeat_end_deadline(ctx);
 
-    if (d != 0 && (deadline == 0 || d < deadline)) {
-        deadline = d;
+    for (i = 0; i < 2; i++) {
+        d = ngx_http_ws_heartbeat_deadline(ctx->side(i));
+
+        if (d != 0 && (deadline == 0 || d < deadline)) {
+            deadline = d;
+        }
     }
 
     if (deadline == 0) {
@@ -250,12 +254,19 @@ ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
         return;
     }
 
-    if (ctx->draining) {
-        ngx_http_ws_heartbeat_drain_expired(ctx);
+    if (ctx->closing) {
+        ngx_http_ws_heartbeat_closing_expired(ctx);
         return;
     }
 
+    if (ngx_http_ws_heartbeat_end_due(ctx)) {
+        return;
+    }
+
+    /* stepped aside: only a drain may still be planned */
+
     if (ctx->disabled) {
+        ngx_http_ws_heartbeat_arm(ctx);
         return;
     }
 

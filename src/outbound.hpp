@@ -48,11 +48,18 @@ public:
     outbound(role sender, bool swallow, bool allow_rsv1) noexcept;
 
     // Queue one complete control frame to inject at the next boundary of the
-    // written stream. False if one is already queued, if it does not fit, or
-    // in passthrough.
-    bool queue(const std::uint8_t* frame, std::size_t n) noexcept;
+    // written stream. False if one is already queued, if it does not fit, in
+    // passthrough, or once the stream is ended. last: the frame ends the
+    // stream (a Close sent on behalf of the other peer): once it is written
+    // whole, relay bytes are consumed without being written (discarding()).
+    bool queue(const std::uint8_t* frame, std::size_t n,
+               bool last = false) noexcept;
     bool queued() const noexcept; // queued bytes not yet fully written
     void drop_queued() noexcept;  // forget it (unless partially written)
+
+    // The last frame is written: what the sender still sends is parsed (the
+    // Io hears of its frames as usual) but never written.
+    bool discarding() const noexcept { return end_ == end_discarding; }
 
     // The send() wrapper body: write relay bytes p[0..n) (and any queued or
     // held module bytes that must go first). Returns the number of relay
@@ -169,6 +176,10 @@ private:
     std::uint8_t hold_len_ = 0;
     std::uint8_t hold_off_ = 0;
     std::uint8_t flags_ = 0;
+    // end_last_queued: the queued frame is the last; end_discarding: it
+    // has been written and relay bytes are discarded.
+    enum end_t : std::uint8_t { end_open, end_last_queued, end_discarding };
+    end_t end_ = end_open;
     std::uint32_t retry_len_ = 0;
 };
 
@@ -179,11 +190,12 @@ inline outbound::outbound(role sender, bool swallow, bool allow_rsv1) noexcept
                                        | (swallow ? f_swallow : 0));
 }
 
-inline bool outbound::queue(const std::uint8_t* frame, std::size_t n) noexcept
+inline bool outbound::queue(const std::uint8_t* frame, std::size_t n,
+                            bool last) noexcept
 {
-    // one frame at a time, whole, and never into a rejected stream
+    // one frame at a time, whole, and never into a rejected or ended stream
     if (inject_len_ != 0 || n == 0 || n > inject_capacity || frame == nullptr
-        || passthrough())
+        || passthrough() || end_ != end_open)
     {
         return false;
     }
@@ -195,6 +207,7 @@ inline bool outbound::queue(const std::uint8_t* frame, std::size_t n) noexcept
     inject_len_ = static_cast<std::uint8_t>(n);
     inject_off_ = 0;
     clear(f_inject_started);
+    end_ = last ? end_last_queued : end_open;
 
     return true;
 }
@@ -213,6 +226,11 @@ inline void outbound::drop_queued() noexcept
 
     inject_len_ = 0;
     inject_off_ = 0;
+
+    // the last frame not started: the stream goes on
+    if (end_ == end_last_queued) {
+        end_ = end_open;
+    }
 }
 
 inline bool outbound::passthrough() const noexcept
@@ -456,6 +474,15 @@ long outbound::write_module(Io& io) noexcept
             inject_len_ = 0;
             inject_off_ = 0;
             clear(f_inject_started);
+
+            // the stream ends here: a Pong being absorbed is never written
+            if (end_ == end_last_queued) {
+                end_ = end_discarding;
+                set_hold(hold_none);
+                hold_len_ = 0;
+                hold_off_ = 0;
+                return 0;
+            }
             continue;
         }
 
@@ -537,6 +564,11 @@ long outbound::send(Io& io, const std::uint8_t* p, std::size_t n) noexcept
             break;
         }
 
+        if (discarding()) {
+            feed(io, p + done, n - done);
+            return static_cast<long>(n);
+        }
+
         if (hold() == hold_absorbing) {
             done += absorb(io, p + done, n - done);
             continue;
@@ -596,7 +628,7 @@ long outbound::flush(Io& io) noexcept
 template <class Io>
 long outbound::release(Io& io) noexcept
 {
-    if (hold() == hold_absorbing) {
+    if (hold() == hold_absorbing && !discarding()) {
         forward_hold();
     }
 

@@ -17,6 +17,8 @@ ALL = """
     ws_heartbeat_send_timeout 2s;
     ws_heartbeat_drain on;
     ws_heartbeat_drain_timeout 3s;
+    ws_heartbeat_drain_spread 4s;
+    ws_heartbeat_max_age 1h 5m;
 """
 
 
@@ -76,6 +78,26 @@ def test_every_directive_in_every_context(nginx_factory, where):
     ("ws_heartbeat_drain_timeout", "0",
      'invalid value "0" in "ws_heartbeat_drain_timeout" directive, it must '
      'be between 10ms and 30d'),
+    ("ws_heartbeat_drain_spread", "later",
+     'invalid value "later" in "ws_heartbeat_drain_spread" directive'),
+    ("ws_heartbeat_drain_spread", "5ms",
+     'invalid value "5ms" in "ws_heartbeat_drain_spread" directive, it must '
+     'be 0 (off) or between 10ms and 30d'),
+    ("ws_heartbeat_max_age", "forever",
+     'invalid value "forever" in "ws_heartbeat_max_age" directive'),
+    ("ws_heartbeat_max_age", "0",
+     'invalid value "0" in "ws_heartbeat_max_age" directive, it must be '
+     'between 10ms and 30d'),
+    ("ws_heartbeat_max_age", "1h 2h",
+     'invalid value "2h" in "ws_heartbeat_max_age" directive, the jitter '
+     'must not exceed the age "1h"'),
+    ("ws_heartbeat_max_age", "1h soon",
+     'invalid value "soon" in "ws_heartbeat_max_age" directive'),
+    ("ws_heartbeat_max_age", "off 5m",
+     'invalid value "5m" in "ws_heartbeat_max_age" directive, "off" takes '
+     'no jitter'),
+    ("ws_heartbeat_max_age", "1h 1m 1s",
+     'invalid number of arguments in "ws_heartbeat_max_age" directive'),
     ("ws_heartbeat_status", "json",
      'invalid number of arguments in "ws_heartbeat_status" directive'),
     ("ws_heartbeat", "on off",
@@ -103,6 +125,8 @@ def test_bad_value_is_rejected(nginx_factory, directive, value, message):
     ("ws_heartbeat_send_timeout", "1s"),
     ("ws_heartbeat_drain", "off"),
     ("ws_heartbeat_drain_timeout", "1s"),
+    ("ws_heartbeat_drain_spread", "1s"),
+    ("ws_heartbeat_max_age", "off"),
     ("ws_heartbeat_status", ""),
 ])
 def test_duplicate_is_rejected(nginx_factory, directive, value):
@@ -175,3 +199,43 @@ def test_status_not_in_http_context(nginx_factory):
     rc, out = conf_t(nginx_factory, "ws_heartbeat_status;")
     assert rc != 0 and '"ws_heartbeat_status" directive is not allowed ' \
         'here' in out, out
+
+
+@pytest.mark.parametrize("shutdown,warned", [("5s", True), ("15s", False),
+                                             ("", False)])
+def test_warns_when_the_drain_outlasts_worker_shutdown_timeout(
+        nginx_factory, shutdown, warned):
+    """The default spread (10s) and drain timeout (5s) need 15s; a
+    worker_shutdown_timeout given after the http block counts too."""
+    n = nginx_factory(proxy_server(1, 2, """
+            ws_heartbeat on;"""), start=False, check=False)
+    if shutdown:
+        with open(n.conf, "a") as f:
+            f.write("worker_shutdown_timeout %s;\n" % shutdown)
+    rc, out = n.test_config()
+    assert rc == 0, out
+    message = ('"ws_heartbeat_drain_spread" + "ws_heartbeat_drain_timeout" '
+               '15000ms exceed "worker_shutdown_timeout" 5000ms, the spread '
+               'is cut to fit')
+    assert (message in out) == warned, out
+
+
+def test_proxy_pass_with_variables_warns_too(nginx_factory):
+    rc, out = conf_t(nginx_factory, """
+    server {
+        listen 127.0.0.1:1;
+        ws_heartbeat on;
+        ws_heartbeat_interval 60s;
+        location / {
+            set $backend 127.0.0.1:2;
+            proxy_pass http://$backend;
+            proxy_read_timeout 30s;
+        }
+        # proxy_read_timeout 60s here, but no proxy_pass: no warning
+        location = /status { ws_heartbeat_status; }
+    }
+""")
+    assert rc == 0, out
+    assert out.count("[warn]") == 1, out
+    assert '"ws_heartbeat_interval" 60000ms is not less than ' \
+        '"proxy_read_timeout" 30000ms' in out, out

@@ -28,13 +28,14 @@ FAMILIES = {
     P + "pongs_total": "counter",
     P + "closes_total": "counter",
     P + "close_frames_total": "counter",
+    P + "discarded_frames_total": "counter",
     P + "rtt_seconds": "histogram",
 }
 
 PEERS = ("client", "upstream")
 REASONS = ("client_heartbeat_timeout", "upstream_heartbeat_timeout",
            "read_timeout", "send_timeout", "invalid_frame", "drain",
-           "client_close", "upstream_close", "other")
+           "max_age", "client_close", "upstream_close", "other")
 CODES = tuple(str(c) for c in range(1000, 1016)) + ("other",)
 LE = ("0.001000", "0.002500", "0.005000", "0.010000", "0.025000",
       "0.050000", "0.100000", "0.250000", "0.500000", "1.000000",
@@ -103,6 +104,8 @@ def json_to_samples(doc):
     for frm, codes in doc["close_frames"].items():
         for code, v in codes.items():
             out[key(P + "close_frames_total", code=code, **{"from": frm})] = v
+    for frm, v in doc["discarded_frames"].items():
+        out[key(P + "discarded_frames_total", **{"from": frm})] = v
     return out
 
 
@@ -520,7 +523,7 @@ def test_prometheus_and_json_agree(nginx_factory, backend, tmp_path):
     check_exposition(text)
     s = parse_prom(text)
     assert set(s.values()) == {0}, dump(s)
-    assert len(s) == 2 + 2 * 2 + len(REASONS) + 2 * len(CODES) \
+    assert len(s) == 2 + 2 * 2 + len(REASONS) + 2 * len(CODES) + 2 \
         + 2 * (len(LE) + 2)
 
     # some activity on both peers, then nothing open: the values hold still
@@ -568,7 +571,7 @@ def test_prometheus_and_json_agree(nginx_factory, backend, tmp_path):
         assert doc == docs[0]
     doc = docs[0]
     assert set(doc) == {"connections", "pings", "pongs", "closes",
-                        "close_frames", "rtt_seconds"}
+                        "close_frames", "discarded_frames", "rtt_seconds"}
     assert list(doc["closes"]) == list(REASONS)
     assert list(doc["close_frames"]["client"]) == list(CODES)
     assert list(doc["rtt_seconds"]["upstream"]["buckets"]) == list(LE)
@@ -662,7 +665,9 @@ def test_counters_survive_reload(nginx_factory, backend, tmp_path):
     n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
         ws_heartbeat on;
         ws_heartbeat_interval 10s;
-        ws_heartbeat_drain_timeout 3s;""", locations="""
+        ws_heartbeat_drain_timeout 3s;
+
+        ws_heartbeat_drain_spread 0;""", locations="""
         location = /status { ws_heartbeat_status; }"""), port=port,
                       workers=2)
     status = Status(port)
@@ -783,7 +788,9 @@ def invalid_frame_while_draining(nginx_factory, backend, tmp_path):
     n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
         ws_heartbeat on;
         ws_heartbeat_interval 10s;
-        ws_heartbeat_drain_timeout 1s;""", locations="""
+        ws_heartbeat_drain_timeout 1s;
+
+        ws_heartbeat_drain_spread 0;""", locations="""
         location = /status { ws_heartbeat_status; }"""), port=port)
     status = Status(port)
     c = Client(port, "/ws/x")

@@ -1011,3 +1011,82 @@ static_assert(sizeof(basic_frame_scanner<16>) <= 48, "scanner grew");
 static_assert(sizeof(outbound) <= 88, "outbound grew");
 static_assert(std::is_standard_layout<outbound>::value,
               "offsetof on what holds an outbound");
+
+TEST_CASE("outbound: a last frame ends the stream", "[outbound]")
+{
+    // client frames to the upstream: masked
+    bytes a = wire::frame(0x82, bytes(60, 3), mask);
+    bytes b = wire::frame(0x81, wire::text("more"), mask);
+    bytes client_close = wire::frame(0x88, bytes{0x03, 0xe8}, mask);
+    std::uint8_t key[4] = {1, 2, 3, 4};
+    std::uint8_t close[inject_capacity];
+    std::size_t cn = build_close(1001, "going", 5, key, close, sizeof(close));
+    bytes ours(close, close + cn);
+    outbound ob(role::client, true, false);
+    script_io io;
+
+    SECTION("nothing of the sender goes after it, all is consumed")
+    {
+        REQUIRE(ob.queue(close, cn, true));
+        CHECK_FALSE(ob.discarding());
+        bytes s = cat({a, b, client_close});
+        REQUIRE(ob.send(io, s.data(), s.size()) == long(s.size()));
+        CHECK(io.out == ours);
+        CHECK(ob.discarding());
+        // the Io still hears of every frame, the sender's Close too
+        CHECK(io.headers == 3);
+        REQUIRE(io.frames.size() == 3);
+        CHECK(io.frames[2].op == opcode::close);
+        // and nothing more may be queued
+        CHECK_FALSE(ob.queue(close, cn, false));
+        ob.drop_queued();
+        CHECK(ob.discarding());
+    }
+
+    SECTION("inside a fragmented frame it waits for the frame's end")
+    {
+        REQUIRE(ob.send(io, a.data(), 10) == 10);
+        REQUIRE(ob.queue(close, cn, true));
+        bytes rest = cat({bytes(a.begin() + 10, a.end()), b});
+        REQUIRE(ob.send(io, rest.data(), rest.size()) == long(rest.size()));
+        CHECK(io.out == cat({a, ours}));
+        CHECK(ob.discarding());
+    }
+
+    SECTION("blocked while it goes out: the rest, then nothing")
+    {
+        REQUIRE(ob.queue(close, cn, true));
+        io.script = {3, io_again};
+        CHECK(ob.flush(io) == io_again);
+        CHECK_FALSE(ob.discarding());
+        CHECK(ob.send(io, b.data(), b.size()) == io_again);
+        CHECK_FALSE(ob.discarding());
+        REQUIRE(ob.send(io, b.data(), b.size()) == long(b.size()));
+        CHECK(io.out == ours);
+        CHECK(ob.discarding());
+        CHECK(io.retry_problem(b).empty());
+    }
+
+    SECTION("a Pong being absorbed is never written after it")
+    {
+        bytes pong = wire::frame(0x8a, foreign_pong_payload(), mask);
+        REQUIRE(ob.send(io, pong.data(), 4) == 4); // held, not written
+        CHECK(io.out.empty());
+        REQUIRE(ob.queue(close, cn, true));
+        CHECK(ob.flush(io) == 0);
+        CHECK(ob.discarding());
+        CHECK(ob.release(io) == 0);
+        bytes rest = cat({bytes(pong.begin() + 4, pong.end()), b});
+        REQUIRE(ob.send(io, rest.data(), rest.size()) == long(rest.size()));
+        CHECK(io.out == ours);
+    }
+
+    SECTION("dropped before it started, the stream goes on")
+    {
+        REQUIRE(ob.queue(close, cn, true));
+        ob.drop_queued();
+        REQUIRE(ob.send(io, b.data(), b.size()) == long(b.size()));
+        CHECK(io.out == b);
+        CHECK_FALSE(ob.discarding());
+    }
+}
