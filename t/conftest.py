@@ -7,6 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from lib.backend import BackendProcess  # noqa: E402
 from lib.nginx import Nginx, free_port  # noqa: E402
 from lib.wsproto import Backend  # noqa: E402
 
@@ -64,6 +65,24 @@ def backend():
     yield make
     for b in made:
         b.stop()
+
+
+@pytest.fixture
+def procs(tmp_path):
+    """procs(argv, env=None, stdin=False) -> started lib.backend.
+    BackendProcess; all are stopped at teardown (SIGCONT first: a test may
+    have left one stopped)."""
+    made = []
+
+    def make(argv, env=None, stdin=False):
+        p = BackendProcess(argv, str(tmp_path / ("backend%d.err"
+                                                 % len(made))), env, stdin)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
 
 
 @pytest.fixture

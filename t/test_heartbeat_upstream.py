@@ -16,7 +16,6 @@ import json
 import os
 import re
 import secrets
-import selectors
 import shutil
 import signal
 import socket
@@ -30,15 +29,9 @@ import pytest
 
 from conftest import proxy_server
 from lib import wsproto
+from lib.backend import NODE_BIN, NODE_ECHO, NODE_PATH, py_echo_argv
 from lib.nginx import free_port, wait_for
 from lib.wsproto import BINARY, CLOSE, PING, PONG, TEXT, Client
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-PYTHON = "/usr/bin/python3"
-NODE_BIN = os.environ.get("NODE_BIN", "/usr/bin/node")
-NODE_PATH = os.environ.get("NODE_WS_PATH", "/usr/share/nodejs")
-PY_ECHO = os.path.join(HERE, "backends", "py_echo.py")
-NODE_ECHO = os.path.join(HERE, "backends", "node_echo.js")
 
 UPSTREAM_TIMEOUT_LOG = (r'\[info\].*ws heartbeat: closing, upstream heartbeat '
                         r'timeout in location "/"')
@@ -67,91 +60,6 @@ def close_reason(f):
 
 def ping_seq(f):
     return struct.unpack("!I", f.payload[4:8])[0]
-
-
-class BackendProcess:
-    """A backend in its own process (and process group): the first line of
-    its stdout is the port it listens on."""
-
-    def __init__(self, argv, stderr_path, env=None, start_timeout=15.0):
-        self.stderr_path = stderr_path
-        self.stderr = open(stderr_path, "wb")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, env=env,
-                                     start_new_session=True)
-        self.pid = self.proc.pid
-        self.port = int(self._first_line(start_timeout))
-
-    def _first_line(self, timeout):
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        try:
-            if not sel.select(timeout):
-                raise AssertionError("backend printed no port in %.0fs: %s"
-                                     % (timeout, self.errors()))
-        finally:
-            sel.close()
-        line = self.proc.stdout.readline().decode().strip()
-        if not line.isdigit():
-            raise AssertionError("backend did not start (%r): %s"
-                                 % (line, self.errors()))
-        return line
-
-    def errors(self):
-        self.stderr.flush()
-        with open(self.stderr_path, "rb") as f:
-            return f.read().decode(errors="replace")[-4000:]
-
-    def signal(self, sig):
-        os.kill(self.pid, sig)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            for sig in (signal.SIGCONT, signal.SIGTERM):
-                try:
-                    os.killpg(self.pid, sig)
-                except ProcessLookupError:
-                    pass
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(5)
-        else:
-            # whatever it left in its group
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self.proc.stdout.close()
-        self.stderr.close()
-
-
-@pytest.fixture
-def procs(tmp_path):
-    """procs(argv, env=None) -> started BackendProcess; all are stopped at
-    teardown (SIGCONT first: a test may have left one stopped)."""
-    made = []
-
-    def make(argv, env=None):
-        p = BackendProcess(argv, str(tmp_path / ("backend%d.err"
-                                                 % len(made))), env)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.stop()
-
-
-def py_echo_argv(host=None):
-    argv = [PYTHON, PY_ECHO]
-    if host:
-        argv += ["--host", host]
-    return argv
 
 
 def start_echo(procs, kind):
