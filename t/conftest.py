@@ -8,26 +8,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from lib.backend import BackendProcess  # noqa: E402
-from lib.nginx import Nginx, free_port  # noqa: E402
+from lib.nginx import Nginx, free_port, proxy_server  # noqa: E402
 from lib.wsproto import Backend  # noqa: E402
-
-
-def proxy_server(port, backend_port, extra="", location="/",
-                 scheme="http", listen_extra=""):
-    """A server block proxying WebSocket upgrades the documented way."""
-    return """
-    server {
-        listen 127.0.0.1:%(port)d %(listen_extra)s;
-        location %(location)s {
-            proxy_pass %(scheme)s://127.0.0.1:%(bport)d;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            %(extra)s
-        }
-    }
-""" % dict(port=port, bport=backend_port, extra=extra, location=location,
-           scheme=scheme, listen_extra=listen_extra)
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from conftest import proxy_server
 from lib import nginx as nginx_lib
+from lib.nginx import proxy_server
 from lib.wsproto import TEXT, Client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))

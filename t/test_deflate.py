@@ -9,10 +9,9 @@ import logging
 import websockets
 from websockets.frames import Opcode
 
-from conftest import proxy_server
-from lib.nginx import free_port, wait_for
-from test_clients import FrameLog
 from lib.backend import py_echo_argv
+from lib.nginx import free_port, proxy_server, wait_for
+from test_clients import FrameLog
 
 
 def body_bytes_sent(n):

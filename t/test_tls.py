@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from conftest import proxy_server
 from lib import wsproto
-from lib.nginx import free_port
+from lib.nginx import free_port, proxy_server
 from lib.wsproto import BINARY, CLOSE, PONG, TEXT, Client
 
 

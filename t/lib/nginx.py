@@ -36,6 +36,28 @@ def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def proxy_server(port, backend, extra="", location="/", scheme="http",
+                 listen_extra="", addr="127.0.0.1"):
+    """A server block on addr:port proxying WebSocket upgrades the
+    documented way, to backend: a port on 127.0.0.1, "host:port" or
+    "unix:/path"."""
+    if isinstance(backend, int):
+        backend = "127.0.0.1:%d" % backend
+    return """
+    server {
+        listen %(addr)s:%(port)d %(listen_extra)s;
+        location %(location)s {
+            proxy_pass %(scheme)s://%(backend)s;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            %(extra)s
+        }
+    }
+""" % dict(port=port, backend=backend, extra=extra, location=location,
+           scheme=scheme, listen_extra=listen_extra, addr=addr)
+
+
 def wait_port(port, timeout=10.0):
     def ok():
         try:

@@ -315,25 +315,8 @@ def delta(before, after):
     return {k: after[k] - before[k] for k in after}
 
 
-def server(port, backend, extra="", location="/", listen_extra="",
-           addr="127.0.0.1"):
-    """A server block proxying WebSocket upgrades the documented way, to a
-    backend given as "host:port" or "unix:/path"."""
-    if isinstance(backend, int):
-        backend = "127.0.0.1:%d" % backend
-    return """
-    server {
-        listen %(addr)s:%(port)d %(listen_extra)s;
-        location %(location)s {
-            proxy_pass http://%(backend)s;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            %(extra)s
-        }
-    }
-""" % dict(port=port, backend=backend, extra=extra, location=location,
-           listen_extra=listen_extra, addr=addr)
+# the server block of lib.nginx, to a backend port or "host:port"
+server = nginx_lib.proxy_server
 
 
 # -- raw endpoints ------------------------------------------------------------
