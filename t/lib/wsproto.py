@@ -131,6 +131,68 @@ def read_http_head(sock, buf=b"", limit=65536):
     return head.decode("latin-1"), rest
 
 
+def parse_head(head):
+    """An HTTP head as read_http_head() returns it: (its first line,
+    {lower-case header name: value})."""
+    lines = head.split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return lines[0], headers
+
+
+def handshake_request(path, host, upgrade="websocket", headers=None):
+    """A client's opening handshake, with host as its Host header: (the
+    request's bytes, its Sec-WebSocket-Key)."""
+    key = base64.b64encode(os.urandom(16))
+    lines = ["GET %s HTTP/1.1" % path, "Host: %s" % host,
+             "Upgrade: %s" % upgrade, "Connection: Upgrade",
+             "Sec-WebSocket-Key: " + key.decode(),
+             "Sec-WebSocket-Version: 13"]
+    for k, v in (headers or {}).items():
+        lines.append("%s: %s" % (k, v))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode(), key
+
+
+def client_handshake(sock, path, host, upgrade="websocket", headers=None,
+                     extra=b""):
+    """The client's side of the opening handshake on sock (extra: bytes
+    sent in the same write, right behind the request). A 101 must carry the
+    right Sec-WebSocket-Accept. Returns (head, status, {lower-case header
+    name: value}, the bytes read behind the head)."""
+    req, key = handshake_request(path, host, upgrade, headers)
+    sock.sendall(req + extra)
+    head, rest = read_http_head(sock)
+    start, resp_headers = parse_head(head)
+    status = int(start.split()[1])
+    if status == 101:
+        assert resp_headers.get("sec-websocket-accept") == \
+            accept_key(key).decode(), head
+    return head, status, resp_headers, rest
+
+
+def read_request(sock):
+    """The server's side: read a request head; returns (path, {lower-case
+    header name: value}, the bytes read behind the head)."""
+    head, rest = read_http_head(sock)
+    start, headers = parse_head(head)
+    return start.split()[1], headers, rest
+
+
+def handshake_response(headers, upgrade="websocket", status=101,
+                       extensions=None):
+    """The answer to an opening handshake whose headers (as parse_head()
+    gives them) are these, as bytes."""
+    key = headers.get("sec-websocket-key", "").encode()
+    resp = ["HTTP/1.1 %d Switching Protocols" % status,
+            "Upgrade: " + upgrade, "Connection: Upgrade",
+            "Sec-WebSocket-Accept: " + accept_key(key).decode()]
+    if extensions:
+        resp.append("Sec-WebSocket-Extensions: " + extensions)
+    return ("\r\n".join(resp) + "\r\n\r\n").encode()
+
+
 class Client:
     """A raw WebSocket client. answer_pings: reply to the module's Pings
     (and the backend's) with a Pong echoing the payload, as browsers do."""
@@ -153,24 +215,8 @@ class Client:
         self.parser = Parser()
         self.frames = []          # received, not yet returned
         self.pings = []           # (monotonic time, Frame) of module Pings
-        key = base64.b64encode(os.urandom(16))
-        lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, port),
-                 "Upgrade: %s" % upgrade, "Connection: Upgrade",
-                 "Sec-WebSocket-Key: " + key.decode(),
-                 "Sec-WebSocket-Version: 13"]
-        for k, v in (headers or {}).items():
-            lines.append("%s: %s" % (k, v))
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + extra)
-        head, rest = read_http_head(self.sock)
-        self.head = head
-        self.status = int(head.split()[1])
-        self.headers = {}
-        for line in head.split("\r\n")[1:]:
-            k, _, v = line.partition(":")
-            self.headers[k.strip().lower()] = v.strip()
-        if self.status == 101:
-            assert self.headers.get("sec-websocket-accept") == \
-                accept_key(key).decode(), head
+        self.head, self.status, self.headers, rest = client_handshake(
+            self.sock, path, "%s:%d" % (host, port), upgrade, headers, extra)
         self.frames += self.parser.feed(rest)
         self.closed = False
 
@@ -351,23 +397,12 @@ class Backend:
         try:
             if self.tls_context:
                 s = self.tls_context.wrap_socket(s, server_side=True)
-            head, rest = read_http_head(s)
+            path, headers, rest = read_request(s)
         except (OSError, ConnectionError, ValueError, ssl.SSLError):
             s.close()
             return
-        lines = head.split("\r\n")
-        path = lines[0].split()[1]
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        key = headers.get("sec-websocket-key", "").encode()
-        resp = ["HTTP/1.1 %d Switching Protocols" % self.status,
-                "Upgrade: " + self.upgrade, "Connection: Upgrade",
-                "Sec-WebSocket-Accept: " + accept_key(key).decode()]
-        if self.extensions:
-            resp.append("Sec-WebSocket-Extensions: " + self.extensions)
-        s.sendall(("\r\n".join(resp) + "\r\n\r\n").encode())
+        s.sendall(handshake_response(headers, self.upgrade, self.status,
+                                     self.extensions))
         conn = Conn(s, path, headers)
         self.all.append(conn)
         self.conns.put(conn)

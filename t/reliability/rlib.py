@@ -16,7 +16,6 @@ Modes (environment):
                            being reported as xfail
 """
 
-import base64
 import contextlib
 import ctypes
 import fcntl
@@ -42,8 +41,7 @@ import pytest
 from lib import nginx as nginx_lib
 from lib import wsproto
 from lib.nginx import Nginx, wait_for
-from lib.wsproto import (BINARY, CLOSE, CONT, PING, PONG, TEXT, accept_key,
-                         read_http_head, xor_mask)
+from lib.wsproto import BINARY, CLOSE, CONT, PING, PONG, TEXT, xor_mask
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -321,27 +319,6 @@ server = nginx_lib.proxy_server
 
 # -- raw endpoints ------------------------------------------------------------
 
-def handshake_request(path, host="127.0.0.1", upgrade="websocket",
-                      headers=None):
-    key = base64.b64encode(os.urandom(16))
-    lines = ["GET %s HTTP/1.1" % path, "Host: %s" % host,
-             "Upgrade: %s" % upgrade, "Connection: Upgrade",
-             "Sec-WebSocket-Key: " + key.decode(),
-             "Sec-WebSocket-Version: 13"]
-    for k, v in (headers or {}).items():
-        lines.append("%s: %s" % (k, v))
-    return ("\r\n".join(lines) + "\r\n\r\n").encode(), key
-
-
-def parse_head(head):
-    status = int(head.split()[1])
-    headers = {}
-    for line in head.split("\r\n")[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return status, headers
-
-
 def close(sock):
     """close() of a socket another thread is blocked reading does not end
     the connection until that read returns: shut it down first (FIN)."""
@@ -465,14 +442,9 @@ class RawClient:
         self.sock.settimeout(timeout)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        req, key = handshake_request(path, host, upgrade, headers)
-        self.sock.sendall(req + extra)
-        head, rest = read_http_head(self.sock)
-        self.head = head
-        self.status, self.headers = parse_head(head)
-        if self.status == 101:
-            assert self.headers.get("sec-websocket-accept") == \
-                accept_key(key).decode(), head
+        self.head, self.status, self.headers, rest = \
+            wsproto.client_handshake(self.sock, path, host, upgrade, headers,
+                                     extra)
         self.sock.settimeout(None)
         self.rec = Recorder(self.sock, rest)
 
@@ -555,23 +527,15 @@ class RawBackend:
 
     def _serve(self, s):
         try:
-            head, rest = read_http_head(s)
+            path, headers, rest = wsproto.read_request(s)
         except (OSError, ConnectionError, ValueError):
             s.close()
             return
-        lines = head.split("\r\n")
-        path = lines[0].split()[1]
-        _, headers = parse_head("X 0\r\n" + "\r\n".join(lines[1:]))
-        key = headers.get("sec-websocket-key", "").encode()
-        resp = ["HTTP/1.1 101 Switching Protocols",
-                "Upgrade: " + self.upgrade, "Connection: Upgrade",
-                "Sec-WebSocket-Accept: " + accept_key(key).decode()]
-        if self.extensions:
-            resp.append("Sec-WebSocket-Extensions: " + self.extensions)
         after = self.after_101(path) if callable(self.after_101) \
             else self.after_101
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(("\r\n".join(resp) + "\r\n\r\n").encode() + after)
+        s.sendall(wsproto.handshake_response(
+            headers, self.upgrade, extensions=self.extensions) + after)
         conn = RawConn(s, path, headers, rest)
         with self.cond:
             self.conns[path] = conn
