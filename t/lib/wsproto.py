@@ -22,13 +22,19 @@ def accept_key(key):
     return base64.b64encode(hashlib.sha1(key + GUID).digest())
 
 
-def encode_frame(opcode, payload=b"", fin=True, mask=True, rsv=0, key=None):
+def encode_frame(opcode, payload=b"", fin=True, mask=True, rsv=0, key=None,
+                 form=None, declared=None):
+    """A frame, masked with key (random if None) when mask is true. Also
+    any frame that is not well formed: form "7", "16" or "64" forces the
+    length encoding, declared overrides the length field."""
     b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
-    n = len(payload)
+    n = len(payload) if declared is None else declared
+    if form is None:
+        form = "7" if n < 126 else "16" if n < 65536 else "64"
     mbit = 0x80 if mask else 0
-    if n < 126:
+    if form == "7":
         head = struct.pack("!BB", b0, mbit | n)
-    elif n < 65536:
+    elif form == "16":
         head = struct.pack("!BBH", b0, mbit | 126, n)
     else:
         head = struct.pack("!BBQ", b0, mbit | 127, n)

@@ -610,23 +610,10 @@ _client_on_lock = threading.Lock()
 
 def raw_frame(op, payload=b"", fin=True, rsv=0, masked=False, form=None,
               declared=None, key=None):
-    """Any frame, well formed or not: form "7", "16" or "64" forces the
-    length encoding; declared overrides the length field."""
-    n = len(payload) if declared is None else declared
-    if form is None:
-        form = "7" if n < 126 else "16" if n < 65536 else "64"
-    b0 = (0x80 if fin else 0) | (rsv << 4) | op
-    mbit = 0x80 if masked else 0
-    if form == "7":
-        head = struct.pack("!BB", b0, mbit | n)
-    elif form == "16":
-        head = struct.pack("!BBH", b0, mbit | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, mbit | 127, n)
-    if not masked:
-        return head + payload
-    key = key if key is not None else os.urandom(4)
-    return head + key + xor_mask(payload, key)
+    """Any frame, well formed or not (wsproto.encode_frame); unmasked
+    unless masked."""
+    return wsproto.encode_frame(op, payload, fin, masked, rsv, key, form,
+                                declared)
 
 
 # the module's names for its scanner errors (src/frame.cpp to_string)
