@@ -362,30 +362,21 @@ class Conn:
         self.sock.close()
 
 
-class Backend:
-    """A raw WebSocket backend on 127.0.0.1. mode "echo": every frame comes
-    back as received, unmasked (fragments and control frames included);
-    "silent": frames are only recorded. Pings from nginx are answered with a
-    Pong unless answer_pings is False. A Close is answered with a Close and
-    the TCP connection is then shut down, unless answer_close is False."""
+class Listener:
+    """A TCP server on 127.0.0.1, or on lsock, a socket bound elsewhere
+    (e.g. inside a network namespace): one thread accepts, and each
+    connection is served by self._serve(sock) in a thread of its own. A
+    subclass sets its attributes before calling __init__: a connection may
+    come at once."""
 
-    def __init__(self, mode="echo", answer_pings=True, extensions=None,
-                 upgrade="websocket", status=101, tls_context=None,
-                 answer_close=True):
-        self.mode = mode
-        self.answer_close = answer_close
-        self.answer_pings = answer_pings
-        self.extensions = extensions
-        self.upgrade = upgrade
-        self.status = status
-        self.tls_context = tls_context
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(512)
-        self.port = self.lsock.getsockname()[1]
-        self.conns = queue.Queue()
-        self.all = []
+    def __init__(self, lsock=None, backlog=512):
+        if lsock is None:
+            lsock = socket.socket()
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind(("127.0.0.1", 0))
+        lsock.listen(backlog)
+        self.lsock = lsock
+        self.port = lsock.getsockname()[1]
         self.stopping = False
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -398,6 +389,29 @@ class Backend:
                 return
             threading.Thread(target=self._serve, args=(s,),
                              daemon=True).start()
+
+
+class Backend(Listener):
+    """A raw WebSocket backend on 127.0.0.1 (or on lsock, see Listener).
+    mode "echo": every frame comes back as received, unmasked (fragments
+    and control frames included); "silent": frames are only recorded. Pings
+    from nginx are answered with a Pong unless answer_pings is False. A
+    Close is answered with a Close and the TCP connection is then shut
+    down, unless answer_close is False."""
+
+    def __init__(self, mode="echo", answer_pings=True, extensions=None,
+                 upgrade="websocket", status=101, tls_context=None,
+                 answer_close=True, lsock=None):
+        self.mode = mode
+        self.answer_close = answer_close
+        self.answer_pings = answer_pings
+        self.extensions = extensions
+        self.upgrade = upgrade
+        self.status = status
+        self.tls_context = tls_context
+        self.conns = queue.Queue()
+        self.all = []
+        super().__init__(lsock)
 
     def _serve(self, s):
         try:

@@ -22,7 +22,6 @@ import fcntl
 import glob
 import heapq
 import os
-import queue
 import random
 import re
 import secrets
@@ -492,7 +491,7 @@ class RawConn:
         close(self.sock)
 
 
-class RawBackend:
+class RawBackend(wsproto.Listener):
     """A backend that answers the upgrade (optionally with bytes of its own
     right behind the 101, in the same write: after_101, bytes or a function
     of the request path) and then only records: every byte it gets, with
@@ -500,30 +499,13 @@ class RawBackend:
 
     def __init__(self, lsock=None, extensions=None, after_101=b"",
                  upgrade="websocket"):
-        if lsock is None:
-            lsock = socket.socket()
-            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            lsock.bind(("127.0.0.1", 0))
-        lsock.listen(512)
-        self.lsock = lsock
-        self.port = lsock.getsockname()[1]
         self.extensions = extensions
         self.after_101 = after_101
         self.upgrade = upgrade
         self.conns = {}                 # path -> RawConn
         self.cond = threading.Condition()
         self.all = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                s, _ = self.lsock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(s,),
-                             daemon=True).start()
+        super().__init__(lsock)
 
     def _serve(self, s):
         try:
@@ -555,29 +537,6 @@ class RawBackend:
             pass
         for c in self.all:
             c.close()
-
-
-class NsBackend(wsproto.Backend):
-    """wsproto.Backend (echo, answers Pings and Closes) on a listening
-    socket made elsewhere, e.g. inside a network namespace."""
-
-    def __init__(self, lsock, mode="echo", answer_pings=True,
-                 answer_close=True):
-        self.mode = mode
-        self.answer_close = answer_close
-        self.answer_pings = answer_pings
-        self.extensions = None
-        self.upgrade = "websocket"
-        self.status = 101
-        self.tls_context = None
-        self.lsock = lsock
-        self.lsock.listen(512)
-        self.port = self.lsock.getsockname()[1]
-        self.conns = queue.Queue()
-        self.all = []
-        self.stopping = False
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
 
 
 @contextlib.contextmanager

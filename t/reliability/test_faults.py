@@ -14,8 +14,7 @@ import time
 import pytest
 
 from . import rlib
-from .rlib import (BINARY, CLOSE, TEXT, NsBackend, RawClient, raw_frame,
-                   slow)
+from .rlib import BINARY, CLOSE, TEXT, RawClient, raw_frame, slow
 from lib import wsproto
 from lib.nginx import free_port
 
@@ -49,8 +48,8 @@ class Lab:
         self.if_pb, self.addr_pb, self.if_b, self.addr_b = \
             netlab.veth(self.ns_p, self.ns_b)
         lsock = rlib.ns_listener(self.ns_b, self.addr_b)
-        self.backend = NsBackend(lsock, mode=backend_mode,
-                                 answer_pings=answer_pings)
+        self.backend = wsproto.Backend(mode=backend_mode,
+                                       answer_pings=answer_pings, lsock=lsock)
         self.port = free_port()
         self.nginx = rnginx(rlib.server(
             self.port, "%s:%d" % (self.addr_b, self.backend.port),
