@@ -27,7 +27,6 @@ import time
 
 import pytest
 
-from lib import wsproto
 from lib.backend import NODE_BIN, NODE_ECHO, NODE_PATH, py_echo_argv
 from lib.nginx import free_port, proxy_server, wait_for
 from lib.wsproto import BINARY, CLOSE, PING, PONG, TEXT, Client
@@ -226,21 +225,11 @@ def ip(*args):
     return r.stdout
 
 
-class _UnixSocketModule:
-    """Stands in for the socket module inside lib.wsproto while a Client is
-    made: its one TCP connect goes to nginx's unix socket instead."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def create_connection(self, address, timeout=None):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        s.connect(self.path)
-        return s
-
-    def __getattr__(self, name):
-        return getattr(socket, name)
+def unix_socket(path):
+    """A socket connected to the unix socket at path."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    return s
 
 
 @contextlib.contextmanager
@@ -317,8 +306,7 @@ VANISHED = """
 """
 
 
-def test_vanished_backend_client_gets_1011(procs, nginx_factory,
-                                           monkeypatch):
+def test_vanished_backend_client_gets_1011(procs, nginx_factory):
     sockdir = tempfile.mkdtemp(prefix="wshb-")
     sock = os.path.join(sockdir, "nginx.sock")
     try:
@@ -334,7 +322,7 @@ def test_vanished_backend_client_gets_1011(procs, nginx_factory,
             n.cmd = lambda *extra: (["ip", "netns", "exec", link["ns_p"]]
                                     + plain_cmd(*extra))
             try:
-                vanish(n, bp, link, sock, monkeypatch)
+                vanish(n, bp, link, sock)
             finally:
                 # stop both while their namespaces still exist
                 n.stop()
@@ -343,7 +331,7 @@ def test_vanished_backend_client_gets_1011(procs, nginx_factory,
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
-def vanish(n, bp, link, sock, monkeypatch):
+def vanish(n, bp, link, sock):
     n.start()
 
     def listening():
@@ -355,9 +343,7 @@ def vanish(n, bp, link, sock, monkeypatch):
             return False
     wait_for(listening, 10, what="nginx on " + sock)
 
-    with monkeypatch.context() as m:
-        m.setattr(wsproto, "socket", _UnixSocketModule(sock))
-        c = Client(0, answer_pings=True)
+    c = Client(0, answer_pings=True, sock=unix_socket(sock))
     assert c.status == 101, c.head + n.log()[-2000:]
     c.send_text("across the link")
     f = c.recv_frame(timeout=5)

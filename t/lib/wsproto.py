@@ -199,14 +199,30 @@ def handshake_response(headers, upgrade="websocket", status=101,
     return ("\r\n".join(resp) + "\r\n\r\n").encode()
 
 
+def _connected(sock):
+    try:
+        sock.getpeername()
+        return True
+    except OSError:
+        return False
+
+
 class Client:
     """A raw WebSocket client. answer_pings: reply to the module's Pings
-    (and the backend's) with a Pong echoing the payload, as browsers do."""
+    (and the backend's) with a Pong echoing the payload, as browsers do.
+    sock: a socket made elsewhere (inside a network namespace, with a small
+    receive buffer...), connected here to (host, port) unless it is
+    connected already (an AF_UNIX socket to nginx, say)."""
 
     def __init__(self, port, path="/", host="127.0.0.1", headers=None,
                  tls=False, timeout=10.0, answer_pings=True, extra=b"",
-                 upgrade="websocket"):
-        self.sock = socket.create_connection((host, port), timeout)
+                 upgrade="websocket", sock=None):
+        if sock is None:
+            sock = socket.create_connection((host, port), timeout)
+        elif not _connected(sock):
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+        self.sock = sock
         if tls:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False

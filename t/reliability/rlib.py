@@ -539,32 +539,6 @@ class RawBackend(wsproto.Listener):
             c.close()
 
 
-@contextlib.contextmanager
-def client_on(sock):
-    """Make the next wsproto.Client() in this thread use sock (already made,
-    e.g. in a namespace) for its one TCP connect."""
-    real = wsproto.socket
-
-    class Shim:
-        def create_connection(self, address, timeout=None):
-            sock.settimeout(timeout)
-            sock.connect(address)
-            return sock
-
-        def __getattr__(self, name):
-            return getattr(socket, name)
-
-    with _client_on_lock:
-        wsproto.socket = Shim()
-        try:
-            yield
-        finally:
-            wsproto.socket = real
-
-
-_client_on_lock = threading.Lock()
-
-
 # -- frames: builder, a mirror of the module's scanner, hostile catalogue -----
 
 def raw_frame(op, payload=b"", fin=True, rsv=0, masked=False, form=None,

@@ -56,9 +56,8 @@ class Lab:
             conf or HB % extra, addr=self.addr_p), netns=self.ns_p)
 
     def client(self, path="/", **kw):
-        sock = rlib.ns_socket(self.ns_c)
-        with rlib.client_on(sock):
-            c = wsproto.Client(self.port, path, host=self.addr_p, **kw)
+        c = wsproto.Client(self.port, path, host=self.addr_p,
+                           sock=rlib.ns_socket(self.ns_c), **kw)
         assert c.status == 101, c.head
         return c
 
@@ -448,8 +447,7 @@ def test_slow_reader_is_not_declared_dead(rnginx, reader):
     sock = socket.socket()
     if reader == "client":
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    with rlib.client_on(sock):
-        c = wsproto.Client(port, "/slow", answer_pings=False)
+    c = wsproto.Client(port, "/slow", answer_pings=False, sock=sock)
     t.join(10)
     lsock.close()
     b = accepted[0]
