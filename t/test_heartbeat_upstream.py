@@ -15,12 +15,10 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
 import struct
-import subprocess
 import tempfile
 import threading
 import time
@@ -28,6 +26,7 @@ import time
 import pytest
 
 from lib.backend import NODE_BIN, NODE_ECHO, NODE_PATH, py_echo_argv
+from lib.netns import NetLab, ip
 from lib.nginx import free_port, proxy_server, wait_for
 from lib.wsproto import BINARY, CLOSE, PING, PONG, TEXT, Client
 
@@ -216,15 +215,6 @@ def test_deaf_backend_gets_masked_close_1001(ws_proxy, client):
 
 # -- 3. vanished backend -------------------------------------------------------
 
-def ip(*args):
-    """Run ip(8); any failure (no permission for namespaces...) fails the
-    test, never skips it."""
-    r = subprocess.run(["ip"] + list(args), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True, timeout=30)
-    assert r.returncode == 0, "ip %s: %s" % (" ".join(args), r.stdout)
-    return r.stdout
-
-
 def unix_socket(path):
     """A socket connected to the unix socket at path."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -236,54 +226,21 @@ def unix_socket(path):
 def private_link():
     """Two network namespaces made here, "proxy" and "backend", joined by a
     veth pair with addresses in one 10.213.x.y/30 and nothing else: no
-    default route, no link to the host. Both nginx and the backend run
-    inside them, so no packet of the test (retransmissions of the orphaned
-    upstream socket included, after the link is cut) can ever be routed
-    anywhere else. Removed on the way out, whatever happened."""
-    tag = secrets.token_hex(3)
-    ns_p, ns_b = "wshb-p-" + tag, "wshb-b-" + tag
-    if_p, if_b = "whp" + tag, "whb" + tag
-    x, k = secrets.randbelow(256), secrets.randbelow(64)
-    net = "10.213.%d.%%d" % x
-    addr_p, addr_b = net % (4 * k + 1), net % (4 * k + 2)
-    link = dict(ns_p=ns_p, ns_b=ns_b, if_p=if_p, if_b=if_b,
-                addr_p=addr_p, addr_b=addr_b)
-    made = []
+    default route, no link to the host (lib.netns.NetLab). Both nginx and
+    the backend run inside them, so no packet of the test (retransmissions
+    of the orphaned upstream socket included, after the link is cut) can
+    ever be routed anywhere else. Removed on the way out, whatever
+    happened."""
+    lab = NetLab(net="10.213", prefix="wshb")
     try:
-        for ns in (ns_p, ns_b):
-            ip("netns", "add", ns)
-            made.append(ns)
-        ip("-n", ns_p, "link", "add", if_p, "type", "veth",
-           "peer", "name", if_b, "netns", ns_b)
-        for ns, ifname, addr in ((ns_p, if_p, addr_p), (ns_b, if_b, addr_b)):
-            ip("-n", ns, "addr", "add", addr + "/30", "dev", ifname)
-            ip("-n", ns, "link", "set", "lo", "up")
-            ip("-n", ns, "link", "set", ifname, "up")
-        # nothing but the /30 and loopback is routable in either namespace
-        for ns in (ns_p, ns_b):
-            routes = ip("-n", ns, "-4", "route", "show", "table", "all")
-            assert "default" not in routes, routes
-        yield link
+        ns_p, ns_b = lab.namespace("p"), lab.namespace("b")
+        if_p, addr_p, if_b, addr_b = lab.veth(ns_p, ns_b)
+        yield dict(ns_p=ns_p, ns_b=ns_b, if_p=if_p, if_b=if_b,
+                   addr_p=addr_p, addr_b=addr_b)
     finally:
-        for ns in reversed(made):
-            # whatever still runs in it (the test stops its own first)
-            pids = subprocess.run(["ip", "netns", "pids", ns],
-                                  stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL,
-                                  text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            # deleting a namespace takes its end of the veth pair, and the
-            # pair goes with it
-            subprocess.run(["ip", "netns", "del", ns],
-                           stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-        left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
-                              text=True).stdout
-        assert ns_p not in left and ns_b not in left, left
+        # whatever still runs in them (the test stops its own first) is
+        # killed; deleting a namespace takes its end of the veth pair
+        lab.close()
 
 
 VANISHED_INTERVAL, VANISHED_TIMEOUT = 0.2, 0.5

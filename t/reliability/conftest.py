@@ -74,8 +74,8 @@ def raw_backend():
 
 @pytest.fixture
 def netlab():
-    from . import rlib
-    lab = rlib.NetLab()
+    from lib.netns import NetLab
+    lab = NetLab()
     try:
         yield lab
     finally:

@@ -1,7 +1,7 @@
 """Network faults. nginx runs in a network namespace of its own, the
 client in another and the backend in a third, joined by veth pairs (link
 down: a peer that vanishes without FIN or RST) or by a userspace link with
-delay and loss (rlib.TunLink: this kernel has no sch_netem, see the suite's
+delay and loss (lib.netns.TunLink: this kernel has no sch_netem, see the suite's
 README). Plus half-closed connections and resets mid-frame, compared with
 stock nginx (the module loaded, ws_heartbeat off)."""
 
@@ -15,7 +15,7 @@ import pytest
 
 from . import rlib
 from .rlib import BINARY, CLOSE, TEXT, RawClient, raw_frame, slow
-from lib import wsproto
+from lib import netns, wsproto
 from lib.nginx import free_port
 
 pytestmark = rlib.gate
@@ -47,7 +47,7 @@ class Lab:
                 self.ns_c, self.ns_p, seed)
         self.if_pb, self.addr_pb, self.if_b, self.addr_b = \
             netlab.veth(self.ns_p, self.ns_b)
-        lsock = rlib.ns_listener(self.ns_b, self.addr_b)
+        lsock = netns.ns_listener(self.ns_b, self.addr_b)
         self.backend = wsproto.Backend(mode=backend_mode,
                                        answer_pings=answer_pings, lsock=lsock)
         self.port = free_port()
@@ -57,15 +57,15 @@ class Lab:
 
     def client(self, path="/", **kw):
         c = wsproto.Client(self.port, path, host=self.addr_p,
-                           sock=rlib.ns_socket(self.ns_c), **kw)
+                           sock=netns.ns_socket(self.ns_c), **kw)
         assert c.status == 101, c.head
         return c
 
     def client_down(self):
-        rlib.ip("-n", self.ns_c, "link", "set", self.if_c, "down")
+        netns.ip("-n", self.ns_c, "link", "set", self.if_c, "down")
 
     def backend_down(self):
-        rlib.ip("-n", self.ns_b, "link", "set", self.if_b, "down")
+        netns.ip("-n", self.ns_b, "link", "set", self.if_b, "down")
 
     def stop(self):
         self.backend.stop()
