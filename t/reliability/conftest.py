@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 
+from lib import fixtures  # noqa: E402
 
 
 def pytest_configure(config):
@@ -41,35 +42,13 @@ def rnginx(tmp_path):
     started). Stopped at teardown; its log must be clean (rlib.RNginx.
     check_log)."""
     from . import rlib
-    made = []
-
-    def make(http, start=True, port=None, **kw):
-        n = rlib.RNginx(tmp_path / ("nginx%d" % len(made)), http, **kw)
-        made.append(n)
-        if start:
-            n.start(port)
-        return n
-
-    yield make
-    for n in made:
-        n.stop()
-    for n in made:
-        n.check_log()
+    yield from fixtures.nginxes(tmp_path, rlib.RNginx)
 
 
 @pytest.fixture
 def raw_backend():
     from . import rlib
-    made = []
-
-    def make(**kw):
-        b = rlib.RawBackend(**kw)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.stop()
+    yield from fixtures.made(rlib.RawBackend)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from . import rlib
 from .rlib import BINARY, CLOSE, TEXT, RawClient, raw_frame, slow
-from lib import netns, wsproto
+from lib import fixtures, netns, wsproto
 from lib.nginx import free_port
 
 pytestmark = rlib.gate
@@ -73,16 +73,7 @@ class Lab:
 
 @pytest.fixture
 def lab(netlab, rnginx):
-    made = []
-
-    def make(**kw):
-        lab = Lab(netlab, rnginx, **kw)
-        made.append(lab)
-        return lab
-
-    yield make
-    for lab in made:
-        lab.stop()
+    yield from fixtures.made(lambda **kw: Lab(netlab, rnginx, **kw))
 
 
 def stream_forever(conn, stop, size=16384):
