@@ -420,7 +420,31 @@ def send_chunked(sock, data, rng, max_chunk=None, pause=0.002, lock=None):
             time.sleep(rng.random() * pause)
 
 
-class RawClient:
+class RawEnd:
+    """What RawClient and RawConn do with their socket (self.sock), whose
+    bytes a Recorder (self.rec) keeps; writes under self.lock if set."""
+
+    lock = None
+
+    def send(self, data):
+        with (self.lock or contextlib.nullcontext()):
+            self.sock.sendall(data)
+
+    def send_chunked(self, data, rng, **kw):
+        send_chunked(self.sock, data, rng, lock=self.lock, **kw)
+
+    def shutdown_write(self):
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def reset(self):
+        """close() with SO_LINGER 0: the peer gets an RST."""
+        reset(self.sock)
+
+    def close(self):
+        close(self.sock)
+
+
+class RawClient(RawEnd):
     """A WebSocket client that answers nothing: it sends what it is told,
     exactly, and records every byte it receives."""
 
@@ -442,25 +466,9 @@ class RawClient:
         self.sock.settimeout(None)
         self.rec = Recorder(self.sock, rest)
 
-    def send(self, data):
-        self.sock.sendall(data)
 
-    def send_chunked(self, data, rng, **kw):
-        send_chunked(self.sock, data, rng, **kw)
-
-    def shutdown_write(self):
-        self.sock.shutdown(socket.SHUT_WR)
-
-    def reset(self):
-        """close() with SO_LINGER 0: the peer gets an RST."""
-        reset(self.sock)
-
-    def close(self):
-        close(self.sock)
-
-
-class RawConn:
-    """One connection at a RawBackend."""
+class RawConn(RawEnd):
+    """One connection at a RawBackend; its writes go one at a time."""
 
     def __init__(self, sock, path, headers, rest):
         self.sock = sock
@@ -468,22 +476,6 @@ class RawConn:
         self.headers = headers
         self.rec = Recorder(sock, rest)
         self.lock = threading.Lock()
-
-    def send(self, data):
-        with self.lock:
-            self.sock.sendall(data)
-
-    def send_chunked(self, data, rng, **kw):
-        send_chunked(self.sock, data, rng, lock=self.lock, **kw)
-
-    def shutdown_write(self):
-        self.sock.shutdown(socket.SHUT_WR)
-
-    def reset(self):
-        reset(self.sock)
-
-    def close(self):
-        close(self.sock)
 
 
 class RawBackend(wsproto.Listener):
