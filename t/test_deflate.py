@@ -11,7 +11,7 @@ from websockets.frames import Opcode
 
 from lib.backend import py_echo_argv
 from lib.nginx import free_port, proxy_server, wait_for
-from test_clients import FrameLog
+from lib.wslog import FrameLog
 
 
 def body_bytes_sent(n):

@@ -9,6 +9,7 @@ import subprocess
 
 T = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = "/usr/bin/python3"
+# Node.js and Debian's node-ws, for the backend here and test_clients' client
 NODE_BIN = os.environ.get("NODE_BIN", "/usr/bin/node")
 NODE_PATH = os.environ.get("NODE_WS_PATH", "/usr/share/nodejs")
 PY_ECHO = os.path.join(T, "backends", "py_echo.py")
