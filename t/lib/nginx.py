@@ -17,6 +17,12 @@ MODULE = os.environ.get(
 
 PRELOAD = os.environ.get("NGX_WS_HEARTBEAT_PRELOAD", "")
 
+# the module's close reasons, in the order of its status output
+# (nginx_ws_heartbeat_closes_total{reason=...}, the JSON's "closes")
+REASONS = ("client_heartbeat_timeout", "upstream_heartbeat_timeout",
+           "read_timeout", "send_timeout", "invalid_frame", "drain",
+           "client_close", "upstream_close", "other")
+
 
 def free_port():
     with socket.socket() as s:

@@ -17,6 +17,9 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
+# the first bytes of the payload of every Ping the module sends
+PING_TAG = b"wshb"
+
 
 def accept_key(key):
     return base64.b64encode(hashlib.sha1(key + GUID).digest())
@@ -72,7 +75,7 @@ class Frame:
 
     @property
     def is_module_ping(self):
-        return self.opcode == PING and self.payload[:4] == b"wshb"
+        return self.opcode == PING and self.payload[:4] == PING_TAG
 
     def __repr__(self):
         return "Frame(op=%d fin=%d len=%d%s)" % (

@@ -34,8 +34,9 @@ import pytest
 
 from lib import nginx as nginx_lib
 from lib import wsproto
-from lib.nginx import Nginx, wait_for
-from lib.wsproto import BINARY, CLOSE, CONT, PING, PONG, TEXT, xor_mask
+from lib.nginx import REASONS, Nginx, wait_for
+from lib.wsproto import (BINARY, CLOSE, CONT, PING, PING_TAG, PONG, TEXT,
+                         xor_mask)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -287,11 +288,6 @@ PRELOAD_ENV_KEYS = {"LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS"}
 
 def closes(st, reason):
     return st.get('nginx_ws_heartbeat_closes_total{reason="%s"}' % reason, 0)
-
-
-REASONS = ("client_heartbeat_timeout", "upstream_heartbeat_timeout",
-           "read_timeout", "send_timeout", "invalid_frame", "drain",
-           "client_close", "upstream_close", "other")
 
 
 def counters(st):
@@ -618,10 +614,10 @@ def module_ping_at(buf, i, masked):
         if buf[i:i + 2] != b"\x89\x90" or len(buf) < i + 22:
             return 0
         key = buf[i + 2:i + 6]
-        return 22 if xor_mask(buf[i + 6:i + 22], key)[:4] == b"wshb" else 0
+        return 22 if xor_mask(buf[i + 6:i + 22], key)[:4] == PING_TAG else 0
     if buf[i:i + 2] != b"\x89\x10" or len(buf) < i + 18:
         return 0
-    return 18 if buf[i + 2:i + 6] == b"wshb" else 0
+    return 18 if buf[i + 2:i + 6] == PING_TAG else 0
 
 
 class RelayMismatch(AssertionError):

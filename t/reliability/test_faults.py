@@ -1,9 +1,9 @@
 """Network faults. nginx runs in a network namespace of its own, the
 client in another and the backend in a third, joined by veth pairs (link
 down: a peer that vanishes without FIN or RST) or by a userspace link with
-delay and loss (lib.netns.TunLink: this kernel has no sch_netem, see the suite's
-README). Plus half-closed connections and resets mid-frame, compared with
-stock nginx (the module loaded, ws_heartbeat off)."""
+delay and loss (lib.netns.TunLink: this kernel has no sch_netem, see the
+suite's README). Plus half-closed connections and resets mid-frame,
+compared with stock nginx (the module loaded, ws_heartbeat off)."""
 
 import contextlib
 import random
