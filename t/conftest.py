@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from lib import fixtures  # noqa: E402
 from lib.backend import BackendProcess  # noqa: E402
+# the test files take proxy_server from here ("from conftest import ...")
 from lib.nginx import Nginx, free_port, proxy_server  # noqa: E402
 from lib.wsproto import Backend  # noqa: E402
 

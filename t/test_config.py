@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lib.nginx import proxy_server
+from conftest import proxy_server
 
 ALL = """
     ws_heartbeat on;

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from lib import nginx as nginx_lib
-from lib.nginx import proxy_server
+from conftest import proxy_server
 from lib.wsproto import TEXT, Client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))

@@ -9,8 +9,9 @@ import logging
 import websockets
 from websockets.frames import Opcode
 
+from conftest import proxy_server
 from lib.backend import py_echo_argv
-from lib.nginx import free_port, proxy_server, wait_for
+from lib.nginx import free_port, wait_for
 from lib.wslog import FrameLog
 
 

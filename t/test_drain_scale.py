@@ -28,8 +28,9 @@ import time
 
 import pytest
 
+from conftest import proxy_server
 from drainlib.fleet import Fleet, alive, wait_gone
-from lib.nginx import free_port, proxy_server
+from lib.nginx import free_port
 from lib.wsproto import BINARY, CLOSE, CONT, TEXT, Client
 
 N = 200

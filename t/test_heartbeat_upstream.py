@@ -25,9 +25,10 @@ import time
 
 import pytest
 
+from conftest import proxy_server
 from lib.backend import NODE_BIN, NODE_ECHO, NODE_PATH, py_echo_argv
 from lib.netns import NetLab, ip
-from lib.nginx import free_port, proxy_server, wait_for
+from lib.nginx import free_port, wait_for
 from lib.wsproto import BINARY, CLOSE, PING, PONG, TEXT, Client
 
 UPSTREAM_TIMEOUT_LOG = (r'\[info\].*ws heartbeat: closing, upstream heartbeat '

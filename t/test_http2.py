@@ -10,7 +10,8 @@ import h2.config
 import h2.connection
 import h2.events
 
-from lib.nginx import free_port, proxy_server
+from conftest import proxy_server
+from lib.nginx import free_port
 
 
 def test_h2_upgrade_is_not_touched(nginx_factory, backend):

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from conftest import proxy_server
 from lib import wsproto
-from lib.nginx import free_port, proxy_server
+from lib.nginx import free_port
 from lib.tls import self_signed
 from lib.wsproto import BINARY, CLOSE, PONG, TEXT, Client
 
