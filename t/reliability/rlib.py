@@ -171,33 +171,24 @@ class RNginx(Nginx):
     def stop(self, timeout=None):
         if self.proc is None:
             return
-        timeout = timeout or (60 if self.valgrind else 20)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                if self.valgrind:
-                    # nginx with master_process off can miss a SIGQUIT
-                    # that lands between its check of ngx_quit and
-                    # epoll_wait() without a timer (valgrind widens that
-                    # window): ask again, then SIGTERM, so that valgrind
-                    # still writes its summary
-                    self.missed_quit = True
-                    for sig in (signal.SIGQUIT, signal.SIGTERM):
-                        self.proc.send_signal(sig)
-                        try:
-                            self.proc.wait(30)
-                            break
-                        except subprocess.TimeoutExpired:
-                            pass
-                if self.proc.poll() is None:
-                    self.proc.kill()
-                    self.proc.wait()
-        self.returncode = self.proc.returncode
-        self.proc = None
+        super().stop(timeout or (60 if self.valgrind else 20))
         self.stderr_file.close()
         shutil.rmtree(self.sockdir, ignore_errors=True)
+
+    def quit_timed_out(self):
+        if self.valgrind:
+            # nginx with master_process off can miss a SIGQUIT that lands
+            # between its check of ngx_quit and epoll_wait() without a
+            # timer (valgrind widens that window): ask again, then SIGTERM,
+            # so that valgrind still writes its summary
+            self.missed_quit = True
+            for sig in (signal.SIGQUIT, signal.SIGTERM):
+                self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(30)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
 
     def reload(self):
         os.kill(self.pid, signal.SIGHUP)
@@ -226,11 +217,7 @@ class RNginx(Nginx):
         assert sorted(crashes) == sorted(self.expected_crashes), \
             "worker crashes %r, expected %r" % (crashes,
                                                self.expected_crashes)
-        if os.path.isdir(self.asan_dir):
-            for name in os.listdir(self.asan_dir):
-                with open(os.path.join(self.asan_dir, name)) as f:
-                    raise AssertionError("sanitizer report %s:\n%s"
-                                         % (name, f.read()[:20000]))
+        self.check_sanitizers()
         if self.valgrind:
             self.check_valgrind()
 
