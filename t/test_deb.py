@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from lib import nginx as nginx_lib
 from conftest import proxy_server
+from lib import nginx as nginx_lib
 from lib.wsproto import TEXT, Client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
