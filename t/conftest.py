@@ -1,5 +1,6 @@
 """pytest fixtures: a real nginx with the real module, raw backends."""
 
+import itertools
 import os
 import sys
 
@@ -7,63 +8,36 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from lib.nginx import Nginx, free_port  # noqa: E402
+from lib import fixtures  # noqa: E402
+from lib.backend import BackendProcess  # noqa: E402
+# the test files take proxy_server from here ("from conftest import ...")
+from lib.nginx import Nginx, free_port, proxy_server  # noqa: E402
 from lib.wsproto import Backend  # noqa: E402
-
-
-def proxy_server(port, backend_port, extra="", location="/",
-                 scheme="http", listen_extra=""):
-    """A server block proxying WebSocket upgrades the documented way."""
-    return """
-    server {
-        listen 127.0.0.1:%(port)d %(listen_extra)s;
-        location %(location)s {
-            proxy_pass %(scheme)s://127.0.0.1:%(bport)d;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            %(extra)s
-        }
-    }
-""" % dict(port=port, bport=backend_port, extra=extra, location=location,
-           scheme=scheme, listen_extra=listen_extra)
 
 
 @pytest.fixture
 def nginx_factory(tmp_path):
     """nginx_factory(http_block, **kw) -> started Nginx (or unstarted with
     start=False). Stopped at teardown, and its error.log must have no
-    [alert]/[crit]/[emerg] and no crashed worker."""
-    made = []
-
-    def make(http, start=True, port=None, check=True, **kw):
-        n = Nginx(tmp_path / ("nginx%d" % len(made)), http, **kw)
-        n.check = check
-        made.append(n)
-        if start:
-            n.start(port)
-        return n
-
-    yield make
-    for n in made:
-        n.stop()
-    for n in made:
-        if n.check:
-            n.check_log()
+    [alert]/[crit]/[emerg] and no crashed worker (unless check=False)."""
+    yield from fixtures.nginxes(tmp_path, Nginx)
 
 
 @pytest.fixture
 def backend():
-    made = []
+    """backend(**kw) -> a lib.wsproto.Backend, stopped at teardown."""
+    yield from fixtures.made(Backend)
 
-    def make(**kw):
-        b = Backend(**kw)
-        made.append(b)
-        return b
 
-    yield make
-    for b in made:
-        b.stop()
+@pytest.fixture
+def procs(tmp_path):
+    """procs(argv, env=None, stdin=False) -> started lib.backend.
+    BackendProcess; all are stopped at teardown (SIGCONT first: a test may
+    have left one stopped)."""
+    n = itertools.count()
+    yield from fixtures.made(lambda argv, env=None, stdin=False: (
+        BackendProcess(argv, str(tmp_path / ("backend%d.err" % next(n))),
+                       env, stdin)))
 
 
 @pytest.fixture

@@ -17,26 +17,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from lib.nginx import Nginx, free_port  # noqa: E402
-from lib.wsproto import Backend, Client, CLOSE, TEXT  # noqa: E402
+from lib.nginx import Nginx, free_port, proxy_server  # noqa: E402
+from lib.wsproto import Backend, Client, CLOSE  # noqa: E402
 
-CONF = """
-    server {
-        listen 127.0.0.1:%(port)d;
-
-        location /ws {
-            proxy_pass http://127.0.0.1:%(bport)d;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_read_timeout 5s;    # stock nginx would cut idle sockets
+# the location's own lines, after the proxy block of lib.nginx.proxy_server
+CONF = """proxy_read_timeout 5s;    # stock nginx would cut idle sockets
 
             ws_heartbeat on;
             ws_heartbeat_interval 2s;
-            ws_heartbeat_timeout 1500ms;
-        }
-    }
-"""
+            ws_heartbeat_timeout 1500ms;"""
 
 
 def say(who, text):
@@ -105,7 +94,7 @@ def main():
     b = Backend(mode="echo")
     port = int(os.environ.get("DEMO_PORT") or 0) or free_port()
     prefix = tempfile.mkdtemp(prefix="ws-heartbeat-demo-")
-    n = Nginx(prefix, CONF % dict(port=port, bport=b.port))
+    n = Nginx(prefix, proxy_server(port, b.port, CONF, location="/ws"))
     rc, out = n.test_config()
     print(out.strip())
     if rc != 0:

@@ -23,11 +23,11 @@ import websockets
 from websockets.frames import Opcode
 
 from clients.chromium import Chromium
+from lib.backend import NODE_BIN, NODE_PATH
+from lib.wslog import FrameLog
 from lib.wsproto import PONG, TEXT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-NODE_BIN = os.environ.get("NODE_BIN", "/usr/bin/node")
-NODE_PATH = os.environ.get("NODE_WS_PATH", "/usr/share/nodejs")
 WS_CLIENT_JS = os.path.join(HERE, "clients", "ws_client.js")
 
 PROXY_READ_TIMEOUT = 1.0
@@ -55,24 +55,6 @@ def backend_conn(b, message):
 
 
 # -- python3-websockets ------------------------------------------------------
-
-class FrameLog(logging.Handler):
-    """websockets 10.4 answers Pings inside its protocol and has no Ping
-    callback; at DEBUG level it logs every frame read ("< %s") and written
-    ("> %s") with the Frame object as the argument. Keep those."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.frames = []          # ("<" or ">", Frame)
-
-    def emit(self, record):
-        if record.msg in ("< %s", "> %s") and record.args and \
-                hasattr(record.args[0], "opcode"):
-            self.frames.append((record.msg[0], record.args[0]))
-
-    def opcode(self, direction, op):
-        return [f for d, f in self.frames if d == direction and f.opcode == op]
-
 
 def test_python_websockets_outlives_proxy_read_timeout(ws_proxy):
     n, port, b = ws_proxy(CONF)

@@ -10,9 +10,9 @@ import websockets
 from websockets.frames import Opcode
 
 from conftest import proxy_server
+from lib.backend import py_echo_argv
 from lib.nginx import free_port, wait_for
-from test_clients import FrameLog
-from test_heartbeat_upstream import procs, py_echo_argv  # noqa: F401
+from lib.wslog import FrameLog
 
 
 def body_bytes_sent(n):
@@ -27,7 +27,7 @@ def body_bytes_sent(n):
     return None
 
 
-def test_permessage_deflate_end_to_end(nginx_factory, procs):  # noqa: F811
+def test_permessage_deflate_end_to_end(nginx_factory, procs):
     backend = procs(py_echo_argv())
     port = free_port()
     n = nginx_factory(proxy_server(port, backend.port, """

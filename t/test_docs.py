@@ -10,11 +10,11 @@ import os
 import re
 import socket
 import ssl
-import subprocess
 
 import pytest
 
 from lib.nginx import free_port
+from lib.tls import self_signed
 from lib.wsproto import TEXT, Client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -377,13 +377,8 @@ def test_how_it_works_has_a_sequence_diagram():
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cert")
-    crt, key = d / "fullchain.pem", d / "privkey.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
-                    "-nodes", "-keyout", str(key), "-out", str(crt),
-                    "-days", "2", "-subj", "/CN=ws.example.com"],
-                   check=True, capture_output=True)
-    return str(crt), str(key)
+    return self_signed(tmp_path_factory.mktemp("cert"), "ws.example.com",
+                       "fullchain.pem", "privkey.pem")
 
 
 def ipv6_loopback():

@@ -24,7 +24,6 @@ def test_quit_closes_through_the_backend(ws_proxy):
     n, port, b = ws_proxy("""
             ws_heartbeat on;
             ws_heartbeat_drain_timeout 3s;
-
             ws_heartbeat_drain_spread 0;""")
     c = Client(port)
     conn = b.accept()
@@ -54,7 +53,6 @@ def test_drain_timeout_bounds_a_silent_peer(ws_proxy):
     n, port, b = ws_proxy("""
             ws_heartbeat on;
             ws_heartbeat_drain_timeout 500ms;
-
             ws_heartbeat_drain_spread 0;""",
                           backend_kw=dict(mode="silent", answer_close=False))
     c = Client(port, answer_pings=False)
@@ -79,7 +77,6 @@ def test_message_in_flight_finishes_first(ws_proxy):
     n, port, b = ws_proxy("""
             ws_heartbeat on;
             ws_heartbeat_drain_timeout 5s;
-
             ws_heartbeat_drain_spread 0;""",
                           backend_kw=dict(mode="silent", answer_close=False))
     c = Client(port)

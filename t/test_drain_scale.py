@@ -43,7 +43,6 @@ CONF = """
             ws_heartbeat_interval 300ms;
             ws_heartbeat_drain %s;
             ws_heartbeat_drain_timeout 3s;
-
             ws_heartbeat_drain_spread 0;
             add_header X-Worker $pid always;"""
 
@@ -366,7 +365,6 @@ def test_message_crossing_the_close_reaches_the_client_first(ws_proxy):
     n, port, b = ws_proxy("""
             ws_heartbeat on;
             ws_heartbeat_drain_timeout 3s;
-
             ws_heartbeat_drain_spread 0;""",
                           backend_kw=dict(mode="silent", answer_close=False))
     c = Client(port)

@@ -15,13 +15,10 @@ import contextlib
 import json
 import os
 import re
-import secrets
-import selectors
 import shutil
 import signal
 import socket
 import struct
-import subprocess
 import tempfile
 import threading
 import time
@@ -29,16 +26,10 @@ import time
 import pytest
 
 from conftest import proxy_server
-from lib import wsproto
+from lib.backend import NODE_BIN, NODE_ECHO, NODE_PATH, py_echo_argv
+from lib.netns import NetLab, ip
 from lib.nginx import free_port, wait_for
 from lib.wsproto import BINARY, CLOSE, PING, PONG, TEXT, Client
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-PYTHON = "/usr/bin/python3"
-NODE_BIN = os.environ.get("NODE_BIN", "/usr/bin/node")
-NODE_PATH = os.environ.get("NODE_WS_PATH", "/usr/share/nodejs")
-PY_ECHO = os.path.join(HERE, "backends", "py_echo.py")
-NODE_ECHO = os.path.join(HERE, "backends", "node_echo.js")
 
 UPSTREAM_TIMEOUT_LOG = (r'\[info\].*ws heartbeat: closing, upstream heartbeat '
                         r'timeout in location "/"')
@@ -67,91 +58,6 @@ def close_reason(f):
 
 def ping_seq(f):
     return struct.unpack("!I", f.payload[4:8])[0]
-
-
-class BackendProcess:
-    """A backend in its own process (and process group): the first line of
-    its stdout is the port it listens on."""
-
-    def __init__(self, argv, stderr_path, env=None, start_timeout=15.0):
-        self.stderr_path = stderr_path
-        self.stderr = open(stderr_path, "wb")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, env=env,
-                                     start_new_session=True)
-        self.pid = self.proc.pid
-        self.port = int(self._first_line(start_timeout))
-
-    def _first_line(self, timeout):
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        try:
-            if not sel.select(timeout):
-                raise AssertionError("backend printed no port in %.0fs: %s"
-                                     % (timeout, self.errors()))
-        finally:
-            sel.close()
-        line = self.proc.stdout.readline().decode().strip()
-        if not line.isdigit():
-            raise AssertionError("backend did not start (%r): %s"
-                                 % (line, self.errors()))
-        return line
-
-    def errors(self):
-        self.stderr.flush()
-        with open(self.stderr_path, "rb") as f:
-            return f.read().decode(errors="replace")[-4000:]
-
-    def signal(self, sig):
-        os.kill(self.pid, sig)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            for sig in (signal.SIGCONT, signal.SIGTERM):
-                try:
-                    os.killpg(self.pid, sig)
-                except ProcessLookupError:
-                    pass
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(5)
-        else:
-            # whatever it left in its group
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        self.proc.stdout.close()
-        self.stderr.close()
-
-
-@pytest.fixture
-def procs(tmp_path):
-    """procs(argv, env=None) -> started BackendProcess; all are stopped at
-    teardown (SIGCONT first: a test may have left one stopped)."""
-    made = []
-
-    def make(argv, env=None):
-        p = BackendProcess(argv, str(tmp_path / ("backend%d.err"
-                                                 % len(made))), env)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.stop()
-
-
-def py_echo_argv(host=None):
-    argv = [PYTHON, PY_ECHO]
-    if host:
-        argv += ["--host", host]
-    return argv
 
 
 def start_echo(procs, kind):
@@ -310,84 +216,32 @@ def test_deaf_backend_gets_masked_close_1001(ws_proxy, client):
 
 # -- 3. vanished backend -------------------------------------------------------
 
-def ip(*args):
-    """Run ip(8); any failure (no permission for namespaces...) fails the
-    test, never skips it."""
-    r = subprocess.run(["ip"] + list(args), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True, timeout=30)
-    assert r.returncode == 0, "ip %s: %s" % (" ".join(args), r.stdout)
-    return r.stdout
-
-
-class _UnixSocketModule:
-    """Stands in for the socket module inside lib.wsproto while a Client is
-    made: its one TCP connect goes to nginx's unix socket instead."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def create_connection(self, address, timeout=None):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        s.connect(self.path)
-        return s
-
-    def __getattr__(self, name):
-        return getattr(socket, name)
+def unix_socket(path):
+    """A socket connected to the unix socket at path."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    return s
 
 
 @contextlib.contextmanager
 def private_link():
     """Two network namespaces made here, "proxy" and "backend", joined by a
     veth pair with addresses in one 10.213.x.y/30 and nothing else: no
-    default route, no link to the host. Both nginx and the backend run
-    inside them, so no packet of the test (retransmissions of the orphaned
-    upstream socket included, after the link is cut) can ever be routed
-    anywhere else. Removed on the way out, whatever happened."""
-    tag = secrets.token_hex(3)
-    ns_p, ns_b = "wshb-p-" + tag, "wshb-b-" + tag
-    if_p, if_b = "whp" + tag, "whb" + tag
-    x, k = secrets.randbelow(256), secrets.randbelow(64)
-    net = "10.213.%d.%%d" % x
-    addr_p, addr_b = net % (4 * k + 1), net % (4 * k + 2)
-    link = dict(ns_p=ns_p, ns_b=ns_b, if_p=if_p, if_b=if_b,
-                addr_p=addr_p, addr_b=addr_b)
-    made = []
+    default route, no link to the host (lib.netns.NetLab). Both nginx and
+    the backend run inside them, so no packet of the test (retransmissions
+    of the orphaned upstream socket included, after the link is cut) can
+    ever be routed anywhere else. Removed on the way out, whatever
+    happened."""
+    lab = NetLab(net="10.213", prefix="wshb")
     try:
-        for ns in (ns_p, ns_b):
-            ip("netns", "add", ns)
-            made.append(ns)
-        ip("-n", ns_p, "link", "add", if_p, "type", "veth",
-           "peer", "name", if_b, "netns", ns_b)
-        for ns, ifname, addr in ((ns_p, if_p, addr_p), (ns_b, if_b, addr_b)):
-            ip("-n", ns, "addr", "add", addr + "/30", "dev", ifname)
-            ip("-n", ns, "link", "set", "lo", "up")
-            ip("-n", ns, "link", "set", ifname, "up")
-        # nothing but the /30 and loopback is routable in either namespace
-        for ns in (ns_p, ns_b):
-            routes = ip("-n", ns, "-4", "route", "show", "table", "all")
-            assert "default" not in routes, routes
-        yield link
+        ns_p, ns_b = lab.namespace("p"), lab.namespace("b")
+        if_p, addr_p, if_b, addr_b = lab.veth(ns_p, ns_b)
+        yield dict(ns_p=ns_p, ns_b=ns_b, if_p=if_p, if_b=if_b,
+                   addr_p=addr_p, addr_b=addr_b)
     finally:
-        for ns in reversed(made):
-            # whatever still runs in it (the test stops its own first)
-            pids = subprocess.run(["ip", "netns", "pids", ns],
-                                  stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL,
-                                  text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            # deleting a namespace takes its end of the veth pair, and the
-            # pair goes with it
-            subprocess.run(["ip", "netns", "del", ns],
-                           stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-        left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE,
-                              text=True).stdout
-        assert ns_p not in left and ns_b not in left, left
+        # whatever still runs in them (the test stops its own first) is
+        # killed; deleting a namespace takes its end of the veth pair
+        lab.close()
 
 
 VANISHED_INTERVAL, VANISHED_TIMEOUT = 0.2, 0.5
@@ -410,8 +264,7 @@ VANISHED = """
 """
 
 
-def test_vanished_backend_client_gets_1011(procs, nginx_factory,
-                                           monkeypatch):
+def test_vanished_backend_client_gets_1011(procs, nginx_factory):
     sockdir = tempfile.mkdtemp(prefix="wshb-")
     sock = os.path.join(sockdir, "nginx.sock")
     try:
@@ -427,7 +280,7 @@ def test_vanished_backend_client_gets_1011(procs, nginx_factory,
             n.cmd = lambda *extra: (["ip", "netns", "exec", link["ns_p"]]
                                     + plain_cmd(*extra))
             try:
-                vanish(n, bp, link, sock, monkeypatch)
+                vanish(n, bp, link, sock)
             finally:
                 # stop both while their namespaces still exist
                 n.stop()
@@ -436,7 +289,7 @@ def test_vanished_backend_client_gets_1011(procs, nginx_factory,
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
-def vanish(n, bp, link, sock, monkeypatch):
+def vanish(n, bp, link, sock):
     n.start()
 
     def listening():
@@ -448,9 +301,7 @@ def vanish(n, bp, link, sock, monkeypatch):
             return False
     wait_for(listening, 10, what="nginx on " + sock)
 
-    with monkeypatch.context() as m:
-        m.setattr(wsproto, "socket", _UnixSocketModule(sock))
-        c = Client(0, answer_pings=True)
+    c = Client(0, answer_pings=True, sock=unix_socket(sock))
     assert c.status == 101, c.head + n.log()[-2000:]
     c.send_text("across the link")
     f = c.recv_frame(timeout=5)

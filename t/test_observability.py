@@ -16,7 +16,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from lib.nginx import free_port, wait_for, wait_port
+from lib.nginx import REASONS, free_port, wait_for, wait_port
 from lib.wsproto import CLOSE, TEXT, Client, close_payload, encode_frame
 
 P = "nginx_ws_heartbeat_"
@@ -33,9 +33,6 @@ FAMILIES = {
 }
 
 PEERS = ("client", "upstream")
-REASONS = ("client_heartbeat_timeout", "upstream_heartbeat_timeout",
-           "read_timeout", "send_timeout", "invalid_frame", "drain",
-           "max_age", "client_close", "upstream_close", "other")
 CODES = tuple(str(c) for c in range(1000, 1016)) + ("other",)
 LE = ("0.001000", "0.002500", "0.005000", "0.010000", "0.025000",
       "0.050000", "0.100000", "0.250000", "0.500000", "1.000000",
@@ -666,7 +663,6 @@ def test_counters_survive_reload(nginx_factory, backend, tmp_path):
         ws_heartbeat on;
         ws_heartbeat_interval 10s;
         ws_heartbeat_drain_timeout 3s;
-
         ws_heartbeat_drain_spread 0;""", locations="""
         location = /status { ws_heartbeat_status; }"""), port=port,
                       workers=2)
@@ -789,7 +785,6 @@ def invalid_frame_while_draining(nginx_factory, backend, tmp_path):
         ws_heartbeat on;
         ws_heartbeat_interval 10s;
         ws_heartbeat_drain_timeout 1s;
-
         ws_heartbeat_drain_spread 0;""", locations="""
         location = /status { ws_heartbeat_status; }"""), port=port)
     status = Status(port)

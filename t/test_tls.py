@@ -4,7 +4,6 @@ buffer (OpenSSL's rule)."""
 
 import random
 import ssl
-import subprocess
 import threading
 import time
 
@@ -13,18 +12,13 @@ import pytest
 from conftest import proxy_server
 from lib import wsproto
 from lib.nginx import free_port
+from lib.tls import self_signed
 from lib.wsproto import BINARY, CLOSE, PONG, TEXT, Client
 
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cert")
-    crt, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
-                    "-nodes", "-keyout", str(key), "-out", str(crt),
-                    "-days", "2", "-subj", "/CN=127.0.0.1"],
-                   check=True, capture_output=True)
-    return str(crt), str(key)
+    return self_signed(tmp_path_factory.mktemp("cert"), "127.0.0.1")
 
 
 def tls_setup(nginx_factory, backend, cert, client_tls, backend_tls,

@@ -24,15 +24,14 @@ the tests can check what arrived, whole and in order, before and after
 each Close."""
 
 import asyncio
-import base64
 import os
 import socket
-import struct
 import time
 from urllib.parse import parse_qs, urlsplit
 
 from lib.wsproto import (BINARY, CLOSE, CONT, PING, PONG, TEXT, Parser,
-                         accept_key, encode_frame)
+                         accept_key, close_payload, encode_frame,
+                         handshake_request, handshake_response, parse_head)
 
 TICK = 0.02
 CLIENT_EVERY = 5
@@ -172,7 +171,7 @@ class Endpoint(asyncio.Protocol):
         if self.close_sent:
             return
         self.finish_message()
-        self.send(CLOSE, True, struct.pack("!H", code) + reason)
+        self.send(CLOSE, True, close_payload(code, reason))
         self.close_sent = True
         self.close_sent_at = time.monotonic()
 
@@ -208,8 +207,7 @@ class Endpoint(asyncio.Protocol):
         if f.opcode == PONG:
             return
         if f.opcode == CLOSE:
-            code = (struct.unpack("!H", f.payload[:2])[0]
-                    if len(f.payload) >= 2 else None)
+            code = f.close_code
             self.closes.append((time.monotonic(), code, f.payload[2:]))
             if len(self.closes) == 1:
                 if self.msg_op is not None:
@@ -325,21 +323,13 @@ class BackendConn(Endpoint):
         return message(self.conn_id, seq)
 
     def on_head(self, head):
-        lines = head.split("\r\n")
-        self.path = lines[0].split()[1]
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
+        start, headers = parse_head(head)
+        self.path = start.split()[1]
         q = parse_qs(urlsplit(self.path).query)
         self.gen = int(q["g"][0])
         self.conn_id = int(q["id"][0])
         self.busy = q["kind"][0] == "busy"
-        key = headers.get("sec-websocket-key", "").encode()
-        self.transport.write((
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
-            % accept_key(key).decode()).encode())
+        self.transport.write(handshake_response(headers))
         self.upgraded = True
         self.fleet.backend[(self.gen, self.conn_id)] = self
 
@@ -377,7 +367,10 @@ class ClientConn(Endpoint):
         self.busy = busy
         self.status = None
         self.headers = {}
-        self.key = base64.b64encode(os.urandom(16))
+        self.request, self.key = handshake_request(
+            "/ws?g=%d&id=%d&kind=%s" % (gen, conn_id,
+                                        "busy" if busy else "idle"),
+            "127.0.0.1")
         self.upgrade_done = asyncio.get_event_loop().create_future()
         self.ticks = 0
 
@@ -392,20 +385,11 @@ class ClientConn(Endpoint):
 
     def connection_made(self, transport):
         super().connection_made(transport)
-        path = "/ws?g=%d&id=%d&kind=%s" % (self.gen, self.conn_id,
-                                           "busy" if self.busy else "idle")
-        transport.write((
-            "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-            % (path, self.key.decode())).encode())
+        transport.write(self.request)
 
     def on_head(self, head):
-        lines = head.split("\r\n")
-        self.status = int(lines[0].split()[1])
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            self.headers[k.strip().lower()] = v.strip()
+        start, self.headers = parse_head(head)
+        self.status = int(start.split()[1])
         ok = (self.status == 101 and self.headers.get("sec-websocket-accept")
               == accept_key(self.key).decode())
         self.upgraded = ok

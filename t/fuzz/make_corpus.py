@@ -6,30 +6,27 @@ Deterministic (fixed seed), so re-running gives the same files.
 """
 import os
 import random
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from lib.wsproto import encode_frame  # noqa: E402
+
 rng = random.Random(6455)
 
 
+def frame(b0, payload, mask=None, form=None, declared=None):
+    """The frame whose first byte is b0, masked with the key mask unless
+    it is None (lib.wsproto.encode_frame)."""
+    return encode_frame(b0 & 0x0F, payload, fin=bool(b0 & 0x80),
+                        mask=mask is not None, rsv=(b0 >> 4) & 7, key=mask,
+                        form=form, declared=declared)
+
+
 def header(b0, n, mask=None, form=None):
-    m = 0x80 if mask else 0
-    if form is None:
-        form = 7 if n < 126 else 16 if n < 65536 else 64
-    h = bytes([b0])
-    if form == 7:
-        h += bytes([m | n])
-    elif form == 16:
-        h += bytes([m | 126]) + n.to_bytes(2, 'big')
-    else:
-        h += bytes([m | 127]) + n.to_bytes(8, 'big')
-    return h + (bytes(mask) if mask else b'')
-
-
-def frame(b0, payload, mask=None, form=None):
-    body = payload
-    if mask:
-        body = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
-    return header(b0, len(payload), mask, form) + body
+    """Only the header (and key) of a frame declaring n payload bytes."""
+    return frame(b0, b'', mask, form, n)
 
 
 def key():
@@ -68,8 +65,8 @@ def streams(client):
         ('bad_rsv2', frame(0xa1, b'', k())),
         ('bad_ctl_size', header(0x89, 126, k())),
         ('bad_ctl_frag', frame(0x09, b'', k())),
-        ('bad_size16', header(0x82, 5, k(), 16)),
-        ('bad_size64', header(0x82, 5, k(), 64)),
+        ('bad_size16', header(0x82, 5, k(), '16')),
+        ('bad_size64', header(0x82, 5, k(), '64')),
         ('bad_top_bit', header(0x82, 1 << 63, k())),
         ('bad_mask', frame(0x81, b'm', None if client else key())),
         ('bad_cont', frame(0x80, b'', k())),

@@ -36,6 +36,28 @@ def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+def proxy_server(port, backend, extra="", location="/", scheme="http",
+                 listen_extra="", addr="127.0.0.1"):
+    """A server block on addr:port proxying WebSocket upgrades the
+    documented way, to backend: a port on 127.0.0.1, "host:port" or
+    "unix:/path"."""
+    if isinstance(backend, int):
+        backend = "127.0.0.1:%d" % backend
+    return """
+    server {
+        listen %(addr)s:%(port)d %(listen_extra)s;
+        location %(location)s {
+            proxy_pass %(scheme)s://%(backend)s;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            %(extra)s
+        }
+    }
+""" % dict(port=port, backend=backend, extra=extra, location=location,
+           scheme=scheme, listen_extra=listen_extra, addr=addr)
+
+
 def wait_port(port, timeout=10.0):
     def ok():
         try:
@@ -44,6 +66,13 @@ def wait_port(port, timeout=10.0):
         except OSError:
             return False
     wait_for(ok, timeout, what="port %d" % port)
+
+
+# the module's close reasons, in the order of its status output
+# (nginx_ws_heartbeat_closes_total{reason=...}, the JSON's "closes")
+REASONS = ("client_heartbeat_timeout", "upstream_heartbeat_timeout",
+           "read_timeout", "send_timeout", "invalid_frame", "drain",
+           "max_age", "client_close", "upstream_close", "other")
 
 
 class Nginx:
@@ -131,6 +160,8 @@ http {
         os.kill(self.pid, sig)
 
     def stop(self, timeout=15):
+        """SIGQUIT, and SIGKILL if nginx is still there after timeout;
+        keeps its exit status in returncode."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -138,11 +169,18 @@ http {
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.quit_timed_out()
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait()
+        self.returncode = self.proc.returncode
         if self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
+
+    def quit_timed_out(self):
+        """nginx did not quit within stop()'s timeout: a subclass may try
+        harder before it is killed."""
 
     def log(self):
         try:
@@ -162,6 +200,10 @@ http {
                if "[alert]" in l or "[emerg]" in l or "[crit]" in l
                or "exited on signal" in l]
         assert not bad, "error.log:\n" + "\n".join(bad)
+        self.check_sanitizers()
+
+    def check_sanitizers(self):
+        """No ASan or UBSan report (NGX_WS_HEARTBEAT_PRELOAD)."""
         if os.path.isdir(self.asan_dir):
             for name in os.listdir(self.asan_dir):
                 with open(os.path.join(self.asan_dir, name)) as f:

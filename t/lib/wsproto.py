@@ -17,18 +17,27 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
+# the first bytes of the payload of every Ping the module sends
+PING_TAG = b"wshb"
+
 
 def accept_key(key):
     return base64.b64encode(hashlib.sha1(key + GUID).digest())
 
 
-def encode_frame(opcode, payload=b"", fin=True, mask=True, rsv=0, key=None):
+def encode_frame(opcode, payload=b"", fin=True, mask=True, rsv=0, key=None,
+                 form=None, declared=None):
+    """A frame, masked with key (random if None) when mask is true. Also
+    any frame that is not well formed: form "7", "16" or "64" forces the
+    length encoding, declared overrides the length field."""
     b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
-    n = len(payload)
+    n = len(payload) if declared is None else declared
+    if form is None:
+        form = "7" if n < 126 else "16" if n < 65536 else "64"
     mbit = 0x80 if mask else 0
-    if n < 126:
+    if form == "7":
         head = struct.pack("!BB", b0, mbit | n)
-    elif n < 65536:
+    elif form == "16":
         head = struct.pack("!BBH", b0, mbit | 126, n)
     else:
         head = struct.pack("!BBQ", b0, mbit | 127, n)
@@ -66,7 +75,7 @@ class Frame:
 
     @property
     def is_module_ping(self):
-        return self.opcode == PING and self.payload[:4] == b"wshb"
+        return self.opcode == PING and self.payload[:4] == PING_TAG
 
     def __repr__(self):
         return "Frame(op=%d fin=%d len=%d%s)" % (
@@ -131,14 +140,92 @@ def read_http_head(sock, buf=b"", limit=65536):
     return head.decode("latin-1"), rest
 
 
+def parse_head(head):
+    """An HTTP head as read_http_head() returns it: (its first line,
+    {lower-case header name: value})."""
+    lines = head.split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return lines[0], headers
+
+
+def handshake_request(path, host, upgrade="websocket", headers=None):
+    """A client's opening handshake, with host as its Host header: (the
+    request's bytes, its Sec-WebSocket-Key)."""
+    key = base64.b64encode(os.urandom(16))
+    lines = ["GET %s HTTP/1.1" % path, "Host: %s" % host,
+             "Upgrade: %s" % upgrade, "Connection: Upgrade",
+             "Sec-WebSocket-Key: " + key.decode(),
+             "Sec-WebSocket-Version: 13"]
+    for k, v in (headers or {}).items():
+        lines.append("%s: %s" % (k, v))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode(), key
+
+
+def client_handshake(sock, path, host, upgrade="websocket", headers=None,
+                     extra=b""):
+    """The client's side of the opening handshake on sock (extra: bytes
+    sent in the same write, right behind the request). A 101 must carry the
+    right Sec-WebSocket-Accept. Returns (head, status, {lower-case header
+    name: value}, the bytes read behind the head)."""
+    req, key = handshake_request(path, host, upgrade, headers)
+    sock.sendall(req + extra)
+    head, rest = read_http_head(sock)
+    start, resp_headers = parse_head(head)
+    status = int(start.split()[1])
+    if status == 101:
+        assert resp_headers.get("sec-websocket-accept") == \
+            accept_key(key).decode(), head
+    return head, status, resp_headers, rest
+
+
+def read_request(sock):
+    """The server's side: read a request head; returns (path, {lower-case
+    header name: value}, the bytes read behind the head)."""
+    head, rest = read_http_head(sock)
+    start, headers = parse_head(head)
+    return start.split()[1], headers, rest
+
+
+def handshake_response(headers, upgrade="websocket", status=101,
+                       extensions=None):
+    """The answer to an opening handshake whose headers (as parse_head()
+    gives them) are these, as bytes."""
+    key = headers.get("sec-websocket-key", "").encode()
+    resp = ["HTTP/1.1 %d Switching Protocols" % status,
+            "Upgrade: " + upgrade, "Connection: Upgrade",
+            "Sec-WebSocket-Accept: " + accept_key(key).decode()]
+    if extensions:
+        resp.append("Sec-WebSocket-Extensions: " + extensions)
+    return ("\r\n".join(resp) + "\r\n\r\n").encode()
+
+
+def _connected(sock):
+    try:
+        sock.getpeername()
+        return True
+    except OSError:
+        return False
+
+
 class Client:
     """A raw WebSocket client. answer_pings: reply to the module's Pings
-    (and the backend's) with a Pong echoing the payload, as browsers do."""
+    (and the backend's) with a Pong echoing the payload, as browsers do.
+    sock: a socket made elsewhere (inside a network namespace, with a small
+    receive buffer...), connected here to (host, port) unless it is
+    connected already (an AF_UNIX socket to nginx, say)."""
 
     def __init__(self, port, path="/", host="127.0.0.1", headers=None,
                  tls=False, timeout=10.0, answer_pings=True, extra=b"",
-                 upgrade="websocket"):
-        self.sock = socket.create_connection((host, port), timeout)
+                 upgrade="websocket", sock=None):
+        if sock is None:
+            sock = socket.create_connection((host, port), timeout)
+        elif not _connected(sock):
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+        self.sock = sock
         if tls:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
@@ -153,24 +240,8 @@ class Client:
         self.parser = Parser()
         self.frames = []          # received, not yet returned
         self.pings = []           # (monotonic time, Frame) of module Pings
-        key = base64.b64encode(os.urandom(16))
-        lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, port),
-                 "Upgrade: %s" % upgrade, "Connection: Upgrade",
-                 "Sec-WebSocket-Key: " + key.decode(),
-                 "Sec-WebSocket-Version: 13"]
-        for k, v in (headers or {}).items():
-            lines.append("%s: %s" % (k, v))
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + extra)
-        head, rest = read_http_head(self.sock)
-        self.head = head
-        self.status = int(head.split()[1])
-        self.headers = {}
-        for line in head.split("\r\n")[1:]:
-            k, _, v = line.partition(":")
-            self.headers[k.strip().lower()] = v.strip()
-        if self.status == 101:
-            assert self.headers.get("sec-websocket-accept") == \
-                accept_key(key).decode(), head
+        self.head, self.status, self.headers, rest = client_handshake(
+            self.sock, path, "%s:%d" % (host, port), upgrade, headers, extra)
         self.frames += self.parser.feed(rest)
         self.closed = False
 
@@ -310,30 +381,21 @@ class Conn:
         self.sock.close()
 
 
-class Backend:
-    """A raw WebSocket backend on 127.0.0.1. mode "echo": every frame comes
-    back as received, unmasked (fragments and control frames included);
-    "silent": frames are only recorded. Pings from nginx are answered with a
-    Pong unless answer_pings is False. A Close is answered with a Close and
-    the TCP connection is then shut down, unless answer_close is False."""
+class Listener:
+    """A TCP server on 127.0.0.1, or on lsock, a socket bound elsewhere
+    (e.g. inside a network namespace): one thread accepts, and each
+    connection is served by self._serve(sock) in a thread of its own. A
+    subclass sets its attributes before calling __init__: a connection may
+    come at once."""
 
-    def __init__(self, mode="echo", answer_pings=True, extensions=None,
-                 upgrade="websocket", status=101, tls_context=None,
-                 answer_close=True):
-        self.mode = mode
-        self.answer_close = answer_close
-        self.answer_pings = answer_pings
-        self.extensions = extensions
-        self.upgrade = upgrade
-        self.status = status
-        self.tls_context = tls_context
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(512)
-        self.port = self.lsock.getsockname()[1]
-        self.conns = queue.Queue()
-        self.all = []
+    def __init__(self, lsock=None, backlog=512):
+        if lsock is None:
+            lsock = socket.socket()
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind(("127.0.0.1", 0))
+        lsock.listen(backlog)
+        self.lsock = lsock
+        self.port = lsock.getsockname()[1]
         self.stopping = False
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -347,27 +409,39 @@ class Backend:
             threading.Thread(target=self._serve, args=(s,),
                              daemon=True).start()
 
+
+class Backend(Listener):
+    """A raw WebSocket backend on 127.0.0.1 (or on lsock, see Listener).
+    mode "echo": every frame comes back as received, unmasked (fragments
+    and control frames included); "silent": frames are only recorded. Pings
+    from nginx are answered with a Pong unless answer_pings is False. A
+    Close is answered with a Close and the TCP connection is then shut
+    down, unless answer_close is False."""
+
+    def __init__(self, mode="echo", answer_pings=True, extensions=None,
+                 upgrade="websocket", status=101, tls_context=None,
+                 answer_close=True, lsock=None):
+        self.mode = mode
+        self.answer_close = answer_close
+        self.answer_pings = answer_pings
+        self.extensions = extensions
+        self.upgrade = upgrade
+        self.status = status
+        self.tls_context = tls_context
+        self.conns = queue.Queue()
+        self.all = []
+        super().__init__(lsock)
+
     def _serve(self, s):
         try:
             if self.tls_context:
                 s = self.tls_context.wrap_socket(s, server_side=True)
-            head, rest = read_http_head(s)
+            path, headers, rest = read_request(s)
         except (OSError, ConnectionError, ValueError, ssl.SSLError):
             s.close()
             return
-        lines = head.split("\r\n")
-        path = lines[0].split()[1]
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        key = headers.get("sec-websocket-key", "").encode()
-        resp = ["HTTP/1.1 %d Switching Protocols" % self.status,
-                "Upgrade: " + self.upgrade, "Connection: Upgrade",
-                "Sec-WebSocket-Accept: " + accept_key(key).decode()]
-        if self.extensions:
-            resp.append("Sec-WebSocket-Extensions: " + self.extensions)
-        s.sendall(("\r\n".join(resp) + "\r\n\r\n").encode())
+        s.sendall(handshake_response(headers, self.upgrade, self.status,
+                                     self.extensions))
         conn = Conn(s, path, headers)
         self.all.append(conn)
         self.conns.put(conn)

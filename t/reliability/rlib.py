@@ -2,8 +2,8 @@
 or inside a network namespace and accepts the one crash a test causes on
 purpose, raw endpoints that record every byte with its arrival time, a
 Python mirror of the module's frame scanner that tells where the module may
-inject a Ping, a catalogue of hostile frames, and a lab of network
-namespaces joined by veth pairs or by a userspace link with delay and loss.
+inject a Ping and a catalogue of hostile frames; the lab of network
+namespaces (NetLab, TunLink) is lib.netns's.
 
 Modes (environment):
   RELIABILITY=quick|full   the suite runs only when set (the Makefile's
@@ -16,18 +16,11 @@ Modes (environment):
                            being reported as xfail
 """
 
-import base64
 import contextlib
-import ctypes
-import fcntl
 import glob
-import heapq
 import os
-import queue
 import random
 import re
-import secrets
-import select
 import shutil
 import signal
 import socket
@@ -41,9 +34,9 @@ import pytest
 
 from lib import nginx as nginx_lib
 from lib import wsproto
-from lib.nginx import Nginx, wait_for
-from lib.wsproto import (BINARY, CLOSE, CONT, PING, PONG, TEXT, accept_key,
-                         read_http_head, xor_mask)
+from lib.nginx import REASONS, Nginx, wait_for
+from lib.wsproto import (BINARY, CLOSE, CONT, PING, PING_TAG, PONG, TEXT,
+                         xor_mask)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -178,33 +171,24 @@ class RNginx(Nginx):
     def stop(self, timeout=None):
         if self.proc is None:
             return
-        timeout = timeout or (60 if self.valgrind else 20)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                if self.valgrind:
-                    # nginx with master_process off can miss a SIGQUIT
-                    # that lands between its check of ngx_quit and
-                    # epoll_wait() without a timer (valgrind widens that
-                    # window): ask again, then SIGTERM, so that valgrind
-                    # still writes its summary
-                    self.missed_quit = True
-                    for sig in (signal.SIGQUIT, signal.SIGTERM):
-                        self.proc.send_signal(sig)
-                        try:
-                            self.proc.wait(30)
-                            break
-                        except subprocess.TimeoutExpired:
-                            pass
-                if self.proc.poll() is None:
-                    self.proc.kill()
-                    self.proc.wait()
-        self.returncode = self.proc.returncode
-        self.proc = None
+        super().stop(timeout or (60 if self.valgrind else 20))
         self.stderr_file.close()
         shutil.rmtree(self.sockdir, ignore_errors=True)
+
+    def quit_timed_out(self):
+        if self.valgrind:
+            # nginx with master_process off can miss a SIGQUIT that lands
+            # between its check of ngx_quit and epoll_wait() without a
+            # timer (valgrind widens that window): ask again, then SIGTERM,
+            # so that valgrind still writes its summary
+            self.missed_quit = True
+            for sig in (signal.SIGQUIT, signal.SIGTERM):
+                self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(30)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
 
     def reload(self):
         os.kill(self.pid, signal.SIGHUP)
@@ -233,11 +217,7 @@ class RNginx(Nginx):
         assert sorted(crashes) == sorted(self.expected_crashes), \
             "worker crashes %r, expected %r" % (crashes,
                                                self.expected_crashes)
-        if os.path.isdir(self.asan_dir):
-            for name in os.listdir(self.asan_dir):
-                with open(os.path.join(self.asan_dir, name)) as f:
-                    raise AssertionError("sanitizer report %s:\n%s"
-                                         % (name, f.read()[:20000]))
+        self.check_sanitizers()
         if self.valgrind:
             self.check_valgrind()
 
@@ -297,11 +277,6 @@ def closes(st, reason):
     return st.get('nginx_ws_heartbeat_closes_total{reason="%s"}' % reason, 0)
 
 
-REASONS = ("client_heartbeat_timeout", "upstream_heartbeat_timeout",
-           "read_timeout", "send_timeout", "invalid_frame", "drain",
-           "client_close", "upstream_close", "other")
-
-
 def counters(st):
     """The figures the suite checks, from one status() reading."""
     c = {"total": st["nginx_ws_heartbeat_connections_total"],
@@ -315,49 +290,11 @@ def delta(before, after):
     return {k: after[k] - before[k] for k in after}
 
 
-def server(port, backend, extra="", location="/", listen_extra="",
-           addr="127.0.0.1"):
-    """A server block proxying WebSocket upgrades the documented way, to a
-    backend given as "host:port" or "unix:/path"."""
-    if isinstance(backend, int):
-        backend = "127.0.0.1:%d" % backend
-    return """
-    server {
-        listen %(addr)s:%(port)d %(listen_extra)s;
-        location %(location)s {
-            proxy_pass http://%(backend)s;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            %(extra)s
-        }
-    }
-""" % dict(port=port, backend=backend, extra=extra, location=location,
-           listen_extra=listen_extra, addr=addr)
+# the server block of lib.nginx, to a backend port or "host:port"
+server = nginx_lib.proxy_server
 
 
 # -- raw endpoints ------------------------------------------------------------
-
-def handshake_request(path, host="127.0.0.1", upgrade="websocket",
-                      headers=None):
-    key = base64.b64encode(os.urandom(16))
-    lines = ["GET %s HTTP/1.1" % path, "Host: %s" % host,
-             "Upgrade: %s" % upgrade, "Connection: Upgrade",
-             "Sec-WebSocket-Key: " + key.decode(),
-             "Sec-WebSocket-Version: 13"]
-    for k, v in (headers or {}).items():
-        lines.append("%s: %s" % (k, v))
-    return ("\r\n".join(lines) + "\r\n\r\n").encode(), key
-
-
-def parse_head(head):
-    status = int(head.split()[1])
-    headers = {}
-    for line in head.split("\r\n")[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return status, headers
-
 
 def close(sock):
     """close() of a socket another thread is blocked reading does not end
@@ -466,7 +403,31 @@ def send_chunked(sock, data, rng, max_chunk=None, pause=0.002, lock=None):
             time.sleep(rng.random() * pause)
 
 
-class RawClient:
+class RawEnd:
+    """What RawClient and RawConn do with their socket (self.sock), whose
+    bytes a Recorder (self.rec) keeps; writes under self.lock if set."""
+
+    lock = None
+
+    def send(self, data):
+        with (self.lock or contextlib.nullcontext()):
+            self.sock.sendall(data)
+
+    def send_chunked(self, data, rng, **kw):
+        send_chunked(self.sock, data, rng, lock=self.lock, **kw)
+
+    def shutdown_write(self):
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def reset(self):
+        """close() with SO_LINGER 0: the peer gets an RST."""
+        reset(self.sock)
+
+    def close(self):
+        close(self.sock)
+
+
+class RawClient(RawEnd):
     """A WebSocket client that answers nothing: it sends what it is told,
     exactly, and records every byte it receives."""
 
@@ -482,36 +443,15 @@ class RawClient:
         self.sock.settimeout(timeout)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        req, key = handshake_request(path, host, upgrade, headers)
-        self.sock.sendall(req + extra)
-        head, rest = read_http_head(self.sock)
-        self.head = head
-        self.status, self.headers = parse_head(head)
-        if self.status == 101:
-            assert self.headers.get("sec-websocket-accept") == \
-                accept_key(key).decode(), head
+        self.head, self.status, self.headers, rest = \
+            wsproto.client_handshake(self.sock, path, host, upgrade, headers,
+                                     extra)
         self.sock.settimeout(None)
         self.rec = Recorder(self.sock, rest)
 
-    def send(self, data):
-        self.sock.sendall(data)
 
-    def send_chunked(self, data, rng, **kw):
-        send_chunked(self.sock, data, rng, **kw)
-
-    def shutdown_write(self):
-        self.sock.shutdown(socket.SHUT_WR)
-
-    def reset(self):
-        """close() with SO_LINGER 0: the peer gets an RST."""
-        reset(self.sock)
-
-    def close(self):
-        close(self.sock)
-
-
-class RawConn:
-    """One connection at a RawBackend."""
+class RawConn(RawEnd):
+    """One connection at a RawBackend; its writes go one at a time."""
 
     def __init__(self, sock, path, headers, rest):
         self.sock = sock
@@ -520,24 +460,8 @@ class RawConn:
         self.rec = Recorder(sock, rest)
         self.lock = threading.Lock()
 
-    def send(self, data):
-        with self.lock:
-            self.sock.sendall(data)
 
-    def send_chunked(self, data, rng, **kw):
-        send_chunked(self.sock, data, rng, lock=self.lock, **kw)
-
-    def shutdown_write(self):
-        self.sock.shutdown(socket.SHUT_WR)
-
-    def reset(self):
-        reset(self.sock)
-
-    def close(self):
-        close(self.sock)
-
-
-class RawBackend:
+class RawBackend(wsproto.Listener):
     """A backend that answers the upgrade (optionally with bytes of its own
     right behind the 101, in the same write: after_101, bytes or a function
     of the request path) and then only records: every byte it gets, with
@@ -545,50 +469,25 @@ class RawBackend:
 
     def __init__(self, lsock=None, extensions=None, after_101=b"",
                  upgrade="websocket"):
-        if lsock is None:
-            lsock = socket.socket()
-            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            lsock.bind(("127.0.0.1", 0))
-        lsock.listen(512)
-        self.lsock = lsock
-        self.port = lsock.getsockname()[1]
         self.extensions = extensions
         self.after_101 = after_101
         self.upgrade = upgrade
         self.conns = {}                 # path -> RawConn
         self.cond = threading.Condition()
         self.all = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                s, _ = self.lsock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(s,),
-                             daemon=True).start()
+        super().__init__(lsock)
 
     def _serve(self, s):
         try:
-            head, rest = read_http_head(s)
+            path, headers, rest = wsproto.read_request(s)
         except (OSError, ConnectionError, ValueError):
             s.close()
             return
-        lines = head.split("\r\n")
-        path = lines[0].split()[1]
-        _, headers = parse_head("X 0\r\n" + "\r\n".join(lines[1:]))
-        key = headers.get("sec-websocket-key", "").encode()
-        resp = ["HTTP/1.1 101 Switching Protocols",
-                "Upgrade: " + self.upgrade, "Connection: Upgrade",
-                "Sec-WebSocket-Accept: " + accept_key(key).decode()]
-        if self.extensions:
-            resp.append("Sec-WebSocket-Extensions: " + self.extensions)
         after = self.after_101(path) if callable(self.after_101) \
             else self.after_101
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(("\r\n".join(resp) + "\r\n\r\n").encode() + after)
+        s.sendall(wsproto.handshake_response(
+            headers, self.upgrade, extensions=self.extensions) + after)
         conn = RawConn(s, path, headers, rest)
         with self.cond:
             self.conns[path] = conn
@@ -610,76 +509,14 @@ class RawBackend:
             c.close()
 
 
-class NsBackend(wsproto.Backend):
-    """wsproto.Backend (echo, answers Pings and Closes) on a listening
-    socket made elsewhere, e.g. inside a network namespace."""
-
-    def __init__(self, lsock, mode="echo", answer_pings=True,
-                 answer_close=True):
-        self.mode = mode
-        self.answer_close = answer_close
-        self.answer_pings = answer_pings
-        self.extensions = None
-        self.upgrade = "websocket"
-        self.status = 101
-        self.tls_context = None
-        self.lsock = lsock
-        self.lsock.listen(512)
-        self.port = self.lsock.getsockname()[1]
-        self.conns = queue.Queue()
-        self.all = []
-        self.stopping = False
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-
-@contextlib.contextmanager
-def client_on(sock):
-    """Make the next wsproto.Client() in this thread use sock (already made,
-    e.g. in a namespace) for its one TCP connect."""
-    real = wsproto.socket
-
-    class Shim:
-        def create_connection(self, address, timeout=None):
-            sock.settimeout(timeout)
-            sock.connect(address)
-            return sock
-
-        def __getattr__(self, name):
-            return getattr(socket, name)
-
-    with _client_on_lock:
-        wsproto.socket = Shim()
-        try:
-            yield
-        finally:
-            wsproto.socket = real
-
-
-_client_on_lock = threading.Lock()
-
-
 # -- frames: builder, a mirror of the module's scanner, hostile catalogue -----
 
 def raw_frame(op, payload=b"", fin=True, rsv=0, masked=False, form=None,
               declared=None, key=None):
-    """Any frame, well formed or not: form "7", "16" or "64" forces the
-    length encoding; declared overrides the length field."""
-    n = len(payload) if declared is None else declared
-    if form is None:
-        form = "7" if n < 126 else "16" if n < 65536 else "64"
-    b0 = (0x80 if fin else 0) | (rsv << 4) | op
-    mbit = 0x80 if masked else 0
-    if form == "7":
-        head = struct.pack("!BB", b0, mbit | n)
-    elif form == "16":
-        head = struct.pack("!BBH", b0, mbit | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, mbit | 127, n)
-    if not masked:
-        return head + payload
-    key = key if key is not None else os.urandom(4)
-    return head + key + xor_mask(payload, key)
+    """Any frame, well formed or not (wsproto.encode_frame); unmasked
+    unless masked."""
+    return wsproto.encode_frame(op, payload, fin, masked, rsv, key, form,
+                                declared)
 
 
 # the module's names for its scanner errors (src/frame.cpp to_string)
@@ -764,10 +601,10 @@ def module_ping_at(buf, i, masked):
         if buf[i:i + 2] != b"\x89\x90" or len(buf) < i + 22:
             return 0
         key = buf[i + 2:i + 6]
-        return 22 if xor_mask(buf[i + 6:i + 22], key)[:4] == b"wshb" else 0
+        return 22 if xor_mask(buf[i + 6:i + 22], key)[:4] == PING_TAG else 0
     if buf[i:i + 2] != b"\x89\x10" or len(buf) < i + 18:
         return 0
-    return 18 if buf[i + 2:i + 6] == b"wshb" else 0
+    return 18 if buf[i + 2:i + 6] == PING_TAG else 0
 
 
 class RelayMismatch(AssertionError):
@@ -938,228 +775,6 @@ def hostile_cases(client, rng):
                          client, c.rsv1)
         assert err == c.reason, (c.name, err, c.reason)
     return cases
-
-
-# -- network namespaces -------------------------------------------------------
-
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def in_netns(ns, fn):
-    """Run fn() in a thread that has joined network namespace ns (sockets
-    and TUN devices it makes stay in ns); returns its result."""
-    out = {}
-
-    def run():
-        try:
-            fd = os.open("/var/run/netns/" + ns, os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns(%s)" % ns)
-            finally:
-                os.close(fd)
-            out["value"] = fn()
-        except BaseException as e:  # handed to the caller
-            out["error"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
-
-
-def ns_socket(ns, family=socket.AF_INET, type=socket.SOCK_STREAM):
-    return in_netns(ns, lambda: socket.socket(family, type))
-
-
-def ns_listener(ns, addr, port=0):
-    def make():
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((addr, port))
-        s.listen(512)
-        return s
-    return in_netns(ns, make)
-
-
-def ip(*args, check=True):
-    r = subprocess.run(["ip"] + list(args), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True, timeout=30)
-    if check:
-        assert r.returncode == 0, "ip %s: %s" % (" ".join(args), r.stdout)
-    return r.stdout
-
-
-TUNSETIFF = 0x400454CA
-IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
-
-
-class TunLink:
-    """A point-to-point link between two namespaces made of two TUN
-    devices and a pump thread in this process: a userspace netem. Each
-    direction has its own delay (s) and loss (probability); down drops
-    everything (a cable pulled: no FIN, no RST, nothing)."""
-
-    def __init__(self, fd_a, fd_b, seed=1):
-        self.fds = (fd_a, fd_b)
-        self.rng = random.Random(seed)
-        self.conf = {0: dict(delay=0.0, loss=0.0, down=False),
-                     1: dict(delay=0.0, loss=0.0, down=False)}
-        self.stats = {0: [0, 0], 1: [0, 0]}      # [forwarded, dropped]
-        self.lock = threading.Lock()
-        for fd in self.fds:
-            os.set_blocking(fd, False)
-        self.wake_r, self.wake_w = os.pipe()
-        self.stopping = False
-        self.thread = threading.Thread(target=self._pump, daemon=True)
-        self.thread.start()
-
-    def set(self, direction=None, **kw):
-        """direction 0: a -> b, 1: b -> a, None: both."""
-        with self.lock:
-            for d in ((0, 1) if direction is None else (direction,)):
-                self.conf[d].update(kw)
-        os.write(self.wake_w, b"x")
-
-    def _pump(self):
-        queue = []
-        seq = 0
-        while not self.stopping:
-            now = time.monotonic()
-            while queue and queue[0][0] <= now:
-                _, _, fd, pkt = heapq.heappop(queue)
-                try:
-                    os.write(fd, pkt)
-                except OSError:
-                    pass
-            timeout = max(0.0, queue[0][0] - now) if queue else 0.5
-            r, _, _ = select.select(list(self.fds) + [self.wake_r], [], [],
-                                    timeout)
-            for fd in r:
-                if fd == self.wake_r:
-                    os.read(self.wake_r, 4096)
-                    continue
-                d = 0 if fd == self.fds[0] else 1
-                out = self.fds[1 - d]
-                while True:
-                    try:
-                        pkt = os.read(fd, 65536)
-                    except (BlockingIOError, OSError):
-                        break
-                    with self.lock:
-                        c = dict(self.conf[d])
-                    if c["down"] or (c["loss"] and
-                                     self.rng.random() < c["loss"]):
-                        self.stats[d][1] += 1
-                        continue
-                    self.stats[d][0] += 1
-                    seq += 1
-                    heapq.heappush(queue, (time.monotonic() + c["delay"],
-                                           seq, out, pkt))
-
-    def close(self):
-        self.stopping = True
-        try:
-            os.write(self.wake_w, b"x")
-        except OSError:
-            pass
-        self.thread.join(5)
-        for fd in self.fds + (self.wake_r, self.wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-class NetLab:
-    """Network namespaces and links made by this test and removed at the
-    end, whatever happened: private addresses (10.214.x.y/30) exist only
-    inside them, no namespace has a default route or any link to the
-    host, so no packet of a test can go anywhere else."""
-
-    def __init__(self):
-        self.tag = secrets.token_hex(3)
-        self.net = secrets.randbelow(256)
-        self.next_subnet = 0
-        self.namespaces = []
-        self.tuns = []
-
-    def namespace(self, role):
-        ns = "wshbr-%s-%s" % (role, self.tag)
-        ip("netns", "add", ns)
-        self.namespaces.append(ns)
-        ip("-n", ns, "link", "set", "lo", "up")
-        return ns
-
-    def _subnet(self):
-        k = self.next_subnet
-        self.next_subnet += 1
-        assert k < 64
-        base = "10.214.%d.%%d" % self.net
-        return base % (4 * k + 1), base % (4 * k + 2)
-
-    def veth(self, ns_a, ns_b):
-        """A veth pair; returns (if_a, addr_a, if_b, addr_b)."""
-        k = self.next_subnet
-        if_a, if_b = "wra%d%s" % (k, self.tag), "wrb%d%s" % (k, self.tag)
-        addr_a, addr_b = self._subnet()
-        ip("-n", ns_a, "link", "add", if_a, "type", "veth", "peer", "name",
-           if_b, "netns", ns_b)
-        for ns, ifname, addr in ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)):
-            ip("-n", ns, "addr", "add", addr + "/30", "dev", ifname)
-            ip("-n", ns, "link", "set", ifname, "up")
-        self.check_routes()
-        return if_a, addr_a, if_b, addr_b
-
-    def tun(self, ns_a, ns_b, seed=1):
-        """A TunLink; returns (link, addr_a, addr_b)."""
-        k = self.next_subnet
-        names = ("wta%d%s" % (k, self.tag), "wtb%d%s" % (k, self.tag))
-        addr_a, addr_b = self._subnet()
-        fds = []
-        for ns, name in zip((ns_a, ns_b), names):
-            def make(name=name):
-                fd = os.open("/dev/net/tun", os.O_RDWR)
-                fcntl.ioctl(fd, TUNSETIFF, struct.pack(
-                    "16sH", name.encode(), IFF_TUN | IFF_NO_PI))
-                return fd
-            fds.append(in_netns(ns, make))
-        for ns, name, me, peer in ((ns_a, names[0], addr_a, addr_b),
-                                   (ns_b, names[1], addr_b, addr_a)):
-            ip("-n", ns, "addr", "add", me, "peer", peer, "dev", name)
-            ip("-n", ns, "link", "set", name, "up")
-        link = TunLink(fds[0], fds[1], seed)
-        self.tuns.append(link)
-        self.check_routes()
-        return link, addr_a, addr_b
-
-    def check_routes(self):
-        for ns in self.namespaces:
-            routes = ip("-n", ns, "-4", "route", "show", "table", "all")
-            assert "default" not in routes, routes
-
-    def close(self):
-        for link in self.tuns:
-            link.close()
-        for ns in reversed(self.namespaces):
-            pids = subprocess.run(["ip", "netns", "pids", ns],
-                                  stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL,
-                                  text=True).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            subprocess.run(["ip", "netns", "del", ns],
-                           stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-        left = ip("netns", "list", check=False)
-        for ns in self.namespaces:
-            assert ns not in left, left
 
 
 def wait_delivered(rec, sent, client, masked_pings, timeout=10.0,

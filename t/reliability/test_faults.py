@@ -1,9 +1,9 @@
 """Network faults. nginx runs in a network namespace of its own, the
 client in another and the backend in a third, joined by veth pairs (link
 down: a peer that vanishes without FIN or RST) or by a userspace link with
-delay and loss (rlib.TunLink: this kernel has no sch_netem, see the suite's
-README). Plus half-closed connections and resets mid-frame, compared with
-stock nginx (the module loaded, ws_heartbeat off)."""
+delay and loss (lib.netns.TunLink: this kernel has no sch_netem, see the
+suite's README). Plus half-closed connections and resets mid-frame,
+compared with stock nginx (the module loaded, ws_heartbeat off)."""
 
 import contextlib
 import random
@@ -14,9 +14,8 @@ import time
 import pytest
 
 from . import rlib
-from .rlib import (BINARY, CLOSE, TEXT, NsBackend, RawClient, raw_frame,
-                   slow)
-from lib import wsproto
+from .rlib import BINARY, CLOSE, TEXT, RawClient, raw_frame, slow
+from lib import fixtures, netns, wsproto
 from lib.nginx import free_port
 
 pytestmark = rlib.gate
@@ -48,26 +47,25 @@ class Lab:
                 self.ns_c, self.ns_p, seed)
         self.if_pb, self.addr_pb, self.if_b, self.addr_b = \
             netlab.veth(self.ns_p, self.ns_b)
-        lsock = rlib.ns_listener(self.ns_b, self.addr_b)
-        self.backend = NsBackend(lsock, mode=backend_mode,
-                                 answer_pings=answer_pings)
+        lsock = netns.ns_listener(self.ns_b, self.addr_b)
+        self.backend = wsproto.Backend(mode=backend_mode,
+                                       answer_pings=answer_pings, lsock=lsock)
         self.port = free_port()
         self.nginx = rnginx(rlib.server(
             self.port, "%s:%d" % (self.addr_b, self.backend.port),
             conf or HB % extra, addr=self.addr_p), netns=self.ns_p)
 
     def client(self, path="/", **kw):
-        sock = rlib.ns_socket(self.ns_c)
-        with rlib.client_on(sock):
-            c = wsproto.Client(self.port, path, host=self.addr_p, **kw)
+        c = wsproto.Client(self.port, path, host=self.addr_p,
+                           sock=netns.ns_socket(self.ns_c), **kw)
         assert c.status == 101, c.head
         return c
 
     def client_down(self):
-        rlib.ip("-n", self.ns_c, "link", "set", self.if_c, "down")
+        netns.ip("-n", self.ns_c, "link", "set", self.if_c, "down")
 
     def backend_down(self):
-        rlib.ip("-n", self.ns_b, "link", "set", self.if_b, "down")
+        netns.ip("-n", self.ns_b, "link", "set", self.if_b, "down")
 
     def stop(self):
         self.backend.stop()
@@ -75,16 +73,7 @@ class Lab:
 
 @pytest.fixture
 def lab(netlab, rnginx):
-    made = []
-
-    def make(**kw):
-        lab = Lab(netlab, rnginx, **kw)
-        made.append(lab)
-        return lab
-
-    yield make
-    for lab in made:
-        lab.stop()
+    yield from fixtures.made(lambda **kw: Lab(netlab, rnginx, **kw))
 
 
 def stream_forever(conn, stop, size=16384):
@@ -449,8 +438,7 @@ def test_slow_reader_is_not_declared_dead(rnginx, reader):
     sock = socket.socket()
     if reader == "client":
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    with rlib.client_on(sock):
-        c = wsproto.Client(port, "/slow", answer_pings=False)
+    c = wsproto.Client(port, "/slow", answer_pings=False, sock=sock)
     t.join(10)
     lsock.close()
     b = accepted[0]

@@ -9,7 +9,6 @@ $bytes_sent / $body_bytes_sent / $sent_http_connection, which count the
 module's Pings (documented) and match what the client read."""
 
 import socket
-import threading
 import time
 
 import pytest
@@ -44,26 +43,13 @@ class FooBarBackend(wsproto.Backend):
             conn.send_frame(f.opcode, f.payload.replace(b"foo", b"bar"))
 
 
-class TextUpgradeBackend:
+class TextUpgradeBackend(wsproto.Listener):
     """proxy_upgrade.t's daemon: after any request a 101 to "foo" and a
     line "handshaked"; then everything up to "\\r\\nFIN" comes back with
     "foo" replaced by "bar"."""
 
     def __init__(self):
-        self.lsock = socket.socket()
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(64)
-        self.port = self.lsock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                s, _ = self.lsock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(s,),
-                             daemon=True).start()
+        super().__init__(backlog=64)
 
     def _serve(self, s):
         try:

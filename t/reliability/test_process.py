@@ -196,7 +196,6 @@ def test_reload_during_traffic(rnginx, drain):
             ws_heartbeat_timeout 2s;
             ws_heartbeat_drain %s;
             ws_heartbeat_drain_timeout 3s;
-
             ws_heartbeat_drain_spread 0;""" % drain), port=port,
                workers=2)
     try:

@@ -12,7 +12,6 @@ Quick mode: 300 connections for 35s. Full mode (RELIABILITY=full): 2,000
 connections for 4 minutes."""
 
 import asyncio
-import base64
 import collections
 import os
 import random
@@ -23,7 +22,8 @@ import time
 from . import rlib
 from .rlib import BINARY, CLOSE, PING, PONG, TEXT, raw_frame
 from lib.nginx import free_port
-from lib.wsproto import Parser, accept_key, encode_frame
+from lib.wsproto import (Parser, close_payload, encode_frame,
+                         handshake_request, handshake_response, parse_head)
 
 pytestmark = [rlib.gate, rlib.no_valgrind]
 
@@ -65,13 +65,7 @@ async def backend_conn(reader, writer):
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
         return
-    key = b""
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"sec-websocket-key:"):
-            key = line.split(b":", 1)[1].strip()
-    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                 + accept_key(key) + b"\r\n\r\n")
+    writer.write(handshake_response(parse_head(head.decode("latin-1"))[1]))
     parser = Parser()
     try:
         while True:
@@ -103,7 +97,7 @@ async def backend_conn(reader, writer):
 async def backend_command(cmd, reader, writer):
     """True when the connection is done with."""
     if cmd == b"__close__":
-        writer.write(encode_frame(CLOSE, struct.pack("!H", 1000),
+        writer.write(encode_frame(CLOSE, close_payload(1000),
                                   mask=False))
         return False
     if cmd == b"__fin__":
@@ -205,11 +199,8 @@ async def lifecycle(port, rng, stats, ident):
     fault = rng.choices(list(FAULTS), [w for w, _, _ in FAULTS.values()])[0]
     loc = FAULTS[fault][1] or rng.choice("aab")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16))
-    writer.write(("GET /%s/%d/%s HTTP/1.1\r\nHost: soak\r\nUpgrade: "
-                  "websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
-                  "%s\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                  % (loc, ident, fault, key.decode())).encode())
+    writer.write(handshake_request("/%s/%d/%s" % (loc, ident, fault),
+                                   "soak")[0])
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
     assert head.startswith(b"HTTP/1.1 101"), head
     stats.upgrades += 1
@@ -262,7 +253,7 @@ async def exchange(c, rng, stats):
 
 async def ending(c, fault, writer):
     if fault == "normal":
-        c.send(encode_frame(CLOSE, struct.pack("!H", 1000)))
+        c.send(encode_frame(CLOSE, close_payload(1000)))
         rest = await c.eof()
         assert rest and rest[0].opcode == CLOSE, rest
     elif fault == "server_close":
@@ -299,7 +290,7 @@ async def ending(c, fault, writer):
             frames[-1].close_code == 1001, frames[-3:]
     elif fault == "invalid":
         c.send(raw_frame(0x3, b"reserved", masked=True))
-        c.send(encode_frame(CLOSE, struct.pack("!H", 1000)))
+        c.send(encode_frame(CLOSE, close_payload(1000)))
         rest = await c.eof()
         assert rest and rest[0].opcode == CLOSE, rest
     elif fault == "backend_stall":
