@@ -202,7 +202,8 @@ def test_reload_during_traffic(rnginx, drain):
         talkers = [Talker(port, "/t%d" % i, i) for i in range(6)]
         for t in talkers:
             t.start()
-        time.sleep(1.0)
+        rlib.wait_for(lambda: all(len(t.got) > 5 for t in talkers),
+                      slow(10), what="traffic on every old connection")
         st = rlib.counters(n.status())
         assert st["total"] == 6
         n.reload()
@@ -212,11 +213,19 @@ def test_reload_during_traffic(rnginx, drain):
         for pid in old_workers:
             n.wait_log(r"%d#%d: gracefully shutting down" % (pid, pid),
                        timeout=slow(10))
+        echoes = [len(t.got) for t in talkers]
         # new connections go to the new workers and work
         fresh = [Talker(port, "/new%d" % i, 100 + i) for i in range(3)]
         for t in fresh:
             t.start()
-        time.sleep(1.5)
+        rlib.wait_for(lambda: all(len(t.got) > 5 for t in fresh),
+                      slow(10), what="traffic on every new connection")
+        if drain == "off":
+            # the old workers go on relaying for the old connections
+            rlib.wait_for(lambda: all(len(t.got) > k + 5
+                                      for t, k in zip(talkers, echoes)),
+                          slow(10), what="traffic on every old connection "
+                          "after the old workers began to exit")
         if drain == "on":
             # each old connection ended with the backend's answer to the
             # module's Close 1001, after whole messages only; a client that
@@ -330,7 +339,12 @@ def test_worker_crash_leaves_the_other_worker_alone(rnginx):
         assert fresh.recv_frame(timeout=slow(5)).payload == b"after"
         for c in clients:
             c.close()
-        time.sleep(0.5)
+        # the live workers' connections end; the crashed worker's stay
+        # counted as active
+        lost = len(by_worker[victim])
+        rlib.wait_for(lambda: rlib.counters(n.status())["active"] == lost,
+                      slow(10), what="%d active: the crashed worker's "
+                      "connections only" % lost)
         after = rlib.counters(n.status())
         # counters live in shared memory: the crashed worker's open
         # connections stay counted as active (nobody can decrement them)
