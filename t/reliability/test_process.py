@@ -24,6 +24,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BACKEND = [sys.executable, os.path.join(HERE, "backend_proc.py")]
 
 
+def stop_process(p):
+    """SIGSTOP, and wait until it has taken effect: the thread that takes
+    the signal stops the others, and until it runs they run on (on a
+    loaded machine, long enough to echo a message)."""
+    p.signal(signal.SIGSTOP)
+
+    def stopped():
+        tasks = "/proc/%d/task" % p.pid
+        for tid in os.listdir(tasks):
+            with open("%s/%s/stat" % (tasks, tid)) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "T":
+                    return False
+        return True
+    rlib.wait_for(stopped, slow(5), interval=0.001,
+                  what="the backend to stop")
+
+
 def partial_frame(c):
     """The bytes of the unfinished frame a wsproto.Client holds."""
     return bytes(c.parser.buf)
@@ -75,7 +92,7 @@ def test_backend_sigstop_mid_frame_upstream_heartbeat(rnginx, procs):
     c = Client(port, "/stop", answer_pings=True)
     with rlib.closing(c):
         assert bp.readline(slow(10)) == "sent %d" % MIDFRAME_SENT
-        bp.signal(signal.SIGSTOP)
+        stop_process(bp)
         t0 = time.monotonic()
         assert c.wait_closed(slow(5)), "frozen backend not detected"
         took = time.monotonic() - t0
@@ -101,7 +118,7 @@ def test_backend_sigstop_upstream_heartbeat_off(rnginx, procs):
     with rlib.closing(c):
         c.send_text("before")
         assert c.recv_frame(timeout=slow(5)).payload == b"before"
-        bp.signal(signal.SIGSTOP)
+        stop_process(bp)
         sent = []
         end = time.monotonic() + 2.0
         while time.monotonic() < end:
