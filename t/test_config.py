@@ -159,6 +159,38 @@ def test_warns_when_proxy_read_timeout_fires_first(nginx_factory):
         'less than "proxy_read_timeout" 30000ms' in out, out
 
 
+VARIABLE_PROXY_PASS = """
+    server {
+        listen 127.0.0.1:1;
+        location / {
+            set $backend 127.0.0.1:2;
+            proxy_pass http://$backend;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            ws_heartbeat on;
+            ws_heartbeat_interval %s;
+            proxy_read_timeout 30s;
+        }
+    }
+"""
+
+
+# proxy_pass with variables sets no upstream, only the content handler
+def test_warns_when_proxy_read_timeout_fires_first_with_variables(
+        nginx_factory):
+    rc, out = conf_t(nginx_factory, VARIABLE_PROXY_PASS % "60s")
+    assert rc == 0, out
+    assert '[warn]' in out and '"ws_heartbeat_interval" 60000ms is not ' \
+        'less than "proxy_read_timeout" 30000ms' in out, out
+
+
+def test_no_warning_with_variables_when_interval_is_shorter(nginx_factory):
+    rc, out = conf_t(nginx_factory, VARIABLE_PROXY_PASS % "20s")
+    assert rc == 0 and "test is successful" in out, out
+    assert "[warn]" not in out, out
+
+
 def test_warns_when_send_timeout_fires_first(nginx_factory):
     rc, out = conf_t(nginx_factory, proxy_server(1, 2, """
             ws_heartbeat on;
@@ -220,7 +252,7 @@ def test_warns_when_the_drain_outlasts_worker_shutdown_timeout(
     assert (message in out) == warned, out
 
 
-def test_proxy_pass_with_variables_warns_too(nginx_factory):
+def test_a_status_location_is_not_warned_about(nginx_factory):
     rc, out = conf_t(nginx_factory, """
     server {
         listen 127.0.0.1:1;

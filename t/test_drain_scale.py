@@ -30,19 +30,20 @@ import pytest
 
 from conftest import proxy_server
 from drainlib.fleet import Fleet, alive, wait_gone
-from lib.nginx import free_port
+from lib.nginx import free_port, slow
 from lib.wsproto import BINARY, CLOSE, CONT, TEXT, Client
 
 N = 200
 LOG_LEVEL = os.environ.get("DRAIN_SCALE_LOG_LEVEL", "info")   # or debug
-GRACE = 3.0                         # ws_heartbeat_drain_timeout
+GRACE = slow(3.0)                   # ws_heartbeat_drain_timeout
+LATE = slow(1.0)                    # the old workers' exit after it
 BUSY_MIN = 10                       # messages before the signal
 
 CONF = """
             ws_heartbeat on;
             ws_heartbeat_interval 300ms;
             ws_heartbeat_drain %s;
-            ws_heartbeat_drain_timeout 3s;
+            ws_heartbeat_drain_timeout %dms;
             ws_heartbeat_drain_spread 0;
             add_header X-Worker $pid always;"""
 
@@ -73,7 +74,8 @@ def fleet(nginx_factory):
 
 def start_nginx(nginx_factory, fl, drain):
     port = free_port()
-    n = nginx_factory(proxy_server(port, fl.port, CONF % drain), port=port,
+    n = nginx_factory(proxy_server(port, fl.port,
+                                   CONF % (drain, GRACE * 1000)), port=port,
                       workers=2, log_level=LOG_LEVEL)
     return n, port
 
@@ -219,11 +221,12 @@ async def drain_scenario(n, port, fl, sig):
     mid = in_message()
     t0 = fl.t0 = time.monotonic()
     n.signal(sig)
-    gone = asyncio.ensure_future(wait_gone(old, t0 + GRACE + 1))
+    gone = asyncio.ensure_future(wait_gone(old, t0 + GRACE + LATE))
     assert mid >= 10, "only %d connections inside a message" % mid
 
     # every client and every backend connection gets Close 1001 ...
-    await fl.until(lambda: all(c.closes for c in clients + backs), GRACE + 1)
+    await fl.until(lambda: all(c.closes for c in clients + backs),
+                   GRACE + LATE)
     bad = check_close("client", clients, t0) + check_close("backend", backs,
                                                            t0)
     assert not bad, summary(bad, fl, n)
@@ -232,18 +235,18 @@ async def drain_scenario(n, port, fl, sig):
 
     # ... the handshakes complete, the connections end ...
     assert await fl.until(lambda: all(c.done.done() for c in clients + backs),
-                          t0 + GRACE + 1 - time.monotonic())
+                          t0 + GRACE + LATE - time.monotonic())
     t_end = max(c.eof_at for c in clients) - t0
 
     # ... and the old workers exit, long before the grace period ends
     t_gone = await gone
     assert t_gone is not None, "old workers %s alive %.1fs after the signal" \
-        % ([p for p in old if alive(p)], GRACE + 1)
+        % ([p for p in old if alive(p)], GRACE + LATE)
     lived = t_gone - t0
     print("\ndrain figure: %s, old workers lived %.3fs after the signal "
           "(first Close %.3fs, last Close %.3fs, last connection end %.3fs)"
           % (signal.Signals(sig).name, lived, t_first, t_close, t_end))
-    assert lived < GRACE + 1
+    assert lived < GRACE + LATE
     assert "drain timeout" not in n.log(), \
         "a closing handshake did not complete"
     return clients, backs, old
@@ -289,7 +292,7 @@ def test_quit_drains_200_connections(fleet, nginx_factory):
                                                    signal.SIGQUIT)
         # the master goes too, within the grace period + 1 s
         while n.proc.poll() is None and \
-                time.monotonic() - fl.t0 < GRACE + 1:
+                time.monotonic() - fl.t0 < GRACE + LATE:
             await asyncio.sleep(0.005)
         assert n.proc.poll() is not None, "master still running"
         print("drain figure: SIGQUIT, master exited %.3fs after the signal"

@@ -9,6 +9,7 @@ import time
 import h2.config
 import h2.connection
 import h2.events
+import pytest
 
 from conftest import proxy_server
 from lib.nginx import free_port
@@ -75,6 +76,9 @@ def test_h2_upgrade_is_not_touched(nginx_factory, backend):
     n.stop()
     log = n.log()
     assert "exited on signal" not in log
-    assert "http upstream process upgraded" in log or \
-        "debug" not in log, "the h2 request reached the upgraded relay"
+    if "[debug]" not in log:
+        pytest.skip("nginx is not built --with-debug: neither the relay nor "
+                    "the module's \"ws heartbeat: hooked\" would show")
+    assert "http upstream process upgraded" in log, \
+        "the h2 request did not reach the upgraded relay: nothing tested"
     assert "ws heartbeat" not in log

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import threading
 import time
 
@@ -834,3 +835,86 @@ def test_drain_timeout_still_ends_it_after_invalid_frame(nginx_factory,
         c.close()
     assert closed, "still open %.1fs after the drain's Close (timeout 1s)" \
         % took
+
+
+# -- 6. the send timeout; the status handler at server level ------------------
+
+def test_send_timeout_counted_and_logged(nginx_factory, backend, tmp_path):
+    """A client that stops reading while the backend floods it: the module
+    closes it at ws_heartbeat_send_timeout, and the counters and
+    $ws_heartbeat_close_reason say send_timeout."""
+    b = backend(mode="silent")
+    port = free_port()
+    log = str(tmp_path / "ws.log")
+    n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+        ws_heartbeat on;
+        ws_heartbeat_interval 10s;
+        ws_heartbeat_send_timeout 500ms;
+        send_timeout 30s;""", locations="""
+        location = /status { ws_heartbeat_status; }"""), port=port)
+    status = Status(port)
+    c = Client(port, "/ws/slow")
+    try:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn = b.accept()
+        # the client never reads: nginx's writes to it block, then the
+        # backend's writes to nginx
+        blob = b"z" * 65536
+        conn.sock.settimeout(0.2)
+        t0 = time.monotonic()
+        try:
+            while time.monotonic() - t0 < 10 and not conn.closed.is_set():
+                conn.send_frame(TEXT, blob)
+        except OSError:
+            pass
+        f = conn.next_frame(timeout=10)
+        assert f is not None and f.opcode == CLOSE and f.close_code == 1001, f
+        assert f.payload[2:] == b"send timeout"
+        n.wait_log(r"ws heartbeat: closing, client send timeout")
+        s = status.wait(lambda s: val(s, "connections_active") == 0,
+                        "the connection ended")
+    finally:
+        c.close()
+    assert val(s, "connections_total") == 1
+    assert closes(s) == dict(dict.fromkeys(REASONS, 0), send_timeout=1), \
+        dump(s)
+    lines = wait_for(lambda: read_log(log), what="the access log line")
+    assert [d["reason"] for d in lines] == ["send_timeout"], lines
+
+
+def test_status_at_server_level(nginx_factory, backend, tmp_path):
+    """ws_heartbeat_status in a server block: every request to that server
+    is answered with the counters, which count the other server's
+    WebSocket connections."""
+    b = backend(answer_close=False)
+    port, sport = free_port(), free_port()
+    log = str(tmp_path / "ws.log")
+    n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+        ws_heartbeat on;
+        ws_heartbeat_interval 10s;""") + """
+    server {
+        listen 127.0.0.1:%d;
+        ws_heartbeat_status;
+    }
+""" % sport, port=port)
+    wait_port(sport)
+    paths = ("/", "/status", "/any/where")
+    for path in paths:
+        s = Status(sport, path).get()
+        assert set(s.values()) == {0}, (path, dump(s))
+    c = Client(port, "/ws/x")
+    try:
+        conn = b.accept()
+        for path in paths:
+            s = Status(sport, path).wait(
+                lambda s: val(s, "connections_total") == 1
+                and val(s, "connections_active") == 1, "one open")
+            assert Status(sport, path).json()["connections"] == \
+                {"total": 1, "active": 1}, path
+        client_closes(c, conn)
+        s = Status(sport).wait(lambda s: val(s, "connections_active") == 0,
+                               "the connection ended")
+    finally:
+        c.close()
+    assert closes(s) == dict(dict.fromkeys(REASONS, 0), client_close=1), \
+        dump(s)

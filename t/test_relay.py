@@ -227,7 +227,8 @@ def test_post_action_after_the_relay(ws_proxy):
     c.send_frame(CLOSE, wsproto.close_payload(1000))
     c.sock.shutdown(socket.SHUT_WR)
     assert conn.closed.wait(5)
-    c.wait_closed(5)
+    # ... and closes the client connection after the post_action
+    assert c.wait_closed(5), "client connection open after the post_action"
     c.close()
     n.stop()
     log = n.log()

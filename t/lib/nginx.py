@@ -16,6 +16,20 @@ MODULE = os.environ.get(
 
 
 PRELOAD = os.environ.get("NGX_WS_HEARTBEAT_PRELOAD", "")
+VALGRIND = os.environ.get("RELIABILITY_VALGRIND", "") == "1"
+
+# The one slowdown factor of the suites: 1.0 normally, larger when nginx
+# runs slower (the ASan module preloaded, or valgrind), or as set by
+# NGX_WS_HEARTBEAT_SLOWDOWN (a loaded machine). Upper time bounds grow by
+# it (slow()); lower bounds, which say that nothing came early, do not.
+SLOWDOWN = float(os.environ.get("NGX_WS_HEARTBEAT_SLOWDOWN", "0")) or \
+    (8.0 if VALGRIND else 3.0 if PRELOAD else 1.0)
+
+
+def slow(t):
+    """An upper time bound (or a margin above an expected time), scaled by
+    the slowdown factor."""
+    return t * SLOWDOWN
 
 
 def free_port():

@@ -75,8 +75,9 @@ def scale(quick, full):
 
 
 def slow(t):
-    """Timing bounds grow under sanitizers and valgrind."""
-    return t * (8 if VALGRIND else 3 if ASAN else 1)
+    """Timing bounds grow under sanitizers and valgrind (the suites' one
+    slowdown factor, lib.nginx.SLOWDOWN)."""
+    return nginx_lib.slow(t)
 
 
 # -- nginx --------------------------------------------------------------------

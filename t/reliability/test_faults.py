@@ -329,10 +329,12 @@ def half_close(port, b, loc, who):
     m_client = raw_frame(TEXT, b"from the client", masked=True)
     m_backend = raw_frame(TEXT, b"from the backend")
     with rlib.closing(c, conn):
+        # the other side sends once the relay has ended for it (EOF), as
+        # stock nginx ends it, or after 5s if it does not end
         if who == "client":
             c.send(m_client)
             c.shutdown_write()
-            time.sleep(0.2)
+            conn.rec.wait_eof(slow(5))
             try:
                 conn.send(m_backend)
             except OSError:
@@ -340,12 +342,14 @@ def half_close(port, b, loc, who):
         else:
             conn.send(m_backend)
             conn.shutdown_write()
-            time.sleep(0.2)
+            c.rec.wait_eof(slow(5))
             try:
                 c.send(m_client)
             except OSError:
                 pass
-        time.sleep(slow(0.5))
+        # the relay's end on both sides, as far as it comes
+        c.rec.wait_eof(slow(5))
+        conn.rec.wait_eof(slow(5))
         _, got_backend = rlib.match_relay(conn.rec.raw, m_client, True, True)
         _, got_client = rlib.match_relay(c.rec.raw, m_backend, False, False)
         return dict(backend_got=got_backend, backend_eof=conn.rec.eof.is_set(),

@@ -102,15 +102,34 @@ def cases():
     return out
 
 
-def no_more_bytes(*recs, settle=0.1, window=0.3):
-    """Nothing reaches any of these recorders for a while: with a 40ms
-    interval an active heartbeat would have sent several Pings."""
+def no_more_bytes(c, conn, settle=0.1, window=0.3):
+    """Both sides keep sending for a while, and each receives exactly what
+    the other sent, nothing of the module's: a running heartbeat (40ms
+    interval) would send a Ping 40ms after a peer's bytes (wherever a
+    stream still has frame boundaries to put it at)."""
     time.sleep(settle)
     t = time.monotonic()
-    time.sleep(slow(window))
-    for rec in recs:
+    sent = {c: b"", conn: b""}
+    end = t + slow(window)
+    i = 0
+    while time.monotonic() < end:
+        for side in (c, conn):
+            data = raw_frame(BINARY, b"alive %d" % i, masked=side is c)
+            side.send(data)
+            sent[side] += data
+        i += 1
+        time.sleep(0.02)
+    for rec, want in ((c.rec, sent[conn]), (conn.rec, sent[c])):
+        rlib.wait_for(lambda: len(rec.since(t)) >= len(want), slow(5),
+                      what="the other side's bytes")
+    # and a Ping due after the last of them would come within 40ms
+    time.sleep(0.15)
+    for rec, want in ((c.rec, sent[conn]), (conn.rec, sent[c])):
         late = rec.since(t)
-        assert late == b"", "bytes after stepping aside: %r" % late[:64]
+        at = next((i for i, (x, y) in enumerate(zip(late, want)) if x != y),
+                  min(len(late), len(want)))
+        assert late == want, "bytes after stepping aside, at %d: %r" % (
+            at, late[at:at + 64])
 
 
 def invalid_line(who, reason, path):
@@ -171,7 +190,7 @@ def hostile_stream(env, direction, case, loc, rng, path, c, conn):
         n.wait_log(invalid_line("client" if from_client else "upstream",
                                 case.reason, path), timeout=slow(5))
         # stepped aside: no Ping either way any more
-        no_more_bytes(c.rec, conn.rec)
+        no_more_bytes(c, conn)
         # the other direction still relays, byte for byte
         if from_client:
             reply = raw_frame(BINARY, rng.randbytes(3000))
@@ -185,7 +204,7 @@ def hostile_stream(env, direction, case, loc, rng, path, c, conn):
             wait_for_bytes(conn.rec, t, reply)
     elif case.kind == "close":
         # an endpoint's Close ends the heartbeat (no Ping after it)
-        no_more_bytes(c.rec, conn.rec, settle=0.15)
+        no_more_bytes(c, conn, settle=0.15)
     elif case.kind in ("trunc-fin", "trunc-rst"):
         # stock nginx ends the relay on a half-close or reset: both
         # connections are closed, nothing is added to the cut frame
@@ -228,7 +247,7 @@ def test_hostile_bytes_pipelined_with_the_handshake(env, side):
     receiver = conn if from_client else c
     wait_delivered(receiver.rec, stream, from_client, from_client)
     env.nginx.wait_log(invalid_line(side, E_OPCODE, path), timeout=slow(5))
-    no_more_bytes(c.rec, conn.rec)
+    no_more_bytes(c, conn)
     c.close()
     conn.close()
 
@@ -321,15 +340,22 @@ def test_both_directions_invalid_logged_once(env):
 def test_no_ping_injected_after_stepping_aside(env):
     rng = random.Random(5)
     path = "/off/queued-ping-after-step-aside"
+    # the Ping counter counts this connection's Pings only
+    rlib.wait_for(lambda: rlib.counters(env.nginx.status())["active"] == 0,
+                  slow(10), what="the other connections to end")
+    before = env.nginx.status()[CLIENT_PINGS]
     c = RawClient(env.port, path)
     conn = env.backend.accept(path)
     env.connections += 1
     env.rejected += 1
     with rlib.closing(c, conn):
-        queued_ping(env, rng, path, c, conn)
+        queued_ping(env, rng, path, c, conn, before)
 
 
-def queued_ping(env, rng, path, c, conn):
+CLIENT_PINGS = 'nginx_ws_heartbeat_pings_total{peer="client"}'
+
+
+def queued_ping(env, rng, path, c, conn, before):
     # a big frame from the backend is in flight ...
     big = raw_frame(BINARY, rng.randbytes(200000))
     conn.send(big[:50000])
@@ -338,7 +364,12 @@ def queued_ping(env, rng, path, c, conn):
     # ... when the client's bytes make a Ping due 40ms later: it is queued
     # until the frame ends
     c.send(raw_frame(TEXT, b"valid", masked=True))
-    time.sleep(0.2)
+
+    def queued():
+        # counted when queued; not in what the client received
+        received, _ = rlib.match_relay(c.rec.raw, big, False, False)
+        return env.nginx.status()[CLIENT_PINGS] - before > received
+    rlib.wait_for(queued, slow(5), what="a Ping queued behind the frame")
     c.send(raw_frame(TEXT, b"not masked", masked=False))
     env.nginx.wait_log(invalid_line("client", E_MASK, path))
     conn.send(big[50000:])
@@ -366,10 +397,15 @@ def test_truncated_pong_then_end_passes_every_byte(env, direction, end):
     env.connections += 1
     with rlib.closing(c, conn):
         sender, receiver = (c, conn) if from_client else (conn, c)
-        data = raw_frame(TEXT, b"hello", masked=from_client) + \
+        hello = raw_frame(TEXT, b"hello", masked=from_client)
+        data = hello + \
             raw_frame(0xA, b"0123456789abcdef", masked=from_client)[:10]
         sender.send(data)
-        time.sleep(0.2)
+        # nginx has read it all once the first frame is through (the
+        # Pong's start may be held back)
+        rlib.wait_for(lambda: rlib.match_relay(
+            receiver.rec.raw, data, from_client, from_client)[1] >=
+            len(hello), slow(5), what="the frame before the Pong")
         if end == "fin":
             sender.shutdown_write()
         else:

@@ -24,6 +24,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BACKEND = [sys.executable, os.path.join(HERE, "backend_proc.py")]
 
 
+def stop_process(p):
+    """SIGSTOP, and wait until it has taken effect: the thread that takes
+    the signal stops the others, and until it runs they run on (on a
+    loaded machine, long enough to echo a message)."""
+    p.signal(signal.SIGSTOP)
+
+    def stopped():
+        tasks = "/proc/%d/task" % p.pid
+        for tid in os.listdir(tasks):
+            with open("%s/%s/stat" % (tasks, tid)) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "T":
+                    return False
+        return True
+    rlib.wait_for(stopped, slow(5), interval=0.001,
+                  what="the backend to stop")
+
+
 def partial_frame(c):
     """The bytes of the unfinished frame a wsproto.Client holds."""
     return bytes(c.parser.buf)
@@ -75,7 +92,7 @@ def test_backend_sigstop_mid_frame_upstream_heartbeat(rnginx, procs):
     c = Client(port, "/stop", answer_pings=True)
     with rlib.closing(c):
         assert bp.readline(slow(10)) == "sent %d" % MIDFRAME_SENT
-        bp.signal(signal.SIGSTOP)
+        stop_process(bp)
         t0 = time.monotonic()
         assert c.wait_closed(slow(5)), "frozen backend not detected"
         took = time.monotonic() - t0
@@ -101,7 +118,7 @@ def test_backend_sigstop_upstream_heartbeat_off(rnginx, procs):
     with rlib.closing(c):
         c.send_text("before")
         assert c.recv_frame(timeout=slow(5)).payload == b"before"
-        bp.signal(signal.SIGSTOP)
+        stop_process(bp)
         sent = []
         end = time.monotonic() + 2.0
         while time.monotonic() < end:
@@ -203,7 +220,8 @@ def test_reload_during_traffic(rnginx, drain):
         talkers = [Talker(port, "/t%d" % i, i) for i in range(6)]
         for t in talkers:
             t.start()
-        time.sleep(1.0)
+        rlib.wait_for(lambda: all(len(t.got) > 5 for t in talkers),
+                      slow(10), what="traffic on every old connection")
         st = rlib.counters(n.status())
         assert st["total"] == 6
         n.reload()
@@ -213,11 +231,19 @@ def test_reload_during_traffic(rnginx, drain):
         for pid in old_workers:
             n.wait_log(r"%d#%d: gracefully shutting down" % (pid, pid),
                        timeout=slow(10))
+        echoes = [len(t.got) for t in talkers]
         # new connections go to the new workers and work
         fresh = [Talker(port, "/new%d" % i, 100 + i) for i in range(3)]
         for t in fresh:
             t.start()
-        time.sleep(1.5)
+        rlib.wait_for(lambda: all(len(t.got) > 5 for t in fresh),
+                      slow(10), what="traffic on every new connection")
+        if drain == "off":
+            # the old workers go on relaying for the old connections
+            rlib.wait_for(lambda: all(len(t.got) > k + 5
+                                      for t, k in zip(talkers, echoes)),
+                          slow(10), what="traffic on every old connection "
+                          "after the old workers began to exit")
         if drain == "on":
             # each old connection ended with the backend's answer to the
             # module's Close 1001, after whole messages only; a client that
@@ -331,7 +357,12 @@ def test_worker_crash_leaves_the_other_worker_alone(rnginx):
         assert fresh.recv_frame(timeout=slow(5)).payload == b"after"
         for c in clients:
             c.close()
-        time.sleep(0.5)
+        # the live workers' connections end; the crashed worker's stay
+        # counted as active
+        lost = len(by_worker[victim])
+        rlib.wait_for(lambda: rlib.counters(n.status())["active"] == lost,
+                      slow(10), what="%d active: the crashed worker's "
+                      "connections only" % lost)
         after = rlib.counters(n.status())
         # counters live in shared memory: the crashed worker's open
         # connections stay counted as active (nobody can decrement them)
