@@ -393,6 +393,7 @@ class Client:
         if srcs:
             argv += ["--src", ",".join(srcs)]
         self.proc = Proc(argv, base + ".log", ns, cpus)
+        self.idle = idle
         self.timeout = connect_timeout + 10
 
     def wait_ready(self):
@@ -964,104 +965,97 @@ def fmt_s(v):
 # ------------------------------------------------------------------ profile
 
 def section_profile(args, results):
-    """callgrind on a single-process nginx (master_process off), A and C,
-    same load: instructions per relayed message and the top functions."""
+    """callgrind on a single-process nginx (master_process off): A and C
+    under the same load, instructions per relayed message and the top
+    functions; then idle connections, instructions per Ping/Pong round
+    trip, the module's Pings (C) against the backend's own relayed by
+    stock nginx (P)."""
     out = {}
     for cfg_name in ("A", "C"):
         # C here: ws_heartbeat on with its default interval (30s), so that
         # the 6 s window holds the per-frame relay path only
         cfg = (dict(module=True, loc="ws_heartbeat on;") if cfg_name == "C"
                else dict(module=False))
-        bports = [free_port()]
-        be = Backend("prof-be-" + cfg_name, bports)
-        cg = os.path.join(WORK, "callgrind-%s.out" % cfg_name)
-        wrapper = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg,
-                   "--compress-strings=no",
-                   "--dump-instr=no"]
-        n = None
-        try:
-            n = Nginx("prof-" + cfg_name, cfg, bports, free_port(),
-                      master=False, wrapper=wrapper)
-            c = Client("ws://127.0.0.1:%d/ws" % n.port,
-                       "profile " + cfg_name, 10, 64, rate=400, warmup=1.5,
-                       duration=6)
-            c.wait_ready()
-            time.sleep(1.5)
-            cg_control(n.proc.pid, "-z")
-            time.sleep(6)
-            cg_control(n.proc.pid, "-d")
-            r = c.result(60)
-        finally:
-            if n:
-                n.stop()
-            be.stop()
-        ann = cg_annotate(cg + ".1")
-        total, top = parse_callgrind(ann)
-        echoed = r["messages"]    # those of the 6 s window
-        out[cfg_name] = dict(total_ir=total, echoed=echoed,
-                             ir_per_msg=total / echoed if echoed else None,
-                             top=top[:25], errors=r["errors"],
-                             pings=r["pings"],
-                             module_ir=sum(ir for ir, pct, fn in top
-                                           if is_module(fn)))
-        with open(os.path.join(args.out, "callgrind-%s.txt" % cfg_name),
-                  "w") as f:
-            f.write(ann)
+        p, echoed, r = callgrind_run(
+            args, cfg_name, cfg, settle=1.5,
+            client=dict(conns=10, size=64, rate=400, warmup=1.5,
+                        duration=PROFILE_WINDOW))
+        p.update(echoed=echoed, errors=r["errors"], pings=r["pings"],
+                 ir_per_msg=p["total_ir"] / echoed if echoed else None)
+        out[cfg_name] = p
         say("  callgrind %s: %d messages, %.0f instructions per message "
             "(all of nginx, user space)" % (cfg_name, echoed,
-                                             out[cfg_name]["ir_per_msg"]))
-        for ir, pct, fn in top[:12]:
+                                             p["ir_per_msg"]))
+        for ir, pct, fn in p["top"][:12]:
             say("    %5.1f%%  %s" % (pct, fn))
     out["module_ir_per_msg"] = out["C"]["module_ir"] / out["C"]["echoed"]
 
-    # idle heartbeat: instructions per Ping/Pong round trip, module (C)
-    # against the backend's own Pings relayed by stock nginx (P)
     for kind in ("C", "P"):
         cfg = (dict(module=True, loc="ws_heartbeat on; "
                     "ws_heartbeat_interval 1s; ws_heartbeat_timeout 10s;")
                if kind == "C" else dict(module=False))
-        bports = [free_port()]
-        be = Backend("prof-idle-be-" + kind, bports,
-                     ping_ms=1000 if kind == "P" else 0)
-        cg = os.path.join(WORK, "callgrind-idle-%s.out" % kind)
-        wrapper = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg,
-                   "--compress-strings=no",
-                   "--dump-instr=no"]
-        n = None
-        try:
-            n = Nginx("prof-idle-" + kind, cfg, bports, free_port(),
-                      master=False, wrapper=wrapper)
-            c = Client("ws://127.0.0.1:%d/ws" % n.port, "profile idle " + kind,
-                       1000, idle=True, duration=0)
-            c.wait_ready()
-            time.sleep(2.5)
-            s0 = c.snapshot()
-            cg_control(n.proc.pid, "-z")
-            time.sleep(6)
-            cg_control(n.proc.pid, "-d")
-            s1 = c.snapshot()
-            r = c.stop()
-        finally:
-            if n:
-                n.stop()
-            be.stop()
-        ann = cg_annotate(cg + ".1")
-        total, top = parse_callgrind(ann)
-        rts = s1["pings"] - s0["pings"]
-        out["idle_" + kind] = dict(
-            total_ir=total, round_trips=rts, window_rts=s1["pings"]
-            - s0["pings"], ir_per_rt=total / rts if rts else None,
-            module_ir=sum(ir for ir, pct, fn in top if is_module(fn)),
-            top=top[:25], lost=r["peer_closes"] + r["disconnects"])
-        with open(os.path.join(args.out, "callgrind-idle-%s.txt" % kind),
-                  "w") as f:
-            f.write(ann)
+        p, rts, r = callgrind_run(
+            args, "idle-" + kind, cfg, settle=2.5,
+            ping_ms=1000 if kind == "P" else 0,
+            client=dict(conns=1000, idle=True, duration=0))
+        p.update(round_trips=rts, window_rts=rts,
+                 ir_per_rt=p["total_ir"] / rts if rts else None,
+                 lost=r["peer_closes"] + r["disconnects"])
+        out["idle_" + kind] = p
         say("  callgrind idle %s: %d Ping/Pong, %.0f instructions each "
             "(all of nginx, user space), module %.0f"
-            % (kind, rts, out["idle_" + kind]["ir_per_rt"] or 0,
-               out["idle_" + kind]["module_ir"] / rts if rts else 0))
+            % (kind, rts, p["ir_per_rt"] or 0,
+               p["module_ir"] / rts if rts else 0))
     results["profile"] = out
     return out
+
+
+PROFILE_WINDOW = 6   # seconds of callgrind counts
+
+
+def callgrind_run(args, name, cfg, client, settle, ping_ms=0):
+    """One callgrind measurement: a single-process nginx (master_process
+    off, configuration cfg) under callgrind, a backend of its own (Pings
+    every ping_ms) and a Client (keyword arguments `client`). The counts
+    are zeroed `settle` s after the client is ready and dumped
+    PROFILE_WINDOW s later; the annotated listing is written to
+    OUT/callgrind-NAME.txt. Returns (total_ir, module_ir and top in a
+    dict; what the client counted in the window: Ping/Pong round trips
+    from an idle client's snapshots, else the messages of its own
+    window; its result)."""
+    bports = [free_port()]
+    be = Backend("prof-be-" + name, bports, ping_ms=ping_ms)
+    cg = os.path.join(WORK, "callgrind-%s.out" % name)
+    wrapper = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg,
+               "--compress-strings=no", "--dump-instr=no"]
+    n = None
+    try:
+        n = Nginx("prof-" + name, cfg, bports, free_port(),
+                  master=False, wrapper=wrapper)
+        c = Client("ws://127.0.0.1:%d/ws" % n.port,
+                   "profile " + name.replace("-", " "), **client)
+        c.wait_ready()
+        time.sleep(settle)
+        s0 = c.snapshot() if c.idle else None
+        cg_control(n.proc.pid, "-z")
+        time.sleep(PROFILE_WINDOW)
+        cg_control(n.proc.pid, "-d")
+        if c.idle:
+            count = c.snapshot()["pings"] - s0["pings"]
+            r = c.stop()
+        else:
+            r = c.result(60)
+            count = r["messages"]
+    finally:
+        if n:
+            n.stop()
+        be.stop()
+    ann = cg_annotate(cg + ".1")
+    total, top = parse_callgrind(ann)
+    with open(os.path.join(args.out, "callgrind-%s.txt" % name), "w") as f:
+        f.write(ann)
+    return dict(total_ir=total, module_ir=module_ir(top), top=top[:25]), \
+        count, r
 
 
 def label_static(fn):
@@ -1101,6 +1095,11 @@ def is_module(fn):
         return True
     return "[" not in fn and re.match(
         r"(src/|ngx/|ngx_ws_heartbeat_module\.cpp)", fn) is not None
+
+
+def module_ir(top):
+    """The module's share of a parse_callgrind() listing."""
+    return sum(ir for ir, pct, fn in top if is_module(fn))
 
 
 def cg_control(pid, cmd):
@@ -1389,9 +1388,8 @@ def report_only(out_dir):
             path = os.path.join(out_dir, name)
             if key in p and os.path.exists(path):
                 with open(path) as f:
-                    _, top = parse_callgrind(f.read())
-                p[key]["module_ir"] = sum(ir for ir, pct, fn in top
-                                          if is_module(fn))
+                    p[key]["module_ir"] = module_ir(
+                        parse_callgrind(f.read())[1])
         if "C" in p:
             p["module_ir_per_msg"] = p["C"]["module_ir"] / p["C"]["echoed"]
     results.setdefault("loadavg_end", results["machine"]["loadavg"])
