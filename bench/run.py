@@ -282,41 +282,23 @@ http {
 
     def cpu_ns(self):
         """Worker CPU time so far (ns, /proc/PID/schedstat), all workers."""
-        total = 0
-        for pid in self.worker_pids():
-            try:
-                with open("/proc/%d/schedstat" % pid) as f:
-                    total += int(f.read().split()[0])
-            except OSError:
-                pass
-        return total
+        return sum(int(t.split()[0]) for t in
+                   filter(None, (proc_read(pid, "schedstat")
+                                 for pid in self.worker_pids())))
 
     def user_sys(self):
         """(user, system) CPU seconds of the workers (/proc/PID/stat)."""
         hz = os.sysconf("SC_CLK_TCK")
-        u = k = 0
-        for pid in self.worker_pids():
-            try:
-                with open("/proc/%d/stat" % pid) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                u += int(fields[11])
-                k += int(fields[12])
-            except (OSError, ValueError, IndexError):
-                pass
-        return u / hz, k / hz
+        stats = list(filter(None, map(proc_stat, self.worker_pids())))
+        return (sum(int(f[11]) for f in stats) / hz,
+                sum(int(f[12]) for f in stats) / hz)
 
     def rss_kb(self):
         """Anonymous resident memory of the workers (kB), all workers."""
-        total = 0
-        for pid in self.worker_pids():
-            try:
-                with open("/proc/%d/status" % pid) as f:
-                    for line in f:
-                        if line.startswith("RssAnon:"):
-                            total += int(line.split()[1])
-            except OSError:
-                pass
-        return total
+        return sum(int(line.split()[1]) for t in
+                   filter(None, (proc_read(pid, "status")
+                                 for pid in self.worker_pids()))
+                   for line in t.splitlines() if line.startswith("RssAnon:"))
 
     def log(self):
         return tail(self.error_log, 10 ** 8)
@@ -344,13 +326,27 @@ http {
         return bad
 
 
+def proc_read(pid, name):
+    """/proc/PID/NAME, None if the process is gone."""
+    try:
+        with open("/proc/%s/%s" % (pid, name)) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def proc_stat(pid):
+    """The fields of /proc/PID/stat after the command name: [1] the parent,
+    [11] and [12] user and system time, [19] the start time (clock ticks);
+    None if the process is gone."""
+    text = proc_read(pid, "stat")
+    return text.rsplit(")", 1)[1].split() if text else None
+
+
 def start_time(pid):
     """A process's start time (clock ticks since boot), None if gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def hb_lua(hb):
@@ -938,12 +934,10 @@ def section_deadpeer(args, results):
             mine = {p.pid for p in procs}
             for pid in pids:
                 # only what this run started (nginx workers are children)
-                try:
-                    ppid = int(open("/proc/%s/stat" % pid).read()
-                               .rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
+                fields = proc_stat(pid)
+                if fields is None:
                     continue
-                if int(pid) in mine or ppid in mine:
+                if int(pid) in mine or int(fields[1]) in mine:
                     try:
                         os.kill(int(pid), signal.SIGKILL)
                     except ProcessLookupError:
