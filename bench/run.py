@@ -918,8 +918,8 @@ def section_deadpeer(args, results):
         say("    all %d closed after %s s (first %s, half %s, 99%% %s; bound "
             "interval+timeout = %d s); %d closes logged as heartbeat "
             "timeout; live connections wrongly closed: %d of %d"
-            % (before, fmt_s(res["all_s"]), fmt_s(res["first_s"]),
-               fmt_s(res["half_s"]), fmt_s(res["p99_s"]), res["bound_s"],
+            % (before, num(res["all_s"]), num(res["first_s"]),
+               num(res["half_s"]), num(res["p99_s"]), res["bound_s"],
                res["log_heartbeat_closes"], res["live_wrongly_closed"], lo))
     finally:
         for p in reversed(procs):
@@ -950,10 +950,6 @@ def section_deadpeer(args, results):
         assert ns_s not in left_ns and ns_c not in left_ns, left_ns
     results["deadpeer"] = res
     return res
-
-
-def fmt_s(v):
-    return "-" if v is None else "%.2f" % v
 
 
 # ------------------------------------------------------------------ profile
@@ -1151,6 +1147,16 @@ def section_sizeof(results):
 
 # ------------------------------------------------------------------- report
 
+def table(title, head, align, rows):
+    """Markdown lines: the title and a blank line, a table (head: the
+    column names; align: "l" or "r" a column; rows: the cells, as text)
+    and a blank line."""
+    return ([title, "",
+             "| " + " | ".join(head) + " |",
+             "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
+            + ["| " + " | ".join(r) + " |" for r in rows] + [""])
+
+
 def report(results, out_dir):
     """Markdown tables (summary.md) and gnuplot data + plot."""
     md = []
@@ -1172,95 +1178,73 @@ def report(results, out_dir):
     md.append("")
     if "pairs" in results:
         pr = results["pairs"]
-        md.append("### Paired A/C: heartbeat on against stock nginx, %d "
-                  "pairs of %.1f s windows back to back" % (
-                      pr["pairs"], pr["duration_s"]))
-        md.append("")
-        md.append("| scenario | throughput C/A | nginx CPU per message C/A |")
-        md.append("|---|---:|---:|")
-        for scen, v in pr["scenarios"].items():
-            md.append("| %s | %.3f [%.3f-%.3f] | %.3f [%.3f-%.3f] |"
-                      % ((scen,) + tuple(v["thr_ratio"])
-                         + tuple(v["cpu_ratio"])))
-        md.append("")
+        md += table(
+            "### Paired A/C: heartbeat on against stock nginx, %d pairs of "
+            "%.1f s windows back to back" % (pr["pairs"], pr["duration_s"]),
+            ["scenario", "throughput C/A", "nginx CPU per message C/A"],
+            "lrr", [(scen, rt(v["thr_ratio"]), rt(v["cpu_ratio"]))
+                    for scen, v in pr["scenarios"].items()])
         md.append("Median of the per-pair ratios [95% bootstrap interval "
                   "of the median].")
         md.append("")
     if "relay" in results:
         s = results["relay"]["summary"]
-        md.append("### Relay: ratios to A (median over %d alternating "
-                  "rounds, [min-max])" % results["relay"]["rounds"])
-        md.append("")
-        md.append("| scenario | config | msg/s | MB/s | throughput vs A | "
-                  "p50 us | p99 us | p99 vs A | nginx CPU us/msg | "
-                  "CPU vs A | Pings | errors |")
-        md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-                  "---:|")
-        for scen in results["relay"]["scenarios"]:
-            for cfg, row in s[scen].items():
-                md.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s "
-                          "| %d | %d |" % (
-                              scen, cfg, f0(row["msgs_per_s"]),
-                              f2(row["mb_per_s"]), rt(row["thr_ratio"]),
-                              f1(row["p50_us"]), f1(row["p99_us"]),
-                              rt(row["p99_ratio"]), f2(row["cpu_us_per_msg"]),
-                              rt(row["cpu_ratio"]), row["pings"],
-                              row["errors"]))
-        md.append("")
+        md += table(
+            "### Relay: ratios to A (median over %d alternating rounds, "
+            "[min-max])" % results["relay"]["rounds"],
+            ["scenario", "config", "msg/s", "MB/s", "throughput vs A",
+             "p50 us", "p99 us", "p99 vs A", "nginx CPU us/msg", "CPU vs A",
+             "Pings", "errors"], "llrrrrrrrrrr",
+            [(scen, cfg, num(row["msgs_per_s"], 0), num(row["mb_per_s"]),
+              rt(row["thr_ratio"]), num(row["p50_us"], 1),
+              num(row["p99_us"], 1), rt(row["p99_ratio"]),
+              num(row["cpu_us_per_msg"]), rt(row["cpu_ratio"]),
+              "%d" % row["pings"], "%d" % row["errors"])
+             for scen in results["relay"]["scenarios"]
+             for cfg, row in s[scen].items()])
         md.append("Configurations: " + "; ".join(
             "%s = %s" % kv for kv in cfg_desc.items()) + ".")
         md.append("")
     if "idle" in results:
         s = results["idle"]["summary"]
-        md.append("### Idle heartbeat connections (interval %ds, CPU over "
-                  "%ds)" % (results["idle"]["interval_s"],
-                            results["idle"]["window_s"]))
-        md.append("")
-        md.append("| connections | config | worker RSS B/conn | extra vs A "
-                  "| worker CPU % of a core | extra vs A | Ping/Pong per s | "
-                  "net us per round trip | connections lost |")
-        md.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-        for nconn, by in s.items():
-            for k, row in by.items():
-                md.append("| %s | %s %s | %s | %s | %s | %s | %s | %s | %d |"
-                          % (nconn, k, results["idle"]["kinds"][k],
-                             f0(row["rss_per_conn_b"]),
-                             f0(row.get("extra_rss_per_conn_b")),
-                             f3(row["cpu_core_pct"]),
-                             f3(row.get("extra_cpu_core_pct")),
-                             f0(row["rts_per_s"]),
-                             f2(row.get("net_us_per_rt")), row["lost"]))
-        md.append("")
+        md += table(
+            "### Idle heartbeat connections (interval %ds, CPU over %ds)"
+            % (results["idle"]["interval_s"], results["idle"]["window_s"]),
+            ["connections", "config", "worker RSS B/conn", "extra vs A",
+             "worker CPU % of a core", "extra vs A", "Ping/Pong per s",
+             "net us per round trip", "connections lost"], "rlrrrrrrr",
+            [(nconn, "%s %s" % (k, results["idle"]["kinds"][k]),
+              num(row["rss_per_conn_b"], 0),
+              num(row.get("extra_rss_per_conn_b"), 0),
+              num(row["cpu_core_pct"], 3),
+              num(row.get("extra_cpu_core_pct"), 3),
+              num(row["rts_per_s"], 0), num(row.get("net_us_per_rt")),
+              "%d" % row["lost"])
+             for nconn, by in s.items() for k, row in by.items()])
     if "deadpeer" in results and results["deadpeer"]:
         d = results["deadpeer"]
-        md.append("### Mass dead-peer detection")
-        md.append("")
-        md.append("| doomed | live | interval | timeout | first closed | "
-                  "half | 99% | all | bound | left open | live wrongly "
-                  "closed | heartbeat closes logged |")
-        md.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-                  "---:|")
-        md.append("| %d | %d | %ds | %ds | %s s | %s s | %s s | %s s | %d s "
-                  "| %d | %d | %d |" % (
-                      d["doomed"], d["live"], d["interval_s"],
-                      d["timeout_s"], fmt_s(d["first_s"]),
-                      fmt_s(d["half_s"]), fmt_s(d["p99_s"]),
-                      fmt_s(d["all_s"]), d["bound_s"], d["left_after"],
-                      d["live_wrongly_closed"], d["log_heartbeat_closes"]))
-        md.append("")
+        md += table(
+            "### Mass dead-peer detection",
+            ["doomed", "live", "interval", "timeout", "first closed", "half",
+             "99%", "all", "bound", "left open", "live wrongly closed",
+             "heartbeat closes logged"], "r" * 12,
+            [["%d" % d["doomed"], "%d" % d["live"], "%ds" % d["interval_s"],
+              "%ds" % d["timeout_s"]]
+             + ["%s s" % num(d[k]) for k in ("first_s", "half_s", "p99_s",
+                                             "all_s")]
+             + ["%d s" % d["bound_s"]]
+             + ["%d" % d[k] for k in ("left_after", "live_wrongly_closed",
+                                      "log_heartbeat_closes")]])
     if "profile" in results:
         p = results["profile"]
-        md.append("### callgrind: user-space instructions of the nginx worker "
-                  "per relayed 64 B message (10 connections, 400 msg/s, "
-                  "a 6 s window; C = ws_heartbeat on, default interval)")
-        md.append("")
-        md.append("| config | instructions/msg | vs A |")
-        md.append("|---|---:|---:|")
-        for k in ("A", "C"):
-            md.append("| %s | %.0f | %s |" % (
-                k, p[k]["ir_per_msg"],
-                "%.3f" % (p[k]["ir_per_msg"] / p["A"]["ir_per_msg"])))
-        md.append("")
+        md += table(
+            "### callgrind: user-space instructions of the nginx worker per "
+            "relayed 64 B message (10 connections, 400 msg/s, a 6 s "
+            "window; C = ws_heartbeat on, default interval)",
+            ["config", "instructions/msg", "vs A"], "lrr",
+            [(k, "%.0f" % p[k]["ir_per_msg"],
+              "%.3f" % (p[k]["ir_per_msg"] / p["A"]["ir_per_msg"]))
+             for k in ("A", "C")])
         md.append("Module functions in C: %.0f instructions per message."
                   % p["module_ir_per_msg"])
         md.append("")
@@ -1274,24 +1258,18 @@ def report(results, out_dir):
                               p[k]["ir_per_rt"],
                               p[k]["module_ir"] / p[k]["round_trips"]))
                 md.append("")
-        md.append("Top functions with the module on (C), self cost:")
-        md.append("")
-        md.append("| % | function |")
-        md.append("|---:|---|")
-        for ir, pct, fn in p["C"]["top"][:15]:
-            md.append("| %.1f | `%s` |" % (pct, fn.replace("|", "\\|")))
-        md.append("")
+        md += table(
+            "Top functions with the module on (C), self cost:",
+            ["%", "function"], "rl",
+            [("%.1f" % pct, "`%s`" % fn.replace("|", "\\|"))
+             for ir, pct, fn in p["C"]["top"][:15]])
     if "sizeof" in results:
         z = results["sizeof"]
-        md.append("### Per-connection module state (sizeof)")
-        md.append("")
-        md.append("| type | bytes |")
-        md.append("|---|---:|")
-        for k in ("ctx", "ctx_upstream_off", "side", "outbound",
-                  "heartbeat", "frame_scanner16", "ngx_pool_cleanup_t"):
-            if k in z:
-                md.append("| %s | %d |" % (k, z[k]))
-        md.append("")
+        md += table(
+            "### Per-connection module state (sizeof)", ["type", "bytes"],
+            "lr", [(k, "%d" % z[k]) for k in (
+                "ctx", "ctx_upstream_off", "side", "outbound", "heartbeat",
+                "frame_scanner16", "ngx_pool_cleanup_t") if k in z])
     text = "\n".join(md) + "\n"
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(text)
@@ -1305,28 +1283,27 @@ def plot(results, out_dir):
     s = results["relay"]["summary"]
     cfgs = [c[0] for c in CONFIGS]
     scen = results["relay"]["scenarios"]
-    dat = os.path.join(out_dir, "relay.dat")
-    with open(dat, "w") as f:
-        f.write("# scenario " + " ".join(
-            "%s_thr %s_lo %s_hi" % (c, c, c) for c in cfgs) + "\n")
-        for sc in scen:
-            row = ['"%s"' % (sc if "latency" not in sc else "p99 @1000/s")]
-            for c in cfgs:
-                r = s[sc][c]["thr_ratio"] if "latency" not in sc \
-                    else s[sc][c]["p99_ratio"]
-                row += ["%.4f %.4f %.4f" % r if r else "NaN NaN NaN"]
-            f.write(" ".join(row) + "\n")
-    cpu = os.path.join(out_dir, "cpu.dat")
-    with open(cpu, "w") as f:
-        f.write("# scenario " + " ".join(
-            "%s_cpu %s_lo %s_hi" % (c, c, c) for c in cfgs)
-            + "  (nginx worker CPU per message, ratio to A)\n")
-        for sc in scen:
-            row = ['"%s"' % (sc if "latency" not in sc else "@1000/s")]
-            for c in cfgs:
-                r = s[sc][c]["cpu_ratio"]
-                row += ["%.4f %.4f %.4f" % r if r else "NaN NaN NaN"]
-            f.write(" ".join(row) + "\n")
+
+    def ratios_dat(name, col, note, metric, lat_label, lat_metric):
+        """per scenario, for each config: a ratio to A (median, min, max);
+        for the latency scenario, lat_metric under lat_label"""
+        with open(os.path.join(out_dir, name), "w") as f:
+            f.write("# scenario " + " ".join(
+                "%s_%s %s_lo %s_hi" % (c, col, c, c) for c in cfgs)
+                + note + "\n")
+            for sc in scen:
+                lat = "latency" in sc
+                row = ['"%s"' % (lat_label if lat else sc)]
+                for c in cfgs:
+                    r = s[sc][c][lat_metric if lat else metric]
+                    row += ["%.4f %.4f %.4f" % r if r else "NaN NaN NaN"]
+                f.write(" ".join(row) + "\n")
+
+    ratios_dat("relay.dat", "thr", "", "thr_ratio",
+               "p99 @1000/s", "p99_ratio")
+    ratios_dat("cpu.dat", "cpu",
+               "  (nginx worker CPU per message, ratio to A)", "cpu_ratio",
+               "@1000/s", "cpu_ratio")
     lat = os.path.join(out_dir, "latency.dat")
     lsc = [x for x in scen if "latency" in x][0]
     with open(lat, "w") as f:
@@ -1349,27 +1326,27 @@ def plot(results, out_dir):
                    check=False)
 
 
-def f0(v):
-    return "-" if v is None else "%.0f" % v
-
-
-def f1(v):
-    return "-" if v is None else "%.1f" % v
-
-
-def f2(v):
-    return "-" if v is None else "%.2f" % v
-
-
-def f3(v):
-    return "-" if v is None else "%.3f" % v
+def num(v, digits=2):
+    """A figure with `digits` decimals, "-" for none."""
+    return "-" if v is None else "%.*f" % (digits, v)
 
 
 def rt(r):
-    return "-" if not r else "%.3f [%.3f-%.3f]" % r
+    """A ratio and its range, "-" for none."""
+    return "-" if not r else "%.3f [%.3f-%.3f]" % tuple(r)
 
 
 # --------------------------------------------------------------------- main
+
+def save(results, out_dir):
+    """The summaries of the sections that ran, then OUT/results.json."""
+    if "relay" in results:
+        summarize_relay(results)
+    if "idle" in results:
+        summarize_idle(results)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+
 
 def report_only(out_dir):
     with open(os.path.join(out_dir, "results.json")) as f:
@@ -1388,12 +1365,7 @@ def report_only(out_dir):
             p["module_ir_per_msg"] = p["C"]["module_ir"] / p["C"]["echoed"]
     results.setdefault("loadavg_end", results["machine"]["loadavg"])
     results.setdefault("runtime_s", 0)
-    if "relay" in results:
-        summarize_relay(results)
-    if "idle" in results:
-        summarize_idle(results)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    save(results, out_dir)
     print(report(results, out_dir))
     return 0
 
@@ -1461,14 +1433,9 @@ def main():
         fn()
         results.setdefault("timing_s", {})[name] = time.monotonic() - t
         say("   (%.0f s)" % (time.monotonic() - t))
-    if "relay" in results:
-        summarize_relay(results)
-    if "idle" in results:
-        summarize_idle(results)
     results["runtime_s"] = time.monotonic() - t_start
     results["loadavg_end"] = os.getloadavg()
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    save(results, args.out)
     say("")
     say(report(results, args.out))
     say("bench: %.0f s in all; results in %s" % (results["runtime_s"],
