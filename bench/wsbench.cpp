@@ -82,6 +82,16 @@ struct Live {
     }
 };
 
+// Adds one thread's counters (the members S::counters points to) to a
+// total.
+template <class S>
+void add_counters(S& total, const S& s)
+{
+    for (auto m : S::counters) {
+        total.*m += s.*m;
+    }
+}
+
 std::uint64_t now_ns()
 {
     timespec ts;
@@ -625,6 +635,21 @@ struct ClientStats {
     std::uint64_t pings = 0, pongs_sent = 0, pongs_in = 0;
     std::uint64_t opened = 0, late_sends = 0;
     std::map<int, std::uint64_t> close_codes;
+
+    using S = ClientStats;
+    static constexpr std::uint64_t S::*counters[] = {
+        &S::msgs, &S::bytes, &S::msgs_total, &S::sent_total, &S::connect_errors,
+        &S::handshake_errors, &S::verify_errors, &S::peer_closes, &S::disconnects,
+        &S::pings, &S::pongs_sent, &S::pongs_in, &S::opened, &S::late_sends};
+
+    void merge(const ClientStats& s)
+    {
+        add_counters(*this, s);
+        lat.merge(s.lat);
+        for (auto& kv : s.close_codes) {
+            close_codes[kv.first] += kv.second;
+        }
+    }
 };
 
 // deterministic payload bytes after the 16-byte head
@@ -1114,25 +1139,7 @@ int client_main(ClientOpts& o)
     ClientStats tot;
     std::size_t alive = 0;
     for (auto& t : th) {
-        ClientStats& s = t->stats();
-        tot.lat.merge(s.lat);
-        tot.msgs += s.msgs;
-        tot.bytes += s.bytes;
-        tot.msgs_total += s.msgs_total;
-        tot.sent_total += s.sent_total;
-        tot.connect_errors += s.connect_errors;
-        tot.handshake_errors += s.handshake_errors;
-        tot.verify_errors += s.verify_errors;
-        tot.peer_closes += s.peer_closes;
-        tot.disconnects += s.disconnects;
-        tot.pings += s.pings;
-        tot.pongs_sent += s.pongs_sent;
-        tot.pongs_in += s.pongs_in;
-        tot.opened += s.opened;
-        tot.late_sends += s.late_sends;
-        for (auto& kv : s.close_codes) {
-            tot.close_codes[kv.first] += kv.second;
-        }
+        tot.merge(t->stats());
         alive += t->open_count();
     }
     double mps = window > 0 ? double(tot.msgs) / window : 0;
@@ -1200,6 +1207,12 @@ struct SrvConn : Conn {
 struct ServerStats {
     std::uint64_t accepted = 0, frames = 0, bytes = 0, pings_in = 0;
     std::uint64_t pings_sent = 0, pongs_in = 0, closes = 0, active = 0;
+
+    // summed over the threads (active is not reported)
+    using S = ServerStats;
+    static constexpr std::uint64_t S::*counters[] = {
+        &S::accepted, &S::frames, &S::bytes, &S::pings_in, &S::pings_sent,
+        &S::pongs_in, &S::closes};
 };
 
 class ServerThread : Peer<ServerThread, SrvConn> {
@@ -1432,14 +1445,7 @@ int server_main(ServerOpts& o)
     }
     ServerStats s;
     for (auto& t : th) {
-        ServerStats& x = t->stats();
-        s.accepted += x.accepted;
-        s.frames += x.frames;
-        s.bytes += x.bytes;
-        s.pings_in += x.pings_in;
-        s.pings_sent += x.pings_sent;
-        s.pongs_in += x.pongs_in;
-        s.closes += x.closes;
+        add_counters(s, t->stats());
     }
     std::string j = fmt("{\"accepted\":%" PRIu64 ",\"frames\":%" PRIu64
                         ",\"bytes\":%" PRIu64 ",\"pings_in\":%" PRIu64
