@@ -211,10 +211,12 @@ $(DEB_STAMP): $(MODULE_DEPS) config README.md \
 
 # Benchmarks (bench/, docs/benchmarks.md): the load generator / echo
 # backend, sizeof of the per-connection state, and bench/run.py, which runs
-# every configuration of the same nginx in one run. The packages only the
-# benchmark needs (ngx_lua, gnuplot, valgrind, ...) come from bench/deps.sh,
-# not t/deps.sh. `make bench QUICK=1` is the short version; it writes to
-# build/bench/quick/ instead of docs/bench/. BENCH_ARGS: more run.py flags.
+# every configuration of the same nginx in one run. bench/deps.sh installs
+# what t/deps.sh does (make deps: the build, nginx, valgrind, pgrep, ip),
+# then the packages only the benchmark needs (ngx_lua, gnuplot, perf),
+# which t/deps.sh leaves out. `make bench QUICK=1` is the short version; it
+# writes to build/bench/quick/ instead of docs/bench/. BENCH_ARGS: more
+# run.py flags.
 BENCH_DIR  := $(BUILD)/bench
 BENCH_OUT  := $(if $(QUICK),$(BENCH_DIR)/quick,docs/bench)
 BENCH_ARGS ?=
@@ -257,7 +259,7 @@ reliability-quick: module
 
 reliability-valgrind: module
 	@command -v valgrind >/dev/null || { echo "reliability-valgrind:" \
-	    "valgrind is missing (apt-get install valgrind)"; exit 1; }
+	    "valgrind is missing (make deps)"; exit 1; }
 	RELIABILITY=quick RELIABILITY_VALGRIND=1 \
 	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) $(RELIABILITY_PYTEST)
 
