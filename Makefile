@@ -1,7 +1,8 @@
 # ngx_ws_heartbeat: build, test, demo.
 #
 #   make            the module, build/ngx_ws_heartbeat_module.so
-#   make test       deps + module + unit + fuzz smoke + integration (CI)
+#   make test       deps + module + unit + bench_core build + fuzz smoke +
+#                   integration (CI)
 #   make demo       nginx + module + a WebSocket echo backend on 127.0.0.1
 #
 # NGINX_SRC   nginx source tree to build against (default: Debian nginx-dev)
@@ -37,7 +38,7 @@ ABS_BUILD     = $(abspath $(BUILD))
 export NGINX_BIN PYTHON
 
 .PHONY: all module module-asan deps unit fuzz integration integration-asan \
-        test demo bench-core bench-callgrind clean format
+        test demo bench-core bench-core-build bench-callgrind clean format
 
 all: module
 
@@ -125,12 +126,19 @@ fuzz: $(addprefix $(BUILD)/fuzz/,$(FUZZ_TARGETS))
 	        $(BUILD)/fuzz/$$t.log | sed "s/^/  /"; \
 	done
 
+# t/bench_core/: the core's own benchmarks, against src/ alone. make test
+# builds them (bench-core-build), without running them, so that they keep
+# compiling as src/ changes.
+BENCH_CORE_FLAGS := -std=c++17 -Wall -Wextra -Werror -Isrc
+
+bench-core-build: $(BUILD)/bench_core $(BUILD)/callgrind_send
+
 bench-core: $(BUILD)/bench_core
 	$(BUILD)/bench_core
 
 $(BUILD)/bench_core: t/bench_core/bench_scanner.cpp $(SRC_CPP) $(SRC_HPP)
 	@mkdir -p $(BUILD)
-	$(CXX) -std=c++17 -O2 -Isrc $< $(SRC_CPP) -o $@
+	$(CXX) $(BENCH_CORE_FLAGS) -O2 $< $(SRC_CPP) -o $@
 
 # instructions per 64-byte frame through outbound::send (client role,
 # swallowing on), counted by callgrind; built with -O like the module
@@ -138,7 +146,7 @@ CALLGRIND := valgrind --tool=callgrind --callgrind-out-file=/dev/null
 
 $(BUILD)/callgrind_send: t/bench_core/callgrind_send.cpp $(SRC_CPP) $(SRC_HPP)
 	@mkdir -p $(BUILD)
-	$(CXX) -std=c++17 -O -g -Isrc $< $(SRC_CPP) -o $@
+	$(CXX) $(BENCH_CORE_FLAGS) -O -g $< $(SRC_CPP) -o $@
 
 bench-callgrind: $(BUILD)/callgrind_send
 	@for mode in chunks frames; do \
@@ -163,6 +171,7 @@ integration-asan: module-asan
 test: deps
 	$(MAKE) module
 	$(MAKE) unit
+	$(MAKE) bench-core-build
 	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
 	$(MAKE) integration
 	$(MAKE) integration-asan
@@ -211,10 +220,12 @@ $(DEB_STAMP): $(MODULE_DEPS) config README.md \
 
 # Benchmarks (bench/, docs/benchmarks.md): the load generator / echo
 # backend, sizeof of the per-connection state, and bench/run.py, which runs
-# every configuration of the same nginx in one run. The packages only the
-# benchmark needs (ngx_lua, gnuplot, valgrind, ...) come from bench/deps.sh,
-# not t/deps.sh. `make bench QUICK=1` is the short version; it writes to
-# build/bench/quick/ instead of docs/bench/. BENCH_ARGS: more run.py flags.
+# every configuration of the same nginx in one run. bench/deps.sh installs
+# what t/deps.sh does (make deps: the build, nginx, valgrind, pgrep, ip),
+# then the packages only the benchmark needs (ngx_lua, gnuplot, perf),
+# which t/deps.sh leaves out. `make bench QUICK=1` is the short version; it
+# writes to build/bench/quick/ instead of docs/bench/. BENCH_ARGS: more
+# run.py flags.
 BENCH_DIR  := $(BUILD)/bench
 BENCH_OUT  := $(if $(QUICK),$(BENCH_DIR)/quick,docs/bench)
 BENCH_ARGS ?=
@@ -257,7 +268,7 @@ reliability-quick: module
 
 reliability-valgrind: module
 	@command -v valgrind >/dev/null || { echo "reliability-valgrind:" \
-	    "valgrind is missing (apt-get install valgrind)"; exit 1; }
+	    "valgrind is missing (make deps)"; exit 1; }
 	RELIABILITY=quick RELIABILITY_VALGRIND=1 \
 	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) $(RELIABILITY_PYTEST)
 

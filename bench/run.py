@@ -282,41 +282,23 @@ http {
 
     def cpu_ns(self):
         """Worker CPU time so far (ns, /proc/PID/schedstat), all workers."""
-        total = 0
-        for pid in self.worker_pids():
-            try:
-                with open("/proc/%d/schedstat" % pid) as f:
-                    total += int(f.read().split()[0])
-            except OSError:
-                pass
-        return total
+        return sum(int(t.split()[0]) for t in
+                   filter(None, (proc_read(pid, "schedstat")
+                                 for pid in self.worker_pids())))
 
     def user_sys(self):
         """(user, system) CPU seconds of the workers (/proc/PID/stat)."""
         hz = os.sysconf("SC_CLK_TCK")
-        u = k = 0
-        for pid in self.worker_pids():
-            try:
-                with open("/proc/%d/stat" % pid) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                u += int(fields[11])
-                k += int(fields[12])
-            except (OSError, ValueError, IndexError):
-                pass
-        return u / hz, k / hz
+        stats = list(filter(None, map(proc_stat, self.worker_pids())))
+        return (sum(int(f[11]) for f in stats) / hz,
+                sum(int(f[12]) for f in stats) / hz)
 
     def rss_kb(self):
         """Anonymous resident memory of the workers (kB), all workers."""
-        total = 0
-        for pid in self.worker_pids():
-            try:
-                with open("/proc/%d/status" % pid) as f:
-                    for line in f:
-                        if line.startswith("RssAnon:"):
-                            total += int(line.split()[1])
-            except OSError:
-                pass
-        return total
+        return sum(int(line.split()[1]) for t in
+                   filter(None, (proc_read(pid, "status")
+                                 for pid in self.worker_pids()))
+                   for line in t.splitlines() if line.startswith("RssAnon:"))
 
     def log(self):
         return tail(self.error_log, 10 ** 8)
@@ -344,13 +326,27 @@ http {
         return bad
 
 
+def proc_read(pid, name):
+    """/proc/PID/NAME, None if the process is gone."""
+    try:
+        with open("/proc/%s/%s" % (pid, name)) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def proc_stat(pid):
+    """The fields of /proc/PID/stat after the command name: [1] the parent,
+    [11] and [12] user and system time, [19] the start time (clock ticks);
+    None if the process is gone."""
+    text = proc_read(pid, "stat")
+    return text.rsplit(")", 1)[1].split() if text else None
+
+
 def start_time(pid):
     """A process's start time (clock ticks since boot), None if gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields else None
 
 
 def hb_lua(hb):
@@ -393,6 +389,7 @@ class Client:
         if srcs:
             argv += ["--src", ",".join(srcs)]
         self.proc = Proc(argv, base + ".log", ns, cpus)
+        self.idle = idle
         self.timeout = connect_timeout + 10
 
     def wait_ready(self):
@@ -921,8 +918,8 @@ def section_deadpeer(args, results):
         say("    all %d closed after %s s (first %s, half %s, 99%% %s; bound "
             "interval+timeout = %d s); %d closes logged as heartbeat "
             "timeout; live connections wrongly closed: %d of %d"
-            % (before, fmt_s(res["all_s"]), fmt_s(res["first_s"]),
-               fmt_s(res["half_s"]), fmt_s(res["p99_s"]), res["bound_s"],
+            % (before, num(res["all_s"]), num(res["first_s"]),
+               num(res["half_s"]), num(res["p99_s"]), res["bound_s"],
                res["log_heartbeat_closes"], res["live_wrongly_closed"], lo))
     finally:
         for p in reversed(procs):
@@ -937,12 +934,10 @@ def section_deadpeer(args, results):
             mine = {p.pid for p in procs}
             for pid in pids:
                 # only what this run started (nginx workers are children)
-                try:
-                    ppid = int(open("/proc/%s/stat" % pid).read()
-                               .rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
+                fields = proc_stat(pid)
+                if fields is None:
                     continue
-                if int(pid) in mine or ppid in mine:
+                if int(pid) in mine or int(fields[1]) in mine:
                     try:
                         os.kill(int(pid), signal.SIGKILL)
                     except ProcessLookupError:
@@ -957,111 +952,100 @@ def section_deadpeer(args, results):
     return res
 
 
-def fmt_s(v):
-    return "-" if v is None else "%.2f" % v
-
-
 # ------------------------------------------------------------------ profile
 
 def section_profile(args, results):
-    """callgrind on a single-process nginx (master_process off), A and C,
-    same load: instructions per relayed message and the top functions."""
+    """callgrind on a single-process nginx (master_process off): A and C
+    under the same load, instructions per relayed message and the top
+    functions; then idle connections, instructions per Ping/Pong round
+    trip, the module's Pings (C) against the backend's own relayed by
+    stock nginx (P)."""
     out = {}
     for cfg_name in ("A", "C"):
         # C here: ws_heartbeat on with its default interval (30s), so that
         # the 6 s window holds the per-frame relay path only
         cfg = (dict(module=True, loc="ws_heartbeat on;") if cfg_name == "C"
                else dict(module=False))
-        bports = [free_port()]
-        be = Backend("prof-be-" + cfg_name, bports)
-        cg = os.path.join(WORK, "callgrind-%s.out" % cfg_name)
-        wrapper = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg,
-                   "--compress-strings=no",
-                   "--dump-instr=no"]
-        n = None
-        try:
-            n = Nginx("prof-" + cfg_name, cfg, bports, free_port(),
-                      master=False, wrapper=wrapper)
-            c = Client("ws://127.0.0.1:%d/ws" % n.port,
-                       "profile " + cfg_name, 10, 64, rate=400, warmup=1.5,
-                       duration=6)
-            c.wait_ready()
-            time.sleep(1.5)
-            cg_control(n.proc.pid, "-z")
-            time.sleep(6)
-            cg_control(n.proc.pid, "-d")
-            r = c.result(60)
-        finally:
-            if n:
-                n.stop()
-            be.stop()
-        ann = cg_annotate(cg + ".1")
-        total, top = parse_callgrind(ann)
-        echoed = r["messages"]    # those of the 6 s window
-        out[cfg_name] = dict(total_ir=total, echoed=echoed,
-                             ir_per_msg=total / echoed if echoed else None,
-                             top=top[:25], errors=r["errors"],
-                             pings=r["pings"],
-                             module_ir=sum(ir for ir, pct, fn in top
-                                           if is_module(fn)))
-        with open(os.path.join(args.out, "callgrind-%s.txt" % cfg_name),
-                  "w") as f:
-            f.write(ann)
+        p, echoed, r = callgrind_run(
+            args, cfg_name, cfg, settle=1.5,
+            client=dict(conns=10, size=64, rate=400, warmup=1.5,
+                        duration=PROFILE_WINDOW))
+        p.update(echoed=echoed, errors=r["errors"], pings=r["pings"],
+                 ir_per_msg=p["total_ir"] / echoed if echoed else None)
+        out[cfg_name] = p
         say("  callgrind %s: %d messages, %.0f instructions per message "
             "(all of nginx, user space)" % (cfg_name, echoed,
-                                             out[cfg_name]["ir_per_msg"]))
-        for ir, pct, fn in top[:12]:
+                                             p["ir_per_msg"]))
+        for ir, pct, fn in p["top"][:12]:
             say("    %5.1f%%  %s" % (pct, fn))
     out["module_ir_per_msg"] = out["C"]["module_ir"] / out["C"]["echoed"]
 
-    # idle heartbeat: instructions per Ping/Pong round trip, module (C)
-    # against the backend's own Pings relayed by stock nginx (P)
     for kind in ("C", "P"):
         cfg = (dict(module=True, loc="ws_heartbeat on; "
                     "ws_heartbeat_interval 1s; ws_heartbeat_timeout 10s;")
                if kind == "C" else dict(module=False))
-        bports = [free_port()]
-        be = Backend("prof-idle-be-" + kind, bports,
-                     ping_ms=1000 if kind == "P" else 0)
-        cg = os.path.join(WORK, "callgrind-idle-%s.out" % kind)
-        wrapper = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg,
-                   "--compress-strings=no",
-                   "--dump-instr=no"]
-        n = None
-        try:
-            n = Nginx("prof-idle-" + kind, cfg, bports, free_port(),
-                      master=False, wrapper=wrapper)
-            c = Client("ws://127.0.0.1:%d/ws" % n.port, "profile idle " + kind,
-                       1000, idle=True, duration=0)
-            c.wait_ready()
-            time.sleep(2.5)
-            s0 = c.snapshot()
-            cg_control(n.proc.pid, "-z")
-            time.sleep(6)
-            cg_control(n.proc.pid, "-d")
-            s1 = c.snapshot()
-            r = c.stop()
-        finally:
-            if n:
-                n.stop()
-            be.stop()
-        ann = cg_annotate(cg + ".1")
-        total, top = parse_callgrind(ann)
-        rts = s1["pings"] - s0["pings"]
-        out["idle_" + kind] = dict(
-            total_ir=total, round_trips=rts, window_rts=s1["pings"]
-            - s0["pings"], ir_per_rt=total / rts if rts else None,
-            module_ir=sum(ir for ir, pct, fn in top if is_module(fn)),
-            top=top[:25], lost=r["peer_closes"] + r["disconnects"])
-        with open(os.path.join(args.out, "callgrind-idle-%s.txt" % kind),
-                  "w") as f:
-            f.write(ann)
+        p, rts, r = callgrind_run(
+            args, "idle-" + kind, cfg, settle=2.5,
+            ping_ms=1000 if kind == "P" else 0,
+            client=dict(conns=1000, idle=True, duration=0))
+        p.update(round_trips=rts, window_rts=rts,
+                 ir_per_rt=p["total_ir"] / rts if rts else None,
+                 lost=r["peer_closes"] + r["disconnects"])
+        out["idle_" + kind] = p
         say("  callgrind idle %s: %d Ping/Pong, %.0f instructions each "
             "(all of nginx, user space), module %.0f"
-            % (kind, rts, out["idle_" + kind]["ir_per_rt"] or 0,
-               out["idle_" + kind]["module_ir"] / rts if rts else 0))
+            % (kind, rts, p["ir_per_rt"] or 0,
+               p["module_ir"] / rts if rts else 0))
     results["profile"] = out
     return out
+
+
+PROFILE_WINDOW = 6   # seconds of callgrind counts
+
+
+def callgrind_run(args, name, cfg, client, settle, ping_ms=0):
+    """One callgrind measurement: a single-process nginx (master_process
+    off, configuration cfg) under callgrind, a backend of its own (Pings
+    every ping_ms) and a Client (keyword arguments `client`). The counts
+    are zeroed `settle` s after the client is ready and dumped
+    PROFILE_WINDOW s later; the annotated listing is written to
+    OUT/callgrind-NAME.txt. Returns (total_ir, module_ir and top in a
+    dict; what the client counted in the window: Ping/Pong round trips
+    from an idle client's snapshots, else the messages of its own
+    window; its result)."""
+    bports = [free_port()]
+    be = Backend("prof-be-" + name, bports, ping_ms=ping_ms)
+    cg = os.path.join(WORK, "callgrind-%s.out" % name)
+    wrapper = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + cg,
+               "--compress-strings=no", "--dump-instr=no"]
+    n = None
+    try:
+        n = Nginx("prof-" + name, cfg, bports, free_port(),
+                  master=False, wrapper=wrapper)
+        c = Client("ws://127.0.0.1:%d/ws" % n.port,
+                   "profile " + name.replace("-", " "), **client)
+        c.wait_ready()
+        time.sleep(settle)
+        s0 = c.snapshot() if c.idle else None
+        cg_control(n.proc.pid, "-z")
+        time.sleep(PROFILE_WINDOW)
+        cg_control(n.proc.pid, "-d")
+        if c.idle:
+            count = c.snapshot()["pings"] - s0["pings"]
+            r = c.stop()
+        else:
+            r = c.result(60)
+            count = r["messages"]
+    finally:
+        if n:
+            n.stop()
+        be.stop()
+    ann = cg_annotate(cg + ".1")
+    total, top = parse_callgrind(ann)
+    with open(os.path.join(args.out, "callgrind-%s.txt" % name), "w") as f:
+        f.write(ann)
+    return dict(total_ir=total, module_ir=module_ir(top), top=top[:25]), \
+        count, r
 
 
 def label_static(fn):
@@ -1101,6 +1085,11 @@ def is_module(fn):
         return True
     return "[" not in fn and re.match(
         r"(src/|ngx/|ngx_ws_heartbeat_module\.cpp)", fn) is not None
+
+
+def module_ir(top):
+    """The module's share of a parse_callgrind() listing."""
+    return sum(ir for ir, pct, fn in top if is_module(fn))
 
 
 def cg_control(pid, cmd):
@@ -1158,6 +1147,16 @@ def section_sizeof(results):
 
 # ------------------------------------------------------------------- report
 
+def table(title, head, align, rows):
+    """Markdown lines: the title and a blank line, a table (head: the
+    column names; align: "l" or "r" a column; rows: the cells, as text)
+    and a blank line."""
+    return ([title, "",
+             "| " + " | ".join(head) + " |",
+             "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
+            + ["| " + " | ".join(r) + " |" for r in rows] + [""])
+
+
 def report(results, out_dir):
     """Markdown tables (summary.md) and gnuplot data + plot."""
     md = []
@@ -1179,95 +1178,73 @@ def report(results, out_dir):
     md.append("")
     if "pairs" in results:
         pr = results["pairs"]
-        md.append("### Paired A/C: heartbeat on against stock nginx, %d "
-                  "pairs of %.1f s windows back to back" % (
-                      pr["pairs"], pr["duration_s"]))
-        md.append("")
-        md.append("| scenario | throughput C/A | nginx CPU per message C/A |")
-        md.append("|---|---:|---:|")
-        for scen, v in pr["scenarios"].items():
-            md.append("| %s | %.3f [%.3f-%.3f] | %.3f [%.3f-%.3f] |"
-                      % ((scen,) + tuple(v["thr_ratio"])
-                         + tuple(v["cpu_ratio"])))
-        md.append("")
+        md += table(
+            "### Paired A/C: heartbeat on against stock nginx, %d pairs of "
+            "%.1f s windows back to back" % (pr["pairs"], pr["duration_s"]),
+            ["scenario", "throughput C/A", "nginx CPU per message C/A"],
+            "lrr", [(scen, rt(v["thr_ratio"]), rt(v["cpu_ratio"]))
+                    for scen, v in pr["scenarios"].items()])
         md.append("Median of the per-pair ratios [95% bootstrap interval "
                   "of the median].")
         md.append("")
     if "relay" in results:
         s = results["relay"]["summary"]
-        md.append("### Relay: ratios to A (median over %d alternating "
-                  "rounds, [min-max])" % results["relay"]["rounds"])
-        md.append("")
-        md.append("| scenario | config | msg/s | MB/s | throughput vs A | "
-                  "p50 us | p99 us | p99 vs A | nginx CPU us/msg | "
-                  "CPU vs A | Pings | errors |")
-        md.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-                  "---:|")
-        for scen in results["relay"]["scenarios"]:
-            for cfg, row in s[scen].items():
-                md.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s "
-                          "| %d | %d |" % (
-                              scen, cfg, f0(row["msgs_per_s"]),
-                              f2(row["mb_per_s"]), rt(row["thr_ratio"]),
-                              f1(row["p50_us"]), f1(row["p99_us"]),
-                              rt(row["p99_ratio"]), f2(row["cpu_us_per_msg"]),
-                              rt(row["cpu_ratio"]), row["pings"],
-                              row["errors"]))
-        md.append("")
+        md += table(
+            "### Relay: ratios to A (median over %d alternating rounds, "
+            "[min-max])" % results["relay"]["rounds"],
+            ["scenario", "config", "msg/s", "MB/s", "throughput vs A",
+             "p50 us", "p99 us", "p99 vs A", "nginx CPU us/msg", "CPU vs A",
+             "Pings", "errors"], "llrrrrrrrrrr",
+            [(scen, cfg, num(row["msgs_per_s"], 0), num(row["mb_per_s"]),
+              rt(row["thr_ratio"]), num(row["p50_us"], 1),
+              num(row["p99_us"], 1), rt(row["p99_ratio"]),
+              num(row["cpu_us_per_msg"]), rt(row["cpu_ratio"]),
+              "%d" % row["pings"], "%d" % row["errors"])
+             for scen in results["relay"]["scenarios"]
+             for cfg, row in s[scen].items()])
         md.append("Configurations: " + "; ".join(
             "%s = %s" % kv for kv in cfg_desc.items()) + ".")
         md.append("")
     if "idle" in results:
         s = results["idle"]["summary"]
-        md.append("### Idle heartbeat connections (interval %ds, CPU over "
-                  "%ds)" % (results["idle"]["interval_s"],
-                            results["idle"]["window_s"]))
-        md.append("")
-        md.append("| connections | config | worker RSS B/conn | extra vs A "
-                  "| worker CPU % of a core | extra vs A | Ping/Pong per s | "
-                  "net us per round trip | connections lost |")
-        md.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-        for nconn, by in s.items():
-            for k, row in by.items():
-                md.append("| %s | %s %s | %s | %s | %s | %s | %s | %s | %d |"
-                          % (nconn, k, results["idle"]["kinds"][k],
-                             f0(row["rss_per_conn_b"]),
-                             f0(row.get("extra_rss_per_conn_b")),
-                             f3(row["cpu_core_pct"]),
-                             f3(row.get("extra_cpu_core_pct")),
-                             f0(row["rts_per_s"]),
-                             f2(row.get("net_us_per_rt")), row["lost"]))
-        md.append("")
+        md += table(
+            "### Idle heartbeat connections (interval %ds, CPU over %ds)"
+            % (results["idle"]["interval_s"], results["idle"]["window_s"]),
+            ["connections", "config", "worker RSS B/conn", "extra vs A",
+             "worker CPU % of a core", "extra vs A", "Ping/Pong per s",
+             "net us per round trip", "connections lost"], "rlrrrrrrr",
+            [(nconn, "%s %s" % (k, results["idle"]["kinds"][k]),
+              num(row["rss_per_conn_b"], 0),
+              num(row.get("extra_rss_per_conn_b"), 0),
+              num(row["cpu_core_pct"], 3),
+              num(row.get("extra_cpu_core_pct"), 3),
+              num(row["rts_per_s"], 0), num(row.get("net_us_per_rt")),
+              "%d" % row["lost"])
+             for nconn, by in s.items() for k, row in by.items()])
     if "deadpeer" in results and results["deadpeer"]:
         d = results["deadpeer"]
-        md.append("### Mass dead-peer detection")
-        md.append("")
-        md.append("| doomed | live | interval | timeout | first closed | "
-                  "half | 99% | all | bound | left open | live wrongly "
-                  "closed | heartbeat closes logged |")
-        md.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-                  "---:|")
-        md.append("| %d | %d | %ds | %ds | %s s | %s s | %s s | %s s | %d s "
-                  "| %d | %d | %d |" % (
-                      d["doomed"], d["live"], d["interval_s"],
-                      d["timeout_s"], fmt_s(d["first_s"]),
-                      fmt_s(d["half_s"]), fmt_s(d["p99_s"]),
-                      fmt_s(d["all_s"]), d["bound_s"], d["left_after"],
-                      d["live_wrongly_closed"], d["log_heartbeat_closes"]))
-        md.append("")
+        md += table(
+            "### Mass dead-peer detection",
+            ["doomed", "live", "interval", "timeout", "first closed", "half",
+             "99%", "all", "bound", "left open", "live wrongly closed",
+             "heartbeat closes logged"], "r" * 12,
+            [["%d" % d["doomed"], "%d" % d["live"], "%ds" % d["interval_s"],
+              "%ds" % d["timeout_s"]]
+             + ["%s s" % num(d[k]) for k in ("first_s", "half_s", "p99_s",
+                                             "all_s")]
+             + ["%d s" % d["bound_s"]]
+             + ["%d" % d[k] for k in ("left_after", "live_wrongly_closed",
+                                      "log_heartbeat_closes")]])
     if "profile" in results:
         p = results["profile"]
-        md.append("### callgrind: user-space instructions of the nginx worker "
-                  "per relayed 64 B message (10 connections, 400 msg/s, "
-                  "a 6 s window; C = ws_heartbeat on, default interval)")
-        md.append("")
-        md.append("| config | instructions/msg | vs A |")
-        md.append("|---|---:|---:|")
-        for k in ("A", "C"):
-            md.append("| %s | %.0f | %s |" % (
-                k, p[k]["ir_per_msg"],
-                "%.3f" % (p[k]["ir_per_msg"] / p["A"]["ir_per_msg"])))
-        md.append("")
+        md += table(
+            "### callgrind: user-space instructions of the nginx worker per "
+            "relayed 64 B message (10 connections, 400 msg/s, a 6 s "
+            "window; C = ws_heartbeat on, default interval)",
+            ["config", "instructions/msg", "vs A"], "lrr",
+            [(k, "%.0f" % p[k]["ir_per_msg"],
+              "%.3f" % (p[k]["ir_per_msg"] / p["A"]["ir_per_msg"]))
+             for k in ("A", "C")])
         md.append("Module functions in C: %.0f instructions per message."
                   % p["module_ir_per_msg"])
         md.append("")
@@ -1281,24 +1258,18 @@ def report(results, out_dir):
                               p[k]["ir_per_rt"],
                               p[k]["module_ir"] / p[k]["round_trips"]))
                 md.append("")
-        md.append("Top functions with the module on (C), self cost:")
-        md.append("")
-        md.append("| % | function |")
-        md.append("|---:|---|")
-        for ir, pct, fn in p["C"]["top"][:15]:
-            md.append("| %.1f | `%s` |" % (pct, fn.replace("|", "\\|")))
-        md.append("")
+        md += table(
+            "Top functions with the module on (C), self cost:",
+            ["%", "function"], "rl",
+            [("%.1f" % pct, "`%s`" % fn.replace("|", "\\|"))
+             for ir, pct, fn in p["C"]["top"][:15]])
     if "sizeof" in results:
         z = results["sizeof"]
-        md.append("### Per-connection module state (sizeof)")
-        md.append("")
-        md.append("| type | bytes |")
-        md.append("|---|---:|")
-        for k in ("ctx", "ctx_upstream_off", "side", "outbound",
-                  "heartbeat", "frame_scanner16", "ngx_pool_cleanup_t"):
-            if k in z:
-                md.append("| %s | %d |" % (k, z[k]))
-        md.append("")
+        md += table(
+            "### Per-connection module state (sizeof)", ["type", "bytes"],
+            "lr", [(k, "%d" % z[k]) for k in (
+                "ctx", "ctx_upstream_off", "side", "outbound", "heartbeat",
+                "frame_scanner16", "ngx_pool_cleanup_t") if k in z])
     text = "\n".join(md) + "\n"
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(text)
@@ -1312,28 +1283,27 @@ def plot(results, out_dir):
     s = results["relay"]["summary"]
     cfgs = [c[0] for c in CONFIGS]
     scen = results["relay"]["scenarios"]
-    dat = os.path.join(out_dir, "relay.dat")
-    with open(dat, "w") as f:
-        f.write("# scenario " + " ".join(
-            "%s_thr %s_lo %s_hi" % (c, c, c) for c in cfgs) + "\n")
-        for sc in scen:
-            row = ['"%s"' % (sc if "latency" not in sc else "p99 @1000/s")]
-            for c in cfgs:
-                r = s[sc][c]["thr_ratio"] if "latency" not in sc \
-                    else s[sc][c]["p99_ratio"]
-                row += ["%.4f %.4f %.4f" % r if r else "NaN NaN NaN"]
-            f.write(" ".join(row) + "\n")
-    cpu = os.path.join(out_dir, "cpu.dat")
-    with open(cpu, "w") as f:
-        f.write("# scenario " + " ".join(
-            "%s_cpu %s_lo %s_hi" % (c, c, c) for c in cfgs)
-            + "  (nginx worker CPU per message, ratio to A)\n")
-        for sc in scen:
-            row = ['"%s"' % (sc if "latency" not in sc else "@1000/s")]
-            for c in cfgs:
-                r = s[sc][c]["cpu_ratio"]
-                row += ["%.4f %.4f %.4f" % r if r else "NaN NaN NaN"]
-            f.write(" ".join(row) + "\n")
+
+    def ratios_dat(name, col, note, metric, lat_label, lat_metric):
+        """per scenario, for each config: a ratio to A (median, min, max);
+        for the latency scenario, lat_metric under lat_label"""
+        with open(os.path.join(out_dir, name), "w") as f:
+            f.write("# scenario " + " ".join(
+                "%s_%s %s_lo %s_hi" % (c, col, c, c) for c in cfgs)
+                + note + "\n")
+            for sc in scen:
+                lat = "latency" in sc
+                row = ['"%s"' % (lat_label if lat else sc)]
+                for c in cfgs:
+                    r = s[sc][c][lat_metric if lat else metric]
+                    row += ["%.4f %.4f %.4f" % r if r else "NaN NaN NaN"]
+                f.write(" ".join(row) + "\n")
+
+    ratios_dat("relay.dat", "thr", "", "thr_ratio",
+               "p99 @1000/s", "p99_ratio")
+    ratios_dat("cpu.dat", "cpu",
+               "  (nginx worker CPU per message, ratio to A)", "cpu_ratio",
+               "@1000/s", "cpu_ratio")
     lat = os.path.join(out_dir, "latency.dat")
     lsc = [x for x in scen if "latency" in x][0]
     with open(lat, "w") as f:
@@ -1356,27 +1326,27 @@ def plot(results, out_dir):
                    check=False)
 
 
-def f0(v):
-    return "-" if v is None else "%.0f" % v
-
-
-def f1(v):
-    return "-" if v is None else "%.1f" % v
-
-
-def f2(v):
-    return "-" if v is None else "%.2f" % v
-
-
-def f3(v):
-    return "-" if v is None else "%.3f" % v
+def num(v, digits=2):
+    """A figure with `digits` decimals, "-" for none."""
+    return "-" if v is None else "%.*f" % (digits, v)
 
 
 def rt(r):
-    return "-" if not r else "%.3f [%.3f-%.3f]" % r
+    """A ratio and its range, "-" for none."""
+    return "-" if not r else "%.3f [%.3f-%.3f]" % tuple(r)
 
 
 # --------------------------------------------------------------------- main
+
+def save(results, out_dir):
+    """The summaries of the sections that ran, then OUT/results.json."""
+    if "relay" in results:
+        summarize_relay(results)
+    if "idle" in results:
+        summarize_idle(results)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+
 
 def report_only(out_dir):
     with open(os.path.join(out_dir, "results.json")) as f:
@@ -1389,19 +1359,13 @@ def report_only(out_dir):
             path = os.path.join(out_dir, name)
             if key in p and os.path.exists(path):
                 with open(path) as f:
-                    _, top = parse_callgrind(f.read())
-                p[key]["module_ir"] = sum(ir for ir, pct, fn in top
-                                          if is_module(fn))
+                    p[key]["module_ir"] = module_ir(
+                        parse_callgrind(f.read())[1])
         if "C" in p:
             p["module_ir_per_msg"] = p["C"]["module_ir"] / p["C"]["echoed"]
     results.setdefault("loadavg_end", results["machine"]["loadavg"])
     results.setdefault("runtime_s", 0)
-    if "relay" in results:
-        summarize_relay(results)
-    if "idle" in results:
-        summarize_idle(results)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    save(results, out_dir)
     print(report(results, out_dir))
     return 0
 
@@ -1469,14 +1433,9 @@ def main():
         fn()
         results.setdefault("timing_s", {})[name] = time.monotonic() - t
         say("   (%.0f s)" % (time.monotonic() - t))
-    if "relay" in results:
-        summarize_relay(results)
-    if "idle" in results:
-        summarize_idle(results)
     results["runtime_s"] = time.monotonic() - t_start
     results["loadavg_end"] = os.getloadavg()
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    save(results, args.out)
     say("")
     say(report(results, args.out))
     say("bench: %.0f s in all; results in %s" % (results["runtime_s"],

@@ -82,6 +82,16 @@ struct Live {
     }
 };
 
+// Adds one thread's counters (the members S::counters points to) to a
+// total.
+template <class S>
+void add_counters(S& total, const S& s)
+{
+    for (auto m : S::counters) {
+        total.*m += s.*m;
+    }
+}
+
 std::uint64_t now_ns()
 {
     timespec ts;
@@ -194,6 +204,17 @@ struct OutBuf {
         std::size_t old = b.size();
         b.resize(old + n);
         return b.data() + old;
+    }
+    // Appends a frame header (b0: FIN and opcode; mask: the masking key,
+    // or none) and room for `room` bytes of its payload; returns where the
+    // payload goes.
+    std::uint8_t* frame(std::uint8_t b0, std::uint64_t len, const std::uint8_t* mask,
+                        std::size_t room)
+    {
+        std::uint8_t* h = grow(14 + room);
+        std::size_t hl = frame_header(h, b0, len, mask);
+        b.resize(b.size() - (14 - hl));
+        return h + hl;
     }
     void release()
     {
@@ -402,6 +423,177 @@ std::string json_escape(const std::string& s)
     return o;
 }
 
+// ----------------------------------------------------------- connections
+
+// What a client and a server connection have in common.
+struct Conn {
+    int fd = -1;
+    bool closing = false;         // a Close is queued: shut down after it
+    bool reading_paused = false;  // output over the limit: resume on EPOLLOUT
+    std::string hs;               // the handshake's HTTP head so far
+    OutBuf out;
+    FrameIn in;
+    std::uint8_t ctl[125];        // the payload of the control frame in
+};
+
+// One thread's connections on an edge-triggered epoll, either side: the
+// socket's registration, the handshake's HTTP head, reading, writing and
+// the frame loop. Side (CRTP) supplies consume(c, p, n) (the bytes read),
+// lost(c, peer_close), on_header(c), data(c, p, k) (data payload, as it
+// arrives) and frame_done(c).
+template <class Side, class C>
+class Peer {
+protected:
+    // pause_at: stop reading while this much output is queued
+    explicit Peer(std::size_t pause_at)
+        : ep_(epoll_create1(EPOLL_CLOEXEC)), rbuf_(256 * 1024), pause_at_(pause_at)
+    {
+    }
+    ~Peer() { close(ep_); }
+
+    Side& side() { return static_cast<Side&>(*this); }
+
+    // a connected (or connecting) socket
+    void watch(int fd, C* c)
+    {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLET | EPOLLRDHUP;
+        ev.data.ptr = c;
+        epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
+    }
+
+    // epoll events of a connection
+    void ready(C& c, std::uint32_t events)
+    {
+        if (events & EPOLLOUT) {
+            flush(c);
+            if (c.reading_paused && c.fd >= 0 && c.out.size() < pause_at_) {
+                c.reading_paused = false;
+                do_read(c);
+            }
+        }
+        if (c.fd >= 0 && (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+            do_read(c);
+        }
+    }
+
+    void flush(C& c)
+    {
+        while (c.out.size() > 0 && c.fd >= 0) {
+            ssize_t w = ::send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
+            if (w > 0) {
+                c.out.consume(std::size_t(w));
+                continue;
+            }
+            if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+                return;
+            }
+            side().lost(c, false);
+            return;
+        }
+        if (c.closing && c.fd >= 0) {
+            shutdown(c.fd, SHUT_WR);
+        }
+    }
+
+    void do_read(C& c)
+    {
+        for (;;) {
+            if (c.out.size() >= pause_at_) {
+                c.reading_paused = true;
+                return;
+            }
+            ssize_t r = ::recv(c.fd, rbuf_.data(), rbuf_.size(), 0);
+            if (r > 0) {
+                side().consume(c, rbuf_.data(), std::size_t(r));
+                flush(c);
+                if (c.fd < 0) {
+                    return;
+                }
+                continue;
+            }
+            if (r < 0 && errno == EINTR) {
+                continue;
+            }
+            if (r < 0 && errno == EAGAIN) {
+                return;
+            }
+            side().lost(c, false);
+            return;
+        }
+    }
+
+    // The handshake's HTTP head (request or response) from bytes as they
+    // arrive: true once it is complete, with the head in `head` (without
+    // the blank line) and p, n past it; a head over `limit` loses c.
+    bool http_head(C& c, const std::uint8_t*& p, std::size_t& n, std::size_t limit,
+                   std::string& head)
+    {
+        std::size_t before = c.hs.size();
+        c.hs.append(reinterpret_cast<const char*>(p), n);
+        std::size_t e = c.hs.find("\r\n\r\n");
+        if (e == std::string::npos) {
+            if (c.hs.size() > limit) {
+                side().lost(c, false);
+            }
+            return false;
+        }
+        head = c.hs.substr(0, e);
+        std::size_t used = e + 4 - before;
+        p += used;
+        n -= used;
+        std::string().swap(c.hs);
+        return true;
+    }
+
+    // WebSocket frames, in pieces as they arrive; control frame payloads
+    // (unmasked) into c.ctl, data payloads to data()
+    void frames(C& c, const std::uint8_t* p, std::size_t n)
+    {
+        while (n > 0 && c.fd >= 0) {
+            if (!c.in.in_payload) {
+                std::size_t k = c.in.header(p, n);
+                p += k;
+                n -= k;
+                if (!c.in.in_payload) {
+                    break;
+                }
+                side().on_header(c);
+                if (c.in.len == 0) {
+                    side().frame_done(c);
+                    continue;
+                }
+                if (n == 0) {
+                    break;
+                }
+            }
+            std::size_t k = std::size_t(std::min<std::uint64_t>(n, c.in.len - c.in.off));
+            if (c.in.op() & 0x8) {
+                std::size_t at = std::size_t(std::min<std::uint64_t>(c.in.off, 125));
+                std::size_t m = std::min(125 - at, k);
+                std::memcpy(c.ctl + at, p, m);
+                if (c.in.masked) {
+                    xor_mask(c.ctl + at, m, c.in.key, c.in.off);
+                }
+            } else {
+                side().data(c, p, k);
+            }
+            c.in.off += k;
+            p += k;
+            n -= k;
+            if (c.in.off == c.in.len) {
+                side().frame_done(c);
+            }
+        }
+    }
+
+    int ep_;
+    std::vector<std::uint8_t> rbuf_;
+    std::size_t pause_at_;
+};
+
 // ---------------------------------------------------------------- client
 
 struct ClientOpts {
@@ -421,19 +613,13 @@ struct ClientOpts {
 
 enum ConnState : std::uint8_t { c_new, c_connecting, c_handshake, c_open, c_closed };
 
-struct ClientConn {
-    int fd = -1;
+struct ClientConn : Conn {
     ConnState st = c_new;
     std::uint8_t tries = 0;
-    bool closing = false;      // we sent a Close
     bool counted_open = false;
     std::uint32_t idx = 0;
     std::uint8_t key[4];
     std::string ws_key;
-    std::string resp;          // handshake response so far
-    OutBuf out;
-    FrameIn in;
-    std::uint8_t ctl[125];
     std::uint8_t head[16];
     std::uint64_t tx_seq = 0, rx_seq = 0;
     int outstanding = 0;
@@ -449,6 +635,21 @@ struct ClientStats {
     std::uint64_t pings = 0, pongs_sent = 0, pongs_in = 0;
     std::uint64_t opened = 0, late_sends = 0;
     std::map<int, std::uint64_t> close_codes;
+
+    using S = ClientStats;
+    static constexpr std::uint64_t S::*counters[] = {
+        &S::msgs, &S::bytes, &S::msgs_total, &S::sent_total, &S::connect_errors,
+        &S::handshake_errors, &S::verify_errors, &S::peer_closes, &S::disconnects,
+        &S::pings, &S::pongs_sent, &S::pongs_in, &S::opened, &S::late_sends};
+
+    void merge(const ClientStats& s)
+    {
+        add_counters(*this, s);
+        lat.merge(s.lat);
+        for (auto& kv : s.close_codes) {
+            close_codes[kv.first] += kv.second;
+        }
+    }
 };
 
 // deterministic payload bytes after the 16-byte head
@@ -464,17 +665,16 @@ const std::vector<std::uint8_t>& pattern()
     return p;
 }
 
-class ClientThread {
+class ClientThread : Peer<ClientThread, ClientConn> {
 public:
     ClientThread(const ClientOpts& o, int tid, std::vector<std::uint32_t> ids)
-        : o_(o), tid_(tid), rng_(std::random_device{}() ^ (unsigned(tid) << 16))
+        : Peer(SIZE_MAX), o_(o), tid_(tid),
+          rng_(std::random_device{}() ^ (unsigned(tid) << 16))
     {
         conns_.resize(ids.size());
         for (std::size_t i = 0; i < ids.size(); i++) {
             conns_[i].idx = ids[i];
         }
-        ep_ = epoll_create1(EPOLL_CLOEXEC);
-        rbuf_.resize(256 * 1024);
     }
 
     ~ClientThread()
@@ -484,7 +684,6 @@ public:
                 close(c.fd);
             }
         }
-        close(ep_);
     }
 
     // phase 1: open every connection; returns when all are open or failed
@@ -518,10 +717,7 @@ public:
     {
         t_measure_ = t_measure;
         t_end_ = t_end;
-        std::size_t open = 0;
-        for (auto& c : conns_) {
-            open += c.st == c_open;
-        }
+        std::size_t open = open_count();
         sending_ = !o_.idle && open > 0;
         if (!o_.idle && o_.rate > 0 && open > 0) {
             period_ns_ = 1e9 * double(threads_share_open_) / o_.rate;
@@ -532,9 +728,7 @@ public:
         if (sending_ && o_.rate <= 0) {
             for (auto& c : conns_) {
                 if (c.st == c_open) {
-                    while (c.outstanding < o_.inflight) {
-                        send_msg(c, now_ns());
-                    }
+                    fill(c);
                     flush(c);
                 }
             }
@@ -611,6 +805,8 @@ public:
     Live& live() { return live_; }
 
 private:
+    friend Peer;
+
     void start_connect(ClientConn& c)
     {
         c.tries++;
@@ -620,9 +816,8 @@ private:
             c.st = c_closed;
             return;
         }
-        int one = 1;
-        setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (!o_.srcs.empty()) {
+            int one = 1;
             setsockopt(c.fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
             const Addr& s = o_.srcs[c.idx % o_.srcs.size()];
             if (bind(c.fd, reinterpret_cast<const sockaddr*>(&s.sa), sizeof(s.sa)) != 0) {
@@ -636,10 +831,7 @@ private:
             fail_connect(c);
             return;
         }
-        epoll_event ev{};
-        ev.events = EPOLLIN | EPOLLOUT | EPOLLET | EPOLLRDHUP;
-        ev.data.ptr = &c;
-        epoll_ctl(ep_, EPOLL_CTL_ADD, c.fd, &ev);
+        watch(c.fd, &c);
         c.st = c_connecting;
         pending_++;
     }
@@ -710,28 +902,7 @@ private:
                     send_handshake(c);
                 }
             }
-            if (evs[i].events & EPOLLOUT) {
-                flush(c);
-            }
-            if (c.st != c_closed && (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
-                do_read(c);
-            }
-        }
-    }
-
-    void flush(ClientConn& c)
-    {
-        while (c.out.size() > 0 && c.fd >= 0) {
-            ssize_t w = ::send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
-            if (w > 0) {
-                c.out.consume(std::size_t(w));
-                continue;
-            }
-            if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
-                return;
-            }
-            lost(c, false);
-            return;
+            ready(c, evs[i].events);
         }
     }
 
@@ -757,110 +928,38 @@ private:
         c.out.release();
     }
 
-    void do_read(ClientConn& c)
-    {
-        for (;;) {
-            ssize_t r = ::recv(c.fd, rbuf_.data(), rbuf_.size(), 0);
-            if (r > 0) {
-                consume(c, rbuf_.data(), std::size_t(r));
-                if (c.st == c_closed) {
-                    return;
-                }
-                if (std::size_t(r) < rbuf_.size()) {
-                    // likely drained; one more recv confirms with EAGAIN
-                }
-                continue;
-            }
-            if (r < 0 && errno == EINTR) {
-                continue;
-            }
-            if (r < 0 && errno == EAGAIN) {
-                return;
-            }
-            lost(c, false);
-            return;
-        }
-    }
-
+    // the bytes read: the handshake's response, then frames
     void consume(ClientConn& c, const std::uint8_t* p, std::size_t n)
     {
         if (c.st == c_handshake) {
-            std::size_t before = c.resp.size();
-            c.resp.append(reinterpret_cast<const char*>(p), n);
-            std::size_t e = c.resp.find("\r\n\r\n");
-            if (e == std::string::npos) {
-                if (c.resp.size() > 8192) {
-                    lost(c, false);
-                }
+            std::string head;
+            if (!http_head(c, p, n, 8192, head)) {
                 return;
             }
-            std::string head = c.resp.substr(0, e);
-            bool ok = head.compare(0, 12, "HTTP/1.1 101") == 0;
-            if (ok) {
-                // header names are case-insensitive: compare the value
-                std::string acc = accept_key(c.ws_key);
-                ok = head.find(acc) != std::string::npos;
-            }
-            if (!ok) {
+            // header names are case-insensitive: compare the value
+            if (head.compare(0, 12, "HTTP/1.1 101") != 0
+                || head.find(accept_key(c.ws_key)) == std::string::npos) {
                 lost(c, false);
                 return;
             }
-            std::size_t used = e + 4 - before;
-            c.resp.clear();
-            c.resp.shrink_to_fit();
             c.st = c_open;
             pending_--;
             st_.opened++;
             live_.bump(live_.open);
             if (sending_ && o_.rate <= 0) {
-                while (c.outstanding < o_.inflight) {
-                    send_msg(c, now_ns());
-                }
-            }
-            p += used;
-            n -= used;
-            if (n == 0) {
-                flush(c);
-                return;
+                fill(c);
             }
         }
-        while (n > 0 && c.st == c_open) {
-            if (!c.in.in_payload) {
-                std::size_t k = c.in.header(p, n);
-                p += k;
-                n -= k;
-                if (!c.in.in_payload) {
-                    break;
-                }
-                if (c.in.len == 0) {
-                    frame_done(c);
-                    continue;
-                }
-                if (n == 0) {
-                    break;
-                }
-            }
-            std::size_t k = std::size_t(std::min<std::uint64_t>(n, c.in.len - c.in.off));
-            payload(c, p, k);
-            c.in.off += k;
-            p += k;
-            n -= k;
-            if (c.in.off == c.in.len) {
-                frame_done(c);
-            }
+        if (c.st == c_open) {
+            frames(c, p, n);
         }
-        flush(c);
     }
 
-    void payload(ClientConn& c, const std::uint8_t* p, std::size_t k)
+    void on_header(ClientConn&) {}
+
+    // an echoed message: head bytes, then the pattern
+    void data(ClientConn& c, const std::uint8_t* p, std::size_t k)
     {
-        std::uint8_t op = c.in.op();
-        if (op & 0x8) {
-            std::size_t room = c.in.off < 125 ? 125 - std::size_t(c.in.off) : 0;
-            std::memcpy(c.ctl + c.in.off, p, std::min(room, k));
-            return;
-        }
-        // data: head bytes, then the pattern
         std::uint64_t off = c.in.off;
         std::size_t i = 0;
         while (i < k && off + i < 16) {
@@ -887,10 +986,9 @@ private:
         if (op == 0x9) {  // Ping: answer
             st_.pings++;
             live_.bump(live_.pings);
-            std::uint8_t* h = c.out.grow(6 + len);
-            std::size_t hl = frame_header(h, 0x8a, len, c.key);
-            std::memcpy(h + hl, c.ctl, len);
-            xor_mask(h + hl, len, c.key, 0);
+            std::uint8_t* d = c.out.frame(0x8a, len, c.key, len);
+            std::memcpy(d, c.ctl, len);
+            xor_mask(d, len, c.key, 0);
             st_.pongs_sent++;
             return;
         }
@@ -931,25 +1029,28 @@ private:
     void send_msg(ClientConn& c, std::uint64_t ts)
     {
         std::size_t n = o_.size;
-        std::uint8_t* h = c.out.grow(14 + n);
-        std::size_t hl = frame_header(h, 0x82, n, c.key);
-        std::uint8_t* p = h + hl;
+        std::uint8_t* p = c.out.frame(0x82, n, c.key, n);
         std::uint64_t seq = c.tx_seq++;
         std::memcpy(p, &seq, 8);
         std::memcpy(p + 8, &ts, 8);
         std::memcpy(p + 16, pattern().data() + seq % 251, n - 16);
         xor_mask(p, n, c.key, 0);
-        c.out.b.resize(c.out.b.size() - (14 - hl));
         c.outstanding++;
         st_.sent_total++;
+    }
+
+    // flat out: --inflight messages outstanding
+    void fill(ClientConn& c)
+    {
+        while (c.outstanding < o_.inflight) {
+            send_msg(c, now_ns());
+        }
     }
 
     const ClientOpts& o_;
     int tid_;
     std::mt19937 rng_;
-    int ep_;
     std::vector<ClientConn> conns_;
-    std::vector<std::uint8_t> rbuf_;
     std::vector<std::pair<std::uint64_t, std::size_t>> retry_;
     int pending_ = 0;
     ClientStats st_;
@@ -1038,25 +1139,7 @@ int client_main(ClientOpts& o)
     ClientStats tot;
     std::size_t alive = 0;
     for (auto& t : th) {
-        ClientStats& s = t->stats();
-        tot.lat.merge(s.lat);
-        tot.msgs += s.msgs;
-        tot.bytes += s.bytes;
-        tot.msgs_total += s.msgs_total;
-        tot.sent_total += s.sent_total;
-        tot.connect_errors += s.connect_errors;
-        tot.handshake_errors += s.handshake_errors;
-        tot.verify_errors += s.verify_errors;
-        tot.peer_closes += s.peer_closes;
-        tot.disconnects += s.disconnects;
-        tot.pings += s.pings;
-        tot.pongs_sent += s.pongs_sent;
-        tot.pongs_in += s.pongs_in;
-        tot.opened += s.opened;
-        tot.late_sends += s.late_sends;
-        for (auto& kv : s.close_codes) {
-            tot.close_codes[kv.first] += kv.second;
-        }
+        tot.merge(t->stats());
         alive += t->open_count();
     }
     double mps = window > 0 ? double(tot.msgs) / window : 0;
@@ -1114,31 +1197,29 @@ struct ServerOpts {
     std::string json, ready_file;
 };
 
-struct SrvConn {
-    int fd = -1;
+struct SrvConn : Conn {
     bool open = false;      // handshake done
-    bool closing = false;
-    bool reading_paused = false;
     bool dead = false;
     std::uint32_t slot = 0;
-    std::string req;
-    OutBuf out;
-    FrameIn in;
-    std::uint8_t ctl[125];
     std::uint64_t ping_seq = 0;
 };
 
 struct ServerStats {
     std::uint64_t accepted = 0, frames = 0, bytes = 0, pings_in = 0;
     std::uint64_t pings_sent = 0, pongs_in = 0, closes = 0, active = 0;
+
+    // summed over the threads (active is not reported)
+    using S = ServerStats;
+    static constexpr std::uint64_t S::*counters[] = {
+        &S::accepted, &S::frames, &S::bytes, &S::pings_in, &S::pings_sent,
+        &S::pongs_in, &S::closes};
 };
 
-class ServerThread {
+class ServerThread : Peer<ServerThread, SrvConn> {
 public:
-    ServerThread(const ServerOpts& o) : o_(o)
+    // reading pauses while 1 MiB of output is queued (backpressure)
+    ServerThread(const ServerOpts& o) : Peer(1u << 20), o_(o)
     {
-        ep_ = epoll_create1(EPOLL_CLOEXEC);
-        rbuf_.resize(256 * 1024);
         for (const Addr& a : o.listen) {
             int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
             int one = 1;
@@ -1172,18 +1253,8 @@ public:
                     continue;
                 }
                 SrvConn& c = *static_cast<SrvConn*>(evs[i].data.ptr);
-                if (c.dead) {
-                    continue;
-                }
-                if (evs[i].events & EPOLLOUT) {
-                    flush(c);
-                    if (c.reading_paused && !c.dead && c.out.size() < (1u << 20)) {
-                        c.reading_paused = false;
-                        do_read(c);
-                    }
-                }
-                if (!c.dead && (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
-                    do_read(c);
+                if (!c.dead) {
+                    ready(c, evs[i].events);
                 }
             }
             std::uint64_t now = now_ns();
@@ -1200,6 +1271,8 @@ public:
     ServerStats& stats() { return st_; }
 
 private:
+    friend Peer;
+
     void do_accept(int lfd)
     {
         for (;;) {
@@ -1207,15 +1280,10 @@ private:
             if (fd < 0) {
                 return;
             }
-            int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
             SrvConn* c = new SrvConn;
             c->fd = fd;
             st_.accepted++;
-            epoll_event ev{};
-            ev.events = EPOLLIN | EPOLLOUT | EPOLLET | EPOLLRDHUP;
-            ev.data.ptr = c;
-            epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
+            watch(fd, c);
             if (!slots_.empty()) {
                 c->slot = std::uint32_t(cursor_++ % slots_.size());
                 slots_[c->slot].push_back(c);
@@ -1234,9 +1302,7 @@ private:
             }
             v[w++] = c;
             if (c->open && !c->closing && c->in.hlen == 0 && !c->in.in_payload) {
-                std::uint8_t* h = c->out.grow(2 + 8);
-                std::size_t hl = frame_header(h, 0x89, 8, nullptr);
-                std::memcpy(h + hl, &c->ping_seq, 8);
+                std::memcpy(c->out.frame(0x89, 8, nullptr, 8), &c->ping_seq, 8);
                 c->ping_seq++;
                 st_.pings_sent++;
                 flush(*c);
@@ -1261,7 +1327,7 @@ private:
         graveyard_.resize(w);
     }
 
-    void kill(SrvConn& c)
+    void lost(SrvConn& c, bool /* peer_close */)
     {
         if (c.dead) {
             return;
@@ -1276,68 +1342,18 @@ private:
         graveyard_.emplace_back(&c, tick_);
     }
 
-    void flush(SrvConn& c)
-    {
-        while (c.out.size() > 0) {
-            ssize_t w = ::send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
-            if (w > 0) {
-                c.out.consume(std::size_t(w));
-                continue;
-            }
-            if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
-                return;
-            }
-            kill(c);
-            return;
-        }
-        if (c.closing) {
-            shutdown(c.fd, SHUT_WR);
-        }
-    }
-
-    void do_read(SrvConn& c)
-    {
-        for (;;) {
-            if (c.out.size() >= (1u << 20)) {
-                c.reading_paused = true;   // backpressure: resume on EPOLLOUT
-                return;
-            }
-            ssize_t r = ::recv(c.fd, rbuf_.data(), rbuf_.size(), 0);
-            if (r > 0) {
-                consume(c, rbuf_.data(), std::size_t(r));
-                flush(c);
-                if (c.dead) {
-                    return;
-                }
-                continue;
-            }
-            if (r < 0 && errno == EINTR) {
-                continue;
-            }
-            if (r < 0 && errno == EAGAIN) {
-                return;
-            }
-            kill(c);
-            return;
-        }
-    }
-
+    // the bytes read: the handshake's request, then frames (echoed)
     void consume(SrvConn& c, const std::uint8_t* p, std::size_t n)
     {
         if (!c.open) {
-            c.req.append(reinterpret_cast<const char*>(p), n);
-            std::size_t e = c.req.find("\r\n\r\n");
-            if (e == std::string::npos) {
-                if (c.req.size() > 16384) {
-                    kill(c);
-                }
+            std::string head;
+            if (!http_head(c, p, n, 16384, head)) {
                 return;
             }
             std::string key;
-            std::size_t pos = 0;
-            while (pos < e) {
-                std::size_t eol = c.req.find("\r\n", pos);
-                std::string line = c.req.substr(pos, eol - pos);
+            for (std::size_t pos = 0; pos < head.size();) {
+                std::size_t eol = std::min(head.find("\r\n", pos), head.size());
+                std::string line = head.substr(pos, eol - pos);
                 pos = eol + 2;
                 if (line.size() > 18 && strncasecmp(line.c_str(), "sec-websocket-key:", 18) == 0) {
                     key = line.substr(18);
@@ -1346,66 +1362,36 @@ private:
                 }
             }
             if (key.empty()) {
-                kill(c);
+                lost(c, false);
                 return;
             }
             std::string resp = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                                "Connection: Upgrade\r\nSec-WebSocket-Accept: "
                                + accept_key(key) + "\r\n\r\n";
             std::memcpy(c.out.grow(resp.size()), resp.data(), resp.size());
-            std::size_t used = e + 4 - (c.req.size() - n);
-            c.req.clear();
-            c.req.shrink_to_fit();
             c.open = true;
             st_.active++;
-            p += used;
-            n -= used;
         }
-        while (n > 0 && !c.dead) {
-            if (!c.in.in_payload) {
-                std::size_t k = c.in.header(p, n);
-                p += k;
-                n -= k;
-                if (!c.in.in_payload) {
-                    break;
-                }
-                if (!(c.in.op() & 0x8)) {
-                    // data frame: echo its header now, unmasked
-                    std::uint8_t* h = c.out.grow(14);
-                    std::size_t hl = frame_header(h, c.in.b0, c.in.len, nullptr);
-                    c.out.b.resize(c.out.b.size() - (14 - hl));
-                    st_.frames++;
-                    st_.bytes += c.in.len;
-                }
-                if (c.in.len == 0) {
-                    frame_done(c);
-                    continue;
-                }
-                if (n == 0) {
-                    break;
-                }
-            }
-            std::size_t k = std::size_t(std::min<std::uint64_t>(n, c.in.len - c.in.off));
-            if (c.in.op() & 0x8) {
-                std::size_t room = c.in.off < 125 ? 125 - std::size_t(c.in.off) : 0;
-                std::size_t m = std::min(room, k);
-                std::memcpy(c.ctl + c.in.off, p, m);
-                if (c.in.masked) {
-                    xor_mask(c.ctl + c.in.off, m, c.in.key, c.in.off);
-                }
-            } else {
-                std::uint8_t* d = c.out.grow(k);
-                std::memcpy(d, p, k);
-                if (c.in.masked) {
-                    xor_mask(d, k, c.in.key, c.in.off);
-                }
-            }
-            c.in.off += k;
-            p += k;
-            n -= k;
-            if (c.in.off == c.in.len) {
-                frame_done(c);
-            }
+        frames(c, p, n);
+    }
+
+    // a data frame: its header echoed now, unmasked
+    void on_header(SrvConn& c)
+    {
+        if (!(c.in.op() & 0x8)) {
+            c.out.frame(c.in.b0, c.in.len, nullptr, 0);
+            st_.frames++;
+            st_.bytes += c.in.len;
+        }
+    }
+
+    // and its payload as it arrives
+    void data(SrvConn& c, const std::uint8_t* p, std::size_t k)
+    {
+        std::uint8_t* d = c.out.grow(k);
+        std::memcpy(d, p, k);
+        if (c.in.masked) {
+            xor_mask(d, k, c.in.key, c.in.off);
         }
     }
 
@@ -1417,31 +1403,22 @@ private:
         if (op == 0x9) {
             st_.pings_in++;
             if (!c.closing) {
-                std::uint8_t* h = c.out.grow(2 + len);
-                std::size_t hl = frame_header(h, 0x8a, len, nullptr);
-                std::memcpy(h + hl, c.ctl, len);
+                std::memcpy(c.out.frame(0x8a, len, nullptr, len), c.ctl, len);
             }
         } else if (op == 0xa) {
             st_.pongs_in++;
         } else if (op == 0x8) {
             st_.closes++;
             if (!c.closing) {
-                std::uint8_t* h = c.out.grow(2 + 2);
-                std::size_t hl = frame_header(h, 0x88, len >= 2 ? 2 : 0, nullptr);
-                if (len >= 2) {
-                    std::memcpy(h + hl, c.ctl, 2);
-                } else {
-                    c.out.b.resize(c.out.b.size() - 2);
-                }
+                std::size_t code = len >= 2 ? 2 : 0;  // the status code only
+                std::memcpy(c.out.frame(0x88, code, nullptr, code), c.ctl, code);
                 c.closing = true;
             }
         }
     }
 
     const ServerOpts& o_;
-    int ep_;
     std::vector<int> lfds_;
-    std::vector<std::uint8_t> rbuf_;
     std::vector<std::vector<SrvConn*>> slots_;
     std::vector<std::pair<SrvConn*, std::uint64_t>> graveyard_;
     std::uint64_t cursor_ = 0, tick_ = 0;
@@ -1468,14 +1445,7 @@ int server_main(ServerOpts& o)
     }
     ServerStats s;
     for (auto& t : th) {
-        ServerStats& x = t->stats();
-        s.accepted += x.accepted;
-        s.frames += x.frames;
-        s.bytes += x.bytes;
-        s.pings_in += x.pings_in;
-        s.pings_sent += x.pings_sent;
-        s.pongs_in += x.pongs_in;
-        s.closes += x.closes;
+        add_counters(s, t->stats());
     }
     std::string j = fmt("{\"accepted\":%" PRIu64 ",\"frames\":%" PRIu64
                         ",\"bytes\":%" PRIu64 ",\"pings_in\":%" PRIu64

@@ -18,6 +18,9 @@ pkgs=(
     chromium           # a real browser client, headless over DevTools
     openssl            # test certificates
     iproute2           # ip netns + veth: the vanished-backend test's private link
+    procps             # pgrep: worker pids (t/lib/nginx.py; drain, observability,
+                       # deb and reliability tests)
+    valgrind           # make reliability-valgrind (nginx under memcheck)
     debhelper          # make deb: dh and the nginx addon nginx-dev ships
     dpkg-dev           # make deb: dpkg-buildpackage
 )
