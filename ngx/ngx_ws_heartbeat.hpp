@@ -84,15 +84,35 @@ typedef struct {
     ngx_atomic_t                    count;
 } ngx_http_ws_heartbeat_histogram_t;
 
+/*
+ * the connections a worker manages now, in a slot of its own: the gauge is
+ * the sum over the workers that are alive, so that the connections of a
+ * worker that crashed drop out of it (a new worker takes its slot over)
+ */
+
+#define NGX_HTTP_WS_HB_WORKERS  NGX_MAX_PROCESSES
+
 typedef struct {
-    ngx_atomic_t                    connections;
+    ngx_atomic_t                    pid;            /* 0: free */
     ngx_atomic_t                    active;
+} ngx_http_ws_heartbeat_worker_t;
+
+/* what a zone holds: a reload of another layout starts anew */
+
+#define NGX_HTTP_WS_HB_LAYOUT                                                \
+    (0x77736862UL ^ sizeof(ngx_http_ws_heartbeat_stats_t))
+
+typedef struct {
+    ngx_atomic_t                    layout;         /* _LAYOUT */
+    ngx_atomic_t                    connections;
+    ngx_atomic_t                    unslotted;      /* active, no slot */
     ngx_atomic_t                    pings[2];       /* by side */
     ngx_atomic_t                    pongs[2];
     ngx_atomic_t                    ends[NGX_HTTP_WS_HB_END_N];
     ngx_atomic_t                    close_frames[2][NGX_HTTP_WS_HB_CODES];
     ngx_atomic_t                    discarded[2];   /* by sender */
     ngx_http_ws_heartbeat_histogram_t  rtt[2];
+    ngx_http_ws_heartbeat_worker_t  workers[NGX_HTTP_WS_HB_WORKERS];
 } ngx_http_ws_heartbeat_stats_t;
 
 
@@ -100,6 +120,7 @@ typedef struct {
     ngx_connection_t               *watch;  /* per worker: exit signal */
     ngx_shm_zone_t                 *zone;
     ngx_http_ws_heartbeat_stats_t  *stats;
+    ngx_http_ws_heartbeat_worker_t *slot;   /* per worker: its own */
 
     /* the worker began to exit at exit_msec (ngx_current_msec) */
     ngx_flag_t                      exiting;
@@ -536,6 +557,12 @@ void ngx_http_ws_heartbeat_exit_process(ngx_cycle_t *cycle) noexcept;
 
 ngx_int_t ngx_http_ws_heartbeat_stats_init(ngx_conf_t *cf,
     ngx_http_ws_heartbeat_main_conf_t *hmcf) noexcept;
+void ngx_http_ws_heartbeat_stats_init_process(
+    ngx_http_ws_heartbeat_main_conf_t *hmcf) noexcept;
+void ngx_http_ws_heartbeat_stats_exit_process(
+    ngx_http_ws_heartbeat_main_conf_t *hmcf) noexcept;
+ngx_atomic_uint_t ngx_http_ws_heartbeat_active(
+    ngx_http_ws_heartbeat_stats_t *st) noexcept;
 void ngx_http_ws_heartbeat_count_rtt(ngx_http_ws_heartbeat_stats_t *st,
     ngx_uint_t side, std::uint64_t us) noexcept;
 void ngx_http_ws_heartbeat_count_close_frame(

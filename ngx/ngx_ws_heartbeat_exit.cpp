@@ -285,6 +285,8 @@ ngx_http_ws_heartbeat_init_process(ngx_cycle_t *cycle) noexcept
                ngx_http_cycle_get_module_main_conf(cycle,
                                                    ngx_ws_heartbeat_module));
 
+    ngx_http_ws_heartbeat_stats_init_process(hmcf);
+
     s = ngx_socket(AF_INET, SOCK_DGRAM, 0);
     if (s == (ngx_socket_t) -1) {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_socket_errno,
@@ -326,4 +328,6 @@ ngx_http_ws_heartbeat_exit_process(ngx_cycle_t *cycle) noexcept
         ngx_close_connection(hmcf->watch);
         hmcf->watch = NULL;
     }
+
+    ngx_http_ws_heartbeat_stats_exit_process(hmcf);
 }

@@ -57,8 +57,13 @@ ngx_http_ws_heartbeat_stats_init(ngx_conf_t *cf,
 {
     ngx_shm_zone_t  *zone;
 
+    /* the counters and the slab allocator's own pages */
+
     zone = ngx_shared_memory_add(cf, &ngx_http_ws_heartbeat_zone_name,
-                                 8 * ngx_pagesize, &ngx_ws_heartbeat_module);
+                                 ngx_align(sizeof(ngx_http_ws_heartbeat_stats_t),
+                                           ngx_pagesize)
+                                 + 8 * ngx_pagesize,
+                                 &ngx_ws_heartbeat_module);
     if (zone == NULL) {
         return NGX_ERROR;
     }
@@ -76,36 +81,121 @@ ngx_http_ws_heartbeat_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     noexcept
 {
     ngx_slab_pool_t                    *shpool;
+    ngx_http_ws_heartbeat_stats_t      *st;
     ngx_http_ws_heartbeat_main_conf_t  *hmcf, *old;
 
     hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(shm_zone->data);
     old = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(data);
-
-    /* a reload keeps the counters of the previous configuration */
-
-    if (old != NULL) {
-        hmcf->stats = old->stats;
-        return NGX_OK;
-    }
-
     shpool = reinterpret_cast<ngx_slab_pool_t *>(shm_zone->shm.addr);
 
-    if (shm_zone->shm.exists) {
-        hmcf->stats = static_cast<ngx_http_ws_heartbeat_stats_t *>(
-                          shpool->data);
+    /*
+     * a reload keeps the counters of the previous configuration, unless
+     * they were laid out by another version of the module
+     */
+
+    st = old != NULL ? old->stats
+         : shm_zone->shm.exists
+         ? static_cast<ngx_http_ws_heartbeat_stats_t *>(shpool->data)
+         : NULL;
+
+    if (st != NULL && st->layout == NGX_HTTP_WS_HB_LAYOUT) {
+        hmcf->stats = st;
         return NGX_OK;
     }
 
-    hmcf->stats = static_cast<ngx_http_ws_heartbeat_stats_t *>(
-                      ngx_slab_calloc(shpool,
-                                      sizeof(ngx_http_ws_heartbeat_stats_t)));
-    if (hmcf->stats == NULL) {
+    st = static_cast<ngx_http_ws_heartbeat_stats_t *>(
+             ngx_slab_calloc(shpool, sizeof(ngx_http_ws_heartbeat_stats_t)));
+    if (st == NULL) {
         return NGX_ERROR;
     }
 
-    shpool->data = hmcf->stats;
+    st->layout = NGX_HTTP_WS_HB_LAYOUT;
+    shpool->data = st;
+    hmcf->stats = st;
 
     return NGX_OK;
+}
+
+
+/* a process counted in the gauge: alive (kill() may not be allowed) */
+
+static bool
+ngx_http_ws_heartbeat_alive(ngx_pid_t pid) noexcept
+{
+    return kill(pid, 0) == 0 || ngx_errno == NGX_EPERM;
+}
+
+
+/*
+ * a worker takes a free slot, its own pid's (a dead process of the same
+ * pid), or one of a process that is gone, and starts it from 0
+ */
+
+void
+ngx_http_ws_heartbeat_stats_init_process(
+    ngx_http_ws_heartbeat_main_conf_t *hmcf) noexcept
+{
+    ngx_uint_t                       i;
+    ngx_atomic_uint_t                pid;
+    ngx_http_ws_heartbeat_worker_t  *w;
+
+    if (hmcf->stats == NULL) {
+        return;
+    }
+
+    w = hmcf->stats->workers;
+
+    for (i = 0; i < NGX_HTTP_WS_HB_WORKERS; i++) {
+        pid = w[i].pid;
+
+        if ((pid == 0 || pid == (ngx_atomic_uint_t) ngx_pid
+             || !ngx_http_ws_heartbeat_alive((ngx_pid_t) pid))
+            && ngx_atomic_cmp_set(&w[i].pid, pid, ngx_pid))
+        {
+            w[i].active = 0;
+            hmcf->slot = &w[i];
+            return;
+        }
+    }
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "ws heartbeat: no free slot for this worker's active "
+                  "connections, they are counted without one");
+}
+
+
+void
+ngx_http_ws_heartbeat_stats_exit_process(
+    ngx_http_ws_heartbeat_main_conf_t *hmcf) noexcept
+{
+    if (hmcf->slot != NULL) {
+        (void) ngx_atomic_cmp_set(&hmcf->slot->pid, ngx_pid, 0);
+        hmcf->slot = NULL;
+    }
+}
+
+
+/* the gauge: the connections of the workers alive */
+
+ngx_atomic_uint_t
+ngx_http_ws_heartbeat_active(ngx_http_ws_heartbeat_stats_t *st) noexcept
+{
+    ngx_uint_t                       i;
+    ngx_atomic_uint_t                sum, pid;
+    ngx_http_ws_heartbeat_worker_t  *w;
+
+    sum = st->unslotted;
+    w = st->workers;
+
+    for (i = 0; i < NGX_HTTP_WS_HB_WORKERS; i++) {
+        pid = w[i].pid;
+
+        if (pid != 0 && ngx_http_ws_heartbeat_alive((ngx_pid_t) pid)) {
+            sum += w[i].active;
+        }
+    }
+
+    return sum;
 }
 
 
@@ -114,27 +204,39 @@ ngx_http_ws_heartbeat_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 void
 ngx_http_ws_heartbeat_count_start(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
-    ngx_http_ws_heartbeat_stats_t  *st;
+    ngx_http_ws_heartbeat_stats_t      *st;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
 
-    st = ngx_http_ws_heartbeat_stats(ctx);
+    hmcf = ngx_http_ws_heartbeat_main_conf(ctx->request);
+    st = hmcf->stats;
 
     ngx_http_ws_heartbeat_count(st, connections);
-    ngx_http_ws_heartbeat_count(st, active);
+
+    if (hmcf->slot != NULL) {
+        (void) ngx_atomic_fetch_add(&hmcf->slot->active, 1);
+
+    } else {
+        ngx_http_ws_heartbeat_count(st, unslotted);
+    }
 }
 
 
 void
 ngx_http_ws_heartbeat_count_end(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
-    ngx_http_ws_heartbeat_stats_t  *st;
+    ngx_http_ws_heartbeat_stats_t      *st;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
 
-    st = ngx_http_ws_heartbeat_stats(ctx);
+    hmcf = ngx_http_ws_heartbeat_main_conf(ctx->request);
+    st = hmcf->stats;
 
-    if (st != NULL) {
-        (void) ngx_atomic_fetch_add(&st->active, -1);
-        (void) ngx_atomic_fetch_add(
-                   &st->ends[ngx_http_ws_heartbeat_end(ctx)], 1);
+    if (st == NULL) {
+        return;
     }
+
+    (void) ngx_atomic_fetch_add(hmcf->slot != NULL ? &hmcf->slot->active
+                                                   : &st->unslotted, -1);
+    (void) ngx_atomic_fetch_add(&st->ends[ngx_http_ws_heartbeat_end(ctx)], 1);
 }
 
 

@@ -14,6 +14,7 @@
 
 typedef enum {
     NGX_HTTP_WS_HB_BY_NONE = 0,     /* one counter */
+    NGX_HTTP_WS_HB_BY_WORKERS,      /* a slot's field, summed: no label */
     NGX_HTTP_WS_HB_BY_SIDE,         /* [2]: side */
     NGX_HTTP_WS_HB_BY_REASON,       /* [END_N]: reason, "open" left out */
     NGX_HTTP_WS_HB_BY_SIDE_CODE,    /* [2][CODES]: side, code */
@@ -46,8 +47,7 @@ static const ngx_http_ws_heartbeat_family_t  ngx_http_ws_heartbeat_families[]
 
     { "connections_active", "gauge",
       "WebSocket connections the module manages now.",
-      "connections.active", NGX_HTTP_WS_HB_BY_NONE, NULL,
-      ngx_http_ws_heartbeat_at(active) },
+      "connections.active", NGX_HTTP_WS_HB_BY_WORKERS, NULL, 0 },
 
     { "pings_total", "counter",
       "Pings the module sent, by peer.",
@@ -380,6 +380,13 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
         ngx_http_ws_heartbeat_emit(pr, f, &s, a);
         break;
 
+    case NGX_HTTP_WS_HB_BY_WORKERS:
+        s = {};
+        s.suffix = "";
+        s.value = ngx_http_ws_heartbeat_active(st);
+        ngx_http_ws_heartbeat_emit(pr, f, &s, NULL);
+        break;
+
     case NGX_HTTP_WS_HB_BY_SIDE:
         for (side = 0; side < 2; side++) {
             s = {};
@@ -461,6 +468,7 @@ ngx_http_ws_heartbeat_print_size() noexcept
         switch (f->by) {
 
         case NGX_HTTP_WS_HB_BY_NONE:
+        case NGX_HTTP_WS_HB_BY_WORKERS:
             n = 1;
             break;
 
