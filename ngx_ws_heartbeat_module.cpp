@@ -208,6 +208,20 @@ ngx_http_ws_heartbeat_now_us() noexcept
 }
 
 
+/*
+ * The connection's Ping key (wshb::heartbeat::make_ping): a placeholder
+ * until the ctx carries a random value drawn per connection.
+ */
+
+static std::uint32_t
+ngx_http_ws_heartbeat_ping_key(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    (void) ctx;
+
+    return 0;
+}
+
+
 /* a side's ctx: the sides are members of it */
 
 static ngx_http_ws_heartbeat_ctx_t *
@@ -429,16 +443,17 @@ struct ngx_http_ws_heartbeat_io {
             return false;
         }
 
-        if (!hb->on_pong(payload, n, ngx_http_ws_heartbeat_now_us(),
-                         &sampled))
+        if (!hb->on_pong(payload, n, ngx_http_ws_heartbeat_ping_key(ctx),
+                         ngx_http_ws_heartbeat_now_us(), &sampled))
         {
             return false;
         }
 
-        st = ngx_http_ws_heartbeat_stats(ctx);
-        ngx_http_ws_heartbeat_count(st, pongs[peer->which()]);
+        /* ours: swallowed; counted only when it answers the latest Ping */
 
         if (sampled) {
+            st = ngx_http_ws_heartbeat_stats(ctx);
+            ngx_http_ws_heartbeat_count(st, pongs[peer->which()]);
             ngx_http_ws_heartbeat_count_rtt(st, peer->which(),
                                             hb->rtt_last_us());
         }
@@ -967,7 +982,8 @@ ngx_http_ws_heartbeat_after_write(ngx_http_ws_heartbeat_side_t *s) noexcept
     if (s->is(NGX_HTTP_WS_HB_S_PING_QUEUED) && !s->out.queued()) {
         s->set(NGX_HTTP_WS_HB_S_PING_QUEUED, 0);
         ctx = ngx_http_ws_heartbeat_ctx_of(s);
-        ctx->hb(s->which())->on_ping_written(ngx_current_msec);
+        ctx->hb(s->which())->on_ping_written(ngx_current_msec,
+                                             ngx_http_ws_heartbeat_now_us());
         ngx_http_ws_heartbeat_arm(ctx);
     }
 }
@@ -1258,11 +1274,15 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 static void
 ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
-    size_t        n;
-    std::uint8_t  payload[wshb::ping_payload_size];
-    std::uint8_t  frame[wshb::inject_capacity];
-    std::uint8_t  key[4], *mask;
+    size_t                        n;
+    wshb::heartbeat              *hb;
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+    std::uint8_t                  payload[wshb::ping_payload_size];
+    std::uint8_t                  frame[wshb::inject_capacity];
+    std::uint8_t                  key[4], *mask;
 
+    ctx = ngx_http_ws_heartbeat_ctx_of(s);
+    hb = ctx->hb(s->which());
     mask = nullptr;
 
     if (s->which() == NGX_HTTP_WS_HB_UPSTREAM) {
@@ -1275,8 +1295,7 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
         mask = key;
     }
 
-    (void) ngx_http_ws_heartbeat_ctx_of(s)->hb(s->which())->make_ping(
-               payload, ngx_http_ws_heartbeat_now_us());
+    (void) hb->make_ping(payload, ngx_http_ws_heartbeat_ping_key(ctx));
 
     n = wshb::build_control(wshb::opcode::ping, payload, sizeof(payload),
                             mask, frame, sizeof(frame));
