@@ -1289,6 +1289,7 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
         if (RAND_bytes(key, sizeof(key)) != 1) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "ws heartbeat: RAND_bytes() failed");
+            hb->on_ping_not_sent(ngx_current_msec);
             return;
         }
 
@@ -1301,6 +1302,8 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
                             mask, frame, sizeof(frame));
 
     if (n == 0 || !s->out.queue(frame, n)) {
+        /* not sent: the next Ping an interval later */
+        hb->on_ping_not_sent(ngx_current_msec);
         return;
     }
 

@@ -92,6 +92,30 @@ void heartbeat::on_ping_written(std::uint64_t now_ms,
     }
 }
 
+void heartbeat::on_ping_not_sent(std::uint64_t now_ms) noexcept
+{
+    state_ = settled();
+
+    // the sequence number goes to the next Ping; the latest written Ping
+    // (its send time, whether answered) is untouched
+    if (unwritten_) {
+        unwritten_ = false;
+        pings_--;
+    }
+
+    if (state_ != queued) {
+        return;
+    }
+
+    // the next Ping an interval from now: as if the peer had just been
+    // heard from, which only the next Ping's due time reads while idle
+    state_ = idle;
+
+    if (last_receive_ < now_ms) {
+        last_receive_ = now_ms;
+    }
+}
+
 void heartbeat::on_write_blocked(std::uint64_t now_ms) noexcept
 {
     if (!blocked_) {

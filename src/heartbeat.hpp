@@ -84,6 +84,15 @@ public:
     // it is at most 255 ms behind, else taken as now_us / 1000 - 255.
     void on_ping_written(std::uint64_t now_ms, std::uint64_t now_us) noexcept;
 
+    // The Ping on_timer() asked for could not be queued (no random bytes
+    // for its mask, the queue refused it), whether or not make_ping() was
+    // called for it: back to idle, with the next Ping due an interval after
+    // now_ms; the sequence number a make_ping() took for it is given back.
+    // The read and send timeouts keep running as before, and the latest
+    // written Ping can still be answered. No effect when no Ping was asked
+    // for or made, or once it is written.
+    void on_ping_not_sent(std::uint64_t now_ms) noexcept;
+
     void on_write_blocked(std::uint64_t now_ms) noexcept; // write to peer short
     void on_write_progress() noexcept { blocked_ = false; } // write done
 
@@ -110,8 +119,9 @@ public:
 
     // Timer fired (or any time): what to do now. send_ping: the caller must
     // build a Ping with make_ping() and queue it, then report
-    // on_ping_written(); close: the peer is dead or
-    // timed out. After close, the machine is stopped (returns none).
+    // on_ping_written() once it is written, or on_ping_not_sent() if it
+    // cannot be queued; close: the peer is dead or timed out. After close,
+    // the machine is stopped (returns none).
     action on_timer(const heartbeat_config& cf, std::uint64_t now_ms) noexcept;
 
     // Absolute time (ms) at which on_timer() must run next; 0 = no timer.
@@ -122,8 +132,8 @@ public:
     // Fills the Ping payload (ping_payload_size bytes) with the next
     // sequence number and `key` (the connection's random value; the same
     // for every Ping of the machine, and passed again to on_pong()), and
-    // takes that number. Until on_ping_written() reports on it, another
-    // call makes the same Ping again.
+    // takes that number. Until on_ping_written() or on_ping_not_sent()
+    // reports on it, another call makes the same Ping again.
     std::size_t make_ping(std::uint8_t* out, std::uint32_t key) noexcept;
 
     void stop() noexcept; // no more actions, no deadline

@@ -644,6 +644,105 @@ TEST_CASE("heartbeat: the write time on two clocks", "[heartbeat]")
     }
 }
 
+TEST_CASE("heartbeat: a Ping that could not be queued", "[heartbeat]")
+{
+    machine hb;
+    hb.start(config(100, 30, 1000, 500), 1000);
+    hb.on_receive(1010);
+    REQUIRE(is(hb.on_timer(1110), action::send_ping));
+    CHECK(hb.next_deadline() == 2000); // read timeout only
+
+    SECTION("back to idle: the next Ping an interval later")
+    {
+        hb.on_ping_not_sent(1110);
+        CHECK(hb.next_deadline() == 1210);
+        CHECK(is(hb.on_timer(1150), action::none));
+        CHECK(is(hb.on_timer(1204), action::send_ping));
+        hb.on_ping_written(1204);
+        CHECK(hb.next_deadline() == 1234);
+        CHECK(is(hb.on_timer(1234), action::close,
+                 close_reason::heartbeat_timeout));
+    }
+
+    SECTION("the sequence number goes to the next Ping")
+    {
+        pong_payload p = made(hb);
+        CHECK(hb.pings() == 1);
+        hb.on_ping_not_sent(1110);
+        CHECK(hb.pings() == 0);
+
+        // never sent: its Pong is no one's
+        CHECK_FALSE(hb.on_pong(p.b, 16, key, 1200000));
+
+        REQUIRE(is(hb.on_timer(1210), action::send_ping));
+        CHECK(made(hb) == p);
+        CHECK(hb.pings() == 1);
+    }
+
+    SECTION("the read and send timeouts keep holding")
+    {
+        hb.on_ping_not_sent(1110);
+        hb.on_write_blocked(1150);
+        CHECK(hb.next_deadline() == 1210);
+        REQUIRE(is(hb.on_timer(1210), action::send_ping));
+        hb.on_ping_not_sent(1210);
+        CHECK(hb.next_deadline() == 1310);
+        REQUIRE(is(hb.on_timer(1310), action::send_ping));
+        hb.on_ping_not_sent(1310);
+        hb.on_receive(1400);
+        hb.on_data(1400);
+        REQUIRE(is(hb.on_timer(1500), action::send_ping));
+        hb.on_ping_not_sent(1500);
+        CHECK(hb.next_deadline() == 1600);
+        CHECK(is(hb.on_timer(1650), action::close, close_reason::send_timeout));
+    }
+
+    SECTION("the read timeout too")
+    {
+        // Pings that never go out, the peer silent: no heartbeat
+        // timeout, but no data frame either
+        for (std::uint64_t t = 1110; t < 1900; t += 100) {
+            hb.on_ping_not_sent(t);
+            REQUIRE(is(hb.on_timer(t + 100), action::send_ping));
+        }
+        hb.on_ping_not_sent(1910);
+        CHECK(hb.next_deadline() == 2000);
+        CHECK(is(hb.on_timer(1999), action::none));
+        CHECK(is(hb.on_timer(2000), action::close, close_reason::read_timeout));
+    }
+
+    SECTION("the latest written Ping can still be answered")
+    {
+        machine m;
+        m.start(config(100, 30), 0);
+        REQUIRE(is(m.on_timer(100), action::send_ping));
+        pong_payload p0 = sent(m, 100000);
+        m.on_receive(101);
+        REQUIRE(is(m.on_timer(201), action::send_ping));
+        (void)made(m);
+        m.on_ping_not_sent(201);
+
+        bool sampled = false;
+        CHECK(m.on_pong(p0.b, 16, key, 250000, &sampled));
+        CHECK(sampled);
+        CHECK(m.rtt_last_us() == 150000);
+        CHECK(m.pings() == 1);
+        CHECK(m.pongs() == 1);
+    }
+
+    SECTION("no effect unless a Ping was asked for and not written")
+    {
+        hb.on_ping_written(1115);
+        hb.on_ping_not_sent(1116);
+        CHECK(hb.next_deadline() == 1145);
+
+        machine m;
+        m.start(config(100, 30), 0);
+        m.on_ping_not_sent(50);
+        CHECK(m.next_deadline() == 100);
+    }
+}
+
 TEST_CASE("heartbeat: close reason words", "[heartbeat]")
 {
     CHECK(std::string(to_string(close_reason::heartbeat_timeout))
