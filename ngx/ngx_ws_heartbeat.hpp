@@ -19,6 +19,12 @@ extern "C" {
 #include <ngx_http.h>
 }
 
+#if __cplusplus < 201703L && !defined(WSHB_CXX17_ERROR)
+#define WSHB_CXX17_ERROR
+#error "ngx_ws_heartbeat needs C++17, newer than this compiler's default:"
+#error "build with gcc >= 11 or clang >= 16 (./configure --with-cc=gcc-11)"
+#endif
+
 #include <new>
 #include <type_traits>
 
@@ -212,7 +218,8 @@ struct ngx_http_ws_heartbeat_ctx_t {
     unsigned                            upstream_hb:1; /* allocated */
 
     /*
-     * drawn when the relay is hooked (RAND_bytes): the connection's own
+     * drawn when the relay is hooked (RAND_bytes): the key in the
+     * module's Pings that tells its Pongs apart, and the connection's own
      * moments in the drain spread and in the max age jitter
      */
     std::uint32_t                       random;

@@ -83,16 +83,17 @@ struct ngx_http_ws_heartbeat_io {
             return false;
         }
 
-        if (!hb->on_pong(payload, n, ngx_http_ws_heartbeat_now_us(),
-                         &sampled))
+        if (!hb->on_pong(payload, n, ctx->random,
+                         ngx_http_ws_heartbeat_now_us(), &sampled))
         {
             return false;
         }
 
-        st = ngx_http_ws_heartbeat_stats(ctx);
-        ngx_http_ws_heartbeat_count(st, pongs[peer->which()]);
+        /* ours: swallowed; counted only when it answers the latest Ping */
 
         if (sampled) {
+            st = ngx_http_ws_heartbeat_stats(ctx);
+            ngx_http_ws_heartbeat_count(st, pongs[peer->which()]);
             ngx_http_ws_heartbeat_count_rtt(st, peer->which(),
                                             hb->rtt_last_us());
         }
@@ -263,7 +264,8 @@ ngx_http_ws_heartbeat_after_write(ngx_http_ws_heartbeat_side_t *s) noexcept
 
     if (ctx->is(s, NGX_HTTP_WS_HB_S_PING_QUEUED) && !s->out.queued()) {
         ctx->set(s, NGX_HTTP_WS_HB_S_PING_QUEUED, 0);
-        ctx->hb(s->which())->on_ping_written(ngx_current_msec);
+        ctx->hb(s->which())->on_ping_written(ngx_current_msec,
+                                             ngx_http_ws_heartbeat_now_us());
         ngx_http_ws_heartbeat_arm(ctx);
     }
 }

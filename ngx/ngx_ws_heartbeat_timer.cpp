@@ -185,17 +185,20 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 static void
 ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
-    std::uint8_t                  payload[wshb::ping_payload_size];
+    wshb::heartbeat              *hb;
     ngx_http_ws_heartbeat_ctx_t  *ctx;
+    std::uint8_t                  payload[wshb::ping_payload_size];
 
     ctx = ngx_http_ws_heartbeat_ctx_of(s);
+    hb = ctx->hb(s->which());
 
-    (void) ctx->hb(s->which())->make_ping(payload,
-                                          ngx_http_ws_heartbeat_now_us());
+    (void) hb->make_ping(payload, ctx->random);
 
     if (!ngx_http_ws_heartbeat_queue_frame(s, wshb::opcode::ping, 0, payload,
                                            sizeof(payload), false))
     {
+        /* not sent (no mask key, the queue refused it): again later */
+        hb->on_ping_not_sent(ngx_current_msec);
         return;
     }
 

@@ -55,7 +55,7 @@ const char* to_string(close_reason r) noexcept
 heartbeat::state_t heartbeat::settled() const noexcept
 {
     // anything heard since our Ping hit the socket answers it
-    if (state_ == outstanding && last_receive_ >= written_) {
+    if (state_ == outstanding && last_receive_ >= written_ms()) {
         return idle;
     }
 
@@ -71,17 +71,49 @@ void heartbeat::start(const heartbeat_config& cf, std::uint64_t now_ms) noexcept
     state_ = idle;
 }
 
-void heartbeat::on_ping_written(std::uint64_t now_ms) noexcept
+void heartbeat::on_ping_written(std::uint64_t now_ms,
+                                std::uint64_t now_us) noexcept
 {
     state_ = settled();
 
-    // a second write while one is outstanding keeps the earlier deadline
-    if (state_ == stopped || state_ == outstanding) {
+    // the send time, on both clocks: written_ms() gives now_ms back
+    std::uint64_t lag = now_us / 1000 > now_ms ? now_us / 1000 - now_ms : 0;
+
+    written_us_ = now_us;
+    written_lag_ = static_cast<std::uint8_t>(lag < 255 ? lag : 255);
+
+    // the Ping made is the one to answer now; a write without one (not
+    // the caller's way) leaves nothing to answer
+    answered_ = !unwritten_;
+    unwritten_ = false;
+
+    if (state_ != stopped) {
+        state_ = outstanding;
+    }
+}
+
+void heartbeat::on_ping_not_sent(std::uint64_t now_ms) noexcept
+{
+    state_ = settled();
+
+    // the sequence number goes to the next Ping; the latest written Ping
+    // (its send time, whether answered) is untouched
+    if (unwritten_) {
+        unwritten_ = false;
+        pings_--;
+    }
+
+    if (state_ != queued) {
         return;
     }
 
-    written_ = now_ms;
-    state_ = outstanding;
+    // the next Ping an interval from now: as if the peer had just been
+    // heard from, which only the next Ping's due time reads while idle
+    state_ = idle;
+
+    if (last_receive_ < now_ms) {
+        last_receive_ = now_ms;
+    }
 }
 
 void heartbeat::on_write_blocked(std::uint64_t now_ms) noexcept
@@ -93,13 +125,14 @@ void heartbeat::on_write_blocked(std::uint64_t now_ms) noexcept
 }
 
 bool heartbeat::on_pong(const std::uint8_t* payload, std::size_t len,
-                        std::uint64_t now_us, bool* sampled) noexcept
+                        std::uint32_t key, std::uint64_t now_us,
+                        bool* sampled) noexcept
 {
     if (sampled != nullptr) {
         *sampled = false;
     }
 
-    // our payload is exactly tag + sequence + time
+    // our payload is exactly tag + sequence + key + zeros
     if (payload == nullptr || len != ping_payload_size) {
         return false;
     }
@@ -111,21 +144,30 @@ bool heartbeat::on_pong(const std::uint8_t* payload, std::size_t len,
         }
     }
 
+    // not our key: another heartbeat's (the same tag further along)
+    if (load_be(payload + 8, 4) != key || load_be(payload + 12, 4) != 0) {
+        return false;
+    }
+
     std::uint32_t seq = static_cast<std::uint32_t>(load_be(payload + 4, 4));
 
-    // a sequence we sent, among the latest 2^16
+    // a sequence we made, among the latest 2^16
     if (pings_ == 0 || seq >= pings_ || pings_ - seq > seq_window) {
         return false;
     }
 
-    pongs_++;
+    // ours: swallowed. An answer only for the latest written Ping, once.
+    std::uint32_t written = pings_ - (unwritten_ ? 1 : 0);
 
-    if (seq != pings_ - 1 || sampled_) {
+    if (written == 0 || seq != written - 1 || answered_) {
         return true;
     }
 
-    std::uint64_t sent = load_be(payload + 8, 8);
-    std::uint64_t rtt = now_us > sent ? now_us - sent : 0;
+    answered_ = true;
+    pongs_++;
+
+    // from our own record of the write, never from the payload
+    std::uint64_t rtt = now_us > written_us_ ? now_us - written_us_ : 0;
 
     if (rtt > 0xffffffffu) {
         rtt = 0xffffffffu;
@@ -148,7 +190,6 @@ bool heartbeat::on_pong(const std::uint8_t* payload, std::size_t len,
 
     rtt_last_ = sample;
     samples_ = static_cast<std::uint16_t>(samples_ + (samples_ != 0xffff));
-    sampled_ = true;
 
     if (sampled != nullptr) {
         *sampled = true;
@@ -178,7 +219,8 @@ action heartbeat::on_timer(const heartbeat_config& cf,
         return close_with(close_reason::read_timeout);
     }
 
-    if (ping_ && state_ == outstanding && now_ms >= written_ + cf.timeout_ms) {
+    if (ping_ && state_ == outstanding
+        && now_ms >= written_ms() + cf.timeout_ms) {
         stop();
         return close_with(close_reason::heartbeat_timeout);
     }
@@ -232,8 +274,8 @@ heartbeat::next_deadline(const heartbeat_config& cf) const noexcept
         d = last_receive_ + cf.interval_ms;
     }
 
-    if (ping_ && s == outstanding && written_ + cf.timeout_ms < d) {
-        d = written_ + cf.timeout_ms;
+    if (ping_ && s == outstanding && written_ms() + cf.timeout_ms < d) {
+        d = written_ms() + cf.timeout_ms;
     }
 
     if (ping_ && s == queued && blocked_ && stuck_since() + cf.timeout_ms < d) {
@@ -248,17 +290,22 @@ heartbeat::next_deadline(const heartbeat_config& cf) const noexcept
     return d == 0 ? 1 : d;
 }
 
-std::size_t heartbeat::make_ping(std::uint8_t* out,
-                                 std::uint64_t now_us) noexcept
+std::size_t heartbeat::make_ping(std::uint8_t* out, std::uint32_t key) noexcept
 {
+    // one Ping at a time: a Ping made again before it is reported keeps
+    // its number
+    if (!unwritten_) {
+        pings_++;
+        unwritten_ = true;
+    }
+
     for (std::size_t i = 0; i < 4; i++) {
         out[i] = ping_tag[i];
     }
 
-    store_be(out + 4, pings_, 4);
-    store_be(out + 8, now_us, 8);
-    pings_++;
-    sampled_ = false;
+    store_be(out + 4, pings_ - 1, 4);
+    store_be(out + 8, key, 4);
+    store_be(out + 12, 0, 4);
 
     return ping_payload_size;
 }

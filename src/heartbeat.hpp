@@ -1,10 +1,19 @@
 // ngx_ws_heartbeat: the heartbeat state machine for one side (client or
 // upstream) of a proxied WebSocket. A pure object: events in, actions out,
 // explicit clocks (monotonic ms for deadlines, us for RTT). No nginx types.
-// The configuration is the caller's (it is the same for every connection of
-// a location) and comes with each call that needs it: the machine keeps only
-// what is its own, 56 bytes per side.
+// The configuration and the connection's Ping key are the caller's (the
+// configuration is the same for every connection of a location) and come
+// with each call that needs them: the machine keeps only what is its own,
+// 56 bytes per side.
 #pragma once
+
+// gcc <= 10 and clang <= 15 default to C++14: say so before anything of
+// C++17 fails obscurely (once, whichever header comes first)
+#if __cplusplus < 201703L && !defined(WSHB_CXX17_ERROR)
+#define WSHB_CXX17_ERROR
+#error "ngx_ws_heartbeat needs C++17, newer than this compiler's default:"
+#error "build with gcc >= 11 or clang >= 16 (./configure --with-cc=gcc-11)"
+#endif
 
 #include <cstddef>
 #include <cstdint>
@@ -39,13 +48,24 @@ struct action {
     close_reason reason = close_reason::none;
 };
 
-// Module Ping payload: tag "wshb" (4) + sequence (4, big endian) + send time
-// in microseconds (8, big endian) = 16 bytes.
+// Module Ping payload, 16 bytes: tag "wshb" (4) + sequence (4, big endian)
+// + the connection's key (4, big endian) + 4 zero bytes. Nothing in it
+// tells the peer anything but what it already knows (how many Pings it got,
+// the key it saw in the first one): no clock. The key is the caller's
+// random value for the connection: it tells this module's Pongs from those
+// of another heartbeat with the same tag (another nginx with this module
+// further along the path), whose sequence numbers run the same way. The
+// zero bytes keep the size the relay holds candidate Pongs at
+// (candidate_pong_size in outbound.hpp).
 constexpr std::size_t ping_payload_size = 16;
 
 class heartbeat {
 public:
-    heartbeat() noexcept : ping_(false), blocked_(false), sampled_(false) {}
+    heartbeat() noexcept
+        : state_(stopped), ping_(false), blocked_(false), answered_(false),
+          unwritten_(false)
+    {
+    }
 
     // Starts the machine at `now_ms`: the peer counts as just heard from.
     // Only cf.ping is kept; the other calls take the same configuration.
@@ -61,21 +81,55 @@ public:
     {
         last_data_ = now_ms;
     }
-    void on_ping_written(std::uint64_t now_ms) noexcept;  // ours hit the socket
+
+    // The Ping of the last make_ping() hit the socket (all of its bytes):
+    // it is sent now, and outstanding (unless stopped). now_ms is the
+    // caller's clock for deadlines: the Pong deadline runs from it, and
+    // any bytes received at or after it answer the Ping. now_us is the
+    // same monotonic clock in us, read at the write: the RTT of its answer
+    // counts from it. now_us / 1000 must not be behind now_ms (the ms clock
+    // may be a cached reading of the us one); now_ms is kept exactly while
+    // it is at most 255 ms behind, else taken as now_us / 1000 - 255.
+    void on_ping_written(std::uint64_t now_ms, std::uint64_t now_us) noexcept;
+
+    // The Ping on_timer() asked for could not be queued (no random bytes
+    // for its mask, the queue refused it), whether or not make_ping() was
+    // called for it: back to idle, with the next Ping due an interval after
+    // now_ms; the sequence number a make_ping() took for it is given back.
+    // The read and send timeouts keep running as before, and the latest
+    // written Ping can still be answered. No effect when no Ping was asked
+    // for or made, or once it is written.
+    void on_ping_not_sent(std::uint64_t now_ms) noexcept;
+
     void on_write_blocked(std::uint64_t now_ms) noexcept; // write to peer short
     void on_write_progress() noexcept { blocked_ = false; } // write done
 
-    // A Pong from the peer. True when it answers one of our Pings (payload
-    // is ours: tag matches and sequence is one we sent, the latest 2^16):
-    // the caller swallows it. When it answers the latest Ping, an RTT sample
-    // now_us - send time is taken (last, min, smoothed 7/8 + 1/8), and
-    // *sampled (if given) says so.
+    // A Pong from the peer; key is the connection's key, as given to
+    // make_ping(). Returns true when the Pong is ours: exactly a payload of
+    // ours (ping_payload_size bytes: our tag, our key, zeros, and a
+    // sequence among the latest 2^16 Pings made); the caller swallows it
+    // (the other endpoint never sees the module's Pongs). False otherwise
+    // (another tag, another key: the endpoints' own, or another module's):
+    // the caller relays it.
+    //
+    // A Pong of ours is an answer, and *sampled (if given) is set, only
+    // when it is the first Pong for the latest Ping written: it is counted
+    // in pongs() and gives an RTT sample, now_us minus the send time that
+    // on_ping_written() recorded (last, min, smoothed 7/8 + 1/8). Nothing
+    // the peer puts in the payload moves the RTT. Any other Pong of ours
+    // (to an older Ping, a repeat of an answered one, or to a Ping made but
+    // not written yet) is swallowed and neither counted nor measured: each
+    // Ping is answered at most once. The caller counts its own figures
+    // (Pongs, RTT) only when *sampled.
     bool on_pong(const std::uint8_t* payload, std::size_t len,
-                 std::uint64_t now_us, bool* sampled = nullptr) noexcept;
+                 std::uint32_t key, std::uint64_t now_us,
+                 bool* sampled = nullptr) noexcept;
 
     // Timer fired (or any time): what to do now. send_ping: the caller must
-    // build a Ping with make_ping() and queue it; close: the peer is dead or
-    // timed out. After close, the machine is stopped (returns none).
+    // build a Ping with make_ping() and queue it, then report
+    // on_ping_written() once it is written, or on_ping_not_sent() if it
+    // cannot be queued; close: the peer is dead or timed out. After close,
+    // the machine is stopped (returns none).
     action on_timer(const heartbeat_config& cf, std::uint64_t now_ms) noexcept;
 
     // Absolute time (ms) at which on_timer() must run next; 0 = no timer.
@@ -83,8 +137,12 @@ public:
     // sends it up to ping_slack() (1/16 of the interval) before that.
     std::uint64_t next_deadline(const heartbeat_config& cf) const noexcept;
 
-    // Fills the Ping payload (ping_payload_size bytes), bumps the sequence.
-    std::size_t make_ping(std::uint8_t* out, std::uint64_t now_us) noexcept;
+    // Fills the Ping payload (ping_payload_size bytes) with the next
+    // sequence number and `key` (the connection's random value; the same
+    // for every Ping of the machine, and passed again to on_pong()), and
+    // takes that number. Until on_ping_written() or on_ping_not_sent()
+    // reports on it, another call makes the same Ping again.
+    std::size_t make_ping(std::uint8_t* out, std::uint32_t key) noexcept;
 
     void stop() noexcept; // no more actions, no deadline
 
@@ -97,8 +155,8 @@ public:
     bool pinging() const noexcept { return ping_ && state_ != stopped; }
 
     // Figures.
-    std::uint32_t pings() const noexcept;
-    std::uint32_t pongs() const noexcept;       // our Pongs matched
+    std::uint32_t pings() const noexcept;       // made (queued), not given back
+    std::uint32_t pongs() const noexcept;       // answers: at most one per Ping
     std::uint64_t rtt_last_us() const noexcept; // 0 = no sample yet
     std::uint64_t rtt_min_us() const noexcept;
     std::uint64_t rtt_smoothed_us() const noexcept;
@@ -107,12 +165,18 @@ public:
 private:
     // idle: the next Ping is due at last_receive_ + interval.
     // queued: on_timer() asked for a Ping, not written yet.
-    // outstanding: a Ping was written at written_; it stops being
-    // outstanding as soon as last_receive_ >= written_ (so on_receive()
+    // outstanding: a Ping was written at written_ms(); it stops being
+    // outstanding as soon as last_receive_ >= written_ms() (so on_receive()
     // stays one store, and the state is settled lazily).
-    enum state_t : std::uint8_t { stopped, idle, queued, outstanding };
+    enum state_t { stopped, idle, queued, outstanding };
 
     state_t settled() const noexcept;
+
+    // The latest written Ping's send time on the caller's ms clock.
+    std::uint64_t written_ms() const noexcept
+    {
+        return written_us_ / 1000 - written_lag_;
+    }
 
     // A queued Ping that cannot be written: the peer neither reads (the
     // writes block) nor sends; from when both are true.
@@ -121,20 +185,24 @@ private:
         return blocked_since_ > last_receive_ ? blocked_since_ : last_receive_;
     }
 
-    std::uint64_t last_receive_ = 0;  // ms
+    std::uint64_t last_receive_ = 0;  // ms (or a Ping not sent, see there)
     std::uint64_t last_data_ = 0;     // ms
-    std::uint64_t written_ = 0;       // ms, our outstanding Ping's write
+    std::uint64_t written_us_ = 0;    // us, the latest written Ping's write
     std::uint64_t blocked_since_ = 0; // ms, valid while blocked_
-    std::uint32_t pings_ = 0;         // also the next sequence number
+    std::uint32_t pings_ = 0;         // Pings made: the last one's sequence + 1
     std::uint32_t pongs_ = 0;
     std::uint32_t rtt_last_ = 0; // us, samples clamped to 32 bits
     std::uint32_t rtt_min_ = 0;
     std::uint32_t srtt_ = 0;
     std::uint16_t samples_ = 0; // saturating
-    state_t state_ = stopped;
+    // ms: written_us_ / 1000 - the write's now_ms (the caller's ms clock
+    // may be cached behind its us one), so written_ms() is that now_ms
+    std::uint8_t written_lag_ = 0;
+    state_t state_ : 2;
     bool ping_ : 1;
     bool blocked_ : 1;
-    bool sampled_ : 1; // the latest Ping already gave its RTT sample
+    bool answered_ : 1;  // the latest written Ping had its answer
+    bool unwritten_ : 1; // the latest Ping made is not written yet
 };
 
 } // namespace wshb

@@ -1,6 +1,7 @@
 // Unit tests for src/heartbeat.hpp, on a fake clock (no sleeps).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <string>
 
 #include "heartbeat.hpp"
@@ -40,6 +41,17 @@ struct machine : heartbeat {
     std::uint64_t next_deadline() const { return heartbeat::next_deadline(cf); }
 
     std::uint32_t ping_slack() const { return heartbeat::ping_slack(cf); }
+
+    // the us clock in step with the ms one (tests of timing, not of RTT)
+    void on_ping_written(std::uint64_t now_ms)
+    {
+        heartbeat::on_ping_written(now_ms, now_ms * 1000);
+    }
+
+    void on_ping_written(std::uint64_t now_ms, std::uint64_t now_us)
+    {
+        heartbeat::on_ping_written(now_ms, now_us);
+    }
 };
 
 bool is(action a, action::kind_t k, close_reason r = close_reason::none)
@@ -47,17 +59,33 @@ bool is(action a, action::kind_t k, close_reason r = close_reason::none)
     return a.kind == k && a.reason == r;
 }
 
+// The connection's key, as the glue draws it.
+constexpr std::uint32_t key = 0x5eed1e55u;
+
 // Pong payload as a peer echoes it back.
 struct pong_payload {
     std::uint8_t b[ping_payload_size];
+
+    bool operator==(const pong_payload& o) const
+    {
+        return std::equal(b, b + sizeof(b), o.b);
+    }
 };
 
-pong_payload ping_of(heartbeat& hb, std::uint64_t now_us)
+pong_payload made(heartbeat& hb, std::uint32_t k = key)
 {
     pong_payload p;
-    if (hb.make_ping(p.b, now_us) != ping_payload_size) {
+    if (hb.make_ping(p.b, k) != ping_payload_size) {
         FAIL("make_ping size");
     }
+    return p;
+}
+
+// A Ping made and written at now_us (now_ms = now_us / 1000).
+pong_payload sent(machine& hb, std::uint64_t now_us)
+{
+    pong_payload p = made(hb);
+    hb.on_ping_written(now_us / 1000, now_us);
     return p;
 }
 
@@ -304,113 +332,414 @@ TEST_CASE("heartbeat: priorities and deadlines", "[heartbeat]")
     }
 }
 
-TEST_CASE("heartbeat: Ping payload and Pong matching", "[heartbeat]")
+TEST_CASE("heartbeat: Ping payload", "[heartbeat]")
 {
     machine hb;
     hb.start(config(100, 30), 0);
 
-    SECTION("payload layout")
+    SECTION("layout: tag, sequence, key, zeros")
     {
-        pong_payload p = ping_of(hb, 0x0102030405060708ull);
+        pong_payload p = made(hb, 0x01020304u);
         const std::uint8_t want[16] = {'w', 's', 'h', 'b', 0, 0, 0, 0,
-                                       1,   2,   3,   4,   5, 6, 7, 8};
+                                       1,   2,   3,   4,   0, 0, 0, 0};
         CHECK(std::equal(p.b, p.b + 16, want));
         CHECK(hb.pings() == 1);
+        hb.on_ping_written(10);
 
-        p = ping_of(hb, 0);
+        p = made(hb, 0x01020304u);
         CHECK(p.b[7] == 1);
         CHECK(hb.pings() == 2);
     }
 
+    SECTION("made again before it is written: the same Ping")
+    {
+        pong_payload p = made(hb);
+        CHECK(made(hb) == p);
+        CHECK(hb.pings() == 1);
+        hb.on_ping_written(10);
+        CHECK(made(hb).b[7] == 1);
+    }
+
+    SECTION("no clock: Pings at very different times differ only in the "
+            "sequence")
+    {
+        machine other;
+        other.start(config(100, 30), 5000000000ull); // 58 days later
+
+        REQUIRE(is(hb.on_timer(100), action::send_ping));
+        REQUIRE(is(other.on_timer(5000000100ull), action::send_ping));
+        pong_payload a = made(hb);
+        CHECK(made(other) == a); // nothing of the time in it
+
+        // one Ping a day later: the sequence is all that changes
+        hb.on_ping_written(100, 100123);
+        hb.on_receive(101);
+        REQUIRE(is(hb.on_timer(86400000), action::send_ping));
+        pong_payload b = made(hb);
+        hb.on_ping_written(86400000, 86400000987ull);
+
+        for (std::size_t i = 0; i < ping_payload_size; i++) {
+            if (i < 4 || i >= 8) {
+                CHECK(a.b[i] == b.b[i]);
+            }
+        }
+        CHECK(a.b[7] == 0);
+        CHECK(b.b[7] == 1);
+    }
+}
+
+TEST_CASE("heartbeat: Pong matching", "[heartbeat]")
+{
+    machine hb;
+    bool sampled = true;
+    hb.start(config(100, 30), 0);
+
     SECTION("nothing is ours before the first Ping")
     {
-        std::uint8_t p[16] = {'w', 's', 'h', 'b'};
-        CHECK_FALSE(hb.on_pong(p, 16, 10));
+        std::uint8_t p[16] = {'w', 's', 'h',  'b',  0,    0,
+                              0,   0,   0x5e, 0xed, 0x1e, 0x55};
+        CHECK_FALSE(hb.on_pong(p, 16, key, 10));
         CHECK(hb.pongs() == 0);
     }
 
-    SECTION("foreign Pongs")
+    SECTION("foreign Pongs are not ours: the caller relays them")
     {
-        pong_payload p = ping_of(hb, 1000);
+        pong_payload p = sent(hb, 1000);
 
-        CHECK_FALSE(hb.on_pong(p.b, 15, 2000));
-        CHECK_FALSE(hb.on_pong(nullptr, 0, 2000));
+        CHECK_FALSE(hb.on_pong(p.b, 15, key, 2000));
+        CHECK_FALSE(hb.on_pong(nullptr, 0, key, 2000));
 
         pong_payload q = p;
         q.b[0] = 'W';
-        CHECK_FALSE(hb.on_pong(q.b, 16, 2000));
+        CHECK_FALSE(hb.on_pong(q.b, 16, key, 2000));
 
         q = p;
-        q.b[7] = 1; // sequence 1 was never sent
-        CHECK_FALSE(hb.on_pong(q.b, 16, 2000));
+        q.b[7] = 1; // sequence 1 was never made
+        CHECK_FALSE(hb.on_pong(q.b, 16, key, 2000));
+
+        q = p;
+        q.b[15] = 1; // the zeros are part of it
+        CHECK_FALSE(hb.on_pong(q.b, 16, key, 2000));
 
         CHECK(hb.pongs() == 0);
         CHECK(hb.rtt_samples() == 0);
-        CHECK(hb.on_pong(p.b, 16, 2000));
+        CHECK(hb.on_pong(p.b, 16, key, 2000, &sampled));
+        CHECK(sampled);
         CHECK(hb.pongs() == 1);
     }
 
-    SECTION("RTT from the latest Ping only")
+    SECTION("a wrong key: another heartbeat's Pong, relayed")
     {
-        pong_payload p0 = ping_of(hb, 1000);
-        pong_payload p1 = ping_of(hb, 5000);
+        pong_payload p = sent(hb, 1000);
 
-        CHECK(hb.on_pong(p0.b, 16, 9000)); // old one: ours, no sample
+        // the same tag and sequence from another nginx's heartbeat
+        for (std::size_t i = 8; i < 12; i++) {
+            pong_payload q = p;
+            q.b[i] ^= 0x80;
+            CHECK_FALSE(hb.on_pong(q.b, 16, key, 2000, &sampled));
+            CHECK_FALSE(sampled);
+        }
+
+        CHECK_FALSE(hb.on_pong(p.b, 16, key + 1, 2000));
+        CHECK(hb.pongs() == 0);
         CHECK(hb.rtt_samples() == 0);
-        CHECK(hb.rtt_last_us() == 0);
 
-        CHECK(hb.on_pong(p1.b, 16, 5800));
-        CHECK(hb.rtt_samples() == 1);
+        // its own Ping answered by its own key
+        pong_payload o = made(hb, 0);
+        hb.on_ping_written(3, 3000);
+        CHECK_FALSE(hb.on_pong(o.b, 16, key, 3500));
+        CHECK(hb.on_pong(o.b, 16, 0, 3500, &sampled));
+        CHECK(sampled);
+    }
+
+    SECTION("forged send time: the RTT is from our own record")
+    {
+        pong_payload p = sent(hb, 1000000);
+
+        // the old payload's send-time field, or any change to the bytes
+        // after the sequence: not ours, nothing measured
+        for (std::size_t i = 8; i < 16; i++) {
+            for (unsigned v = 0; v < 256; v++) {
+                pong_payload q = p;
+                if (q.b[i] == v) {
+                    continue;
+                }
+                q.b[i] = static_cast<std::uint8_t>(v);
+                CHECK_FALSE(hb.on_pong(q.b, 16, key, 1000500, &sampled));
+            }
+        }
+
+        // 8 bytes of a send time after a genuine payload: not ours either
+        std::uint8_t longer[24] = {};
+        std::copy(p.b, p.b + 16, longer);
+        longer[23] = 1;
+        CHECK_FALSE(hb.on_pong(longer, 24, key, 1000500));
+
+        CHECK(hb.pongs() == 0);
+        CHECK(hb.rtt_samples() == 0);
+
+        // the answer: now minus the write, whatever the peer echoes
+        CHECK(hb.on_pong(p.b, 16, key, 1000800, &sampled));
+        CHECK(sampled);
         CHECK(hb.rtt_last_us() == 800);
         CHECK(hb.rtt_min_us() == 800);
         CHECK(hb.rtt_smoothed_us() == 800);
+    }
 
-        // a duplicate answer gives no second sample
-        CHECK(hb.on_pong(p1.b, 16, 7000));
+    SECTION("a replayed Pong is swallowed, counted once")
+    {
+        pong_payload p = sent(hb, 1000);
+        CHECK(hb.on_pong(p.b, 16, key, 1500, &sampled));
+        CHECK(sampled);
+
+        for (int i = 0; i < 2000; i++) {
+            sampled = true;
+            CHECK(hb.on_pong(p.b, 16, key, 1600 + i, &sampled));
+            CHECK_FALSE(sampled);
+        }
+
+        CHECK(hb.pongs() == 1);
         CHECK(hb.rtt_samples() == 1);
-        CHECK(hb.pongs() == 3);
+        CHECK(hb.rtt_last_us() == 500);
+        CHECK(hb.rtt_smoothed_us() == 500);
+    }
 
-        pong_payload p2 = ping_of(hb, 10000);
-        CHECK(hb.on_pong(p2.b, 16, 10400));
+    SECTION("a late Pong to an older Ping: swallowed, not counted")
+    {
+        pong_payload p0 = sent(hb, 1000);
+        hb.on_receive(2); // other bytes answered it
+        pong_payload p1 = sent(hb, 5000);
+
+        CHECK(hb.on_pong(p0.b, 16, key, 9000, &sampled));
+        CHECK_FALSE(sampled);
+        CHECK(hb.pongs() == 0);
+        CHECK(hb.rtt_samples() == 0);
+        CHECK(hb.rtt_last_us() == 0);
+
+        CHECK(hb.on_pong(p1.b, 16, key, 5800, &sampled));
+        CHECK(sampled);
+        CHECK(hb.pongs() == 1);
+        CHECK(hb.rtt_last_us() == 800);
+    }
+
+    SECTION("a Pong to a Ping made but not written: no answer")
+    {
+        pong_payload p = made(hb);
+
+        CHECK(hb.on_pong(p.b, 16, key, 1000, &sampled));
+        CHECK_FALSE(sampled);
+        CHECK(hb.pongs() == 0);
+
+        hb.on_ping_written(2, 2000);
+        CHECK(hb.on_pong(p.b, 16, key, 2300, &sampled));
+        CHECK(sampled);
+        CHECK(hb.rtt_last_us() == 300);
+    }
+
+    SECTION("the latest written Ping answered while the next is made")
+    {
+        pong_payload p0 = sent(hb, 1000);
+        pong_payload p1 = made(hb);
+
+        CHECK(hb.on_pong(p0.b, 16, key, 1400, &sampled));
+        CHECK(sampled);
+        CHECK(hb.rtt_last_us() == 400);
+
+        CHECK(hb.on_pong(p1.b, 16, key, 1500, &sampled));
+        CHECK_FALSE(sampled);
+        CHECK(hb.pongs() == 1);
+    }
+
+    SECTION("RTT: last, min, smoothed")
+    {
+        pong_payload p0 = sent(hb, 5000);
+        CHECK(hb.on_pong(p0.b, 16, key, 5800));
+        CHECK(hb.rtt_samples() == 1);
+        CHECK(hb.rtt_last_us() == 800);
+
+        pong_payload p1 = sent(hb, 10000);
+        CHECK(hb.on_pong(p1.b, 16, key, 10400));
         CHECK(hb.rtt_last_us() == 400);
         CHECK(hb.rtt_min_us() == 400);
         CHECK(hb.rtt_smoothed_us() == 800 + (400 - 800) / 8);
 
-        pong_payload p3 = ping_of(hb, 20000);
-        CHECK(hb.on_pong(p3.b, 16, 22000));
+        pong_payload p2 = sent(hb, 20000);
+        CHECK(hb.on_pong(p2.b, 16, key, 22000));
         CHECK(hb.rtt_last_us() == 2000);
         CHECK(hb.rtt_min_us() == 400);
         CHECK(hb.rtt_smoothed_us() == 750 + (2000 - 750) / 8);
         CHECK(hb.rtt_samples() == 3);
+        CHECK(hb.pongs() == 3);
+        CHECK(hb.pings() == 3);
     }
 
     SECTION("a clock going backwards gives 0, not a wrap")
     {
-        pong_payload p = ping_of(hb, 5000);
-        CHECK(hb.on_pong(p.b, 16, 4000));
+        pong_payload p = sent(hb, 5000);
+        CHECK(hb.on_pong(p.b, 16, key, 4000));
         CHECK(hb.rtt_samples() == 1);
         CHECK(hb.rtt_last_us() == 0);
         CHECK(hb.rtt_min_us() == 0);
     }
 
+    SECTION("a Ping written after stop() is still answered")
+    {
+        pong_payload p = made(hb);
+        hb.stop();
+        hb.on_ping_written(1, 1000);
+        CHECK(hb.next_deadline() == 0);
+        CHECK(hb.on_pong(p.b, 16, key, 1250, &sampled));
+        CHECK(sampled);
+        CHECK(hb.rtt_last_us() == 250);
+    }
+
     SECTION("sequence window of 2^16")
     {
-        pong_payload first = ping_of(hb, 0);
+        pong_payload first = sent(hb, 0);
         pong_payload p = first;
 
         for (int i = 1; i < 65536; i++) {
-            p = ping_of(hb, 0);
+            p = sent(hb, 0);
         }
 
         // 65536 sent: the first is still the 65536th latest
-        CHECK(hb.on_pong(first.b, 16, 0));
+        CHECK(hb.on_pong(first.b, 16, key, 0));
         pong_payload second = first;
         second.b[7] = 1;
 
-        (void)ping_of(hb, 0);
-        CHECK_FALSE(hb.on_pong(first.b, 16, 0));
-        CHECK(hb.on_pong(second.b, 16, 0));
+        (void)sent(hb, 0);
+        CHECK_FALSE(hb.on_pong(first.b, 16, key, 0));
+        CHECK(hb.on_pong(second.b, 16, key, 0));
         CHECK(hb.pings() == 65537);
+        CHECK(hb.pongs() == 0);
+    }
+}
+
+TEST_CASE("heartbeat: the write time on two clocks", "[heartbeat]")
+{
+    machine hb;
+    hb.start(config(100, 30), 1000);
+    REQUIRE(is(hb.on_timer(1100), action::send_ping));
+    pong_payload p = made(hb);
+
+    SECTION("a cached ms clock behind the us one: deadlines from the ms")
+    {
+        // nginx's ms clock is a cached (coarse) reading of the same clock
+        hb.on_ping_written(1100, 1103700);
+        CHECK(hb.next_deadline() == 1130);
+        hb.on_receive(1100); // in the write's millisecond: answers it
+        CHECK(hb.next_deadline() == 1200);
+        CHECK(hb.on_pong(p.b, 16, key, 1104000));
+        CHECK(hb.rtt_last_us() == 300);
+    }
+
+    SECTION("more than 255 ms behind: taken as 255")
+    {
+        hb.on_ping_written(1100, 2000000);
+        CHECK(hb.next_deadline() == 2000 - 255 + 30);
+        hb.on_receive(1744);
+        CHECK(hb.next_deadline() == 2000 - 255 + 30);
+        hb.on_receive(1745);
+        CHECK(hb.next_deadline() == 1845);
+    }
+}
+
+TEST_CASE("heartbeat: a Ping that could not be queued", "[heartbeat]")
+{
+    machine hb;
+    hb.start(config(100, 30, 1000, 500), 1000);
+    hb.on_receive(1010);
+    REQUIRE(is(hb.on_timer(1110), action::send_ping));
+    CHECK(hb.next_deadline() == 2000); // read timeout only
+
+    SECTION("back to idle: the next Ping an interval later")
+    {
+        hb.on_ping_not_sent(1110);
+        CHECK(hb.next_deadline() == 1210);
+        CHECK(is(hb.on_timer(1150), action::none));
+        CHECK(is(hb.on_timer(1204), action::send_ping));
+        hb.on_ping_written(1204);
+        CHECK(hb.next_deadline() == 1234);
+        CHECK(is(hb.on_timer(1234), action::close,
+                 close_reason::heartbeat_timeout));
+    }
+
+    SECTION("the sequence number goes to the next Ping")
+    {
+        pong_payload p = made(hb);
+        CHECK(hb.pings() == 1);
+        hb.on_ping_not_sent(1110);
+        CHECK(hb.pings() == 0);
+
+        // never sent: its Pong is no one's
+        CHECK_FALSE(hb.on_pong(p.b, 16, key, 1200000));
+
+        REQUIRE(is(hb.on_timer(1210), action::send_ping));
+        CHECK(made(hb) == p);
+        CHECK(hb.pings() == 1);
+    }
+
+    SECTION("the read and send timeouts keep holding")
+    {
+        hb.on_ping_not_sent(1110);
+        hb.on_write_blocked(1150);
+        CHECK(hb.next_deadline() == 1210);
+        REQUIRE(is(hb.on_timer(1210), action::send_ping));
+        hb.on_ping_not_sent(1210);
+        CHECK(hb.next_deadline() == 1310);
+        REQUIRE(is(hb.on_timer(1310), action::send_ping));
+        hb.on_ping_not_sent(1310);
+        hb.on_receive(1400);
+        hb.on_data(1400);
+        REQUIRE(is(hb.on_timer(1500), action::send_ping));
+        hb.on_ping_not_sent(1500);
+        CHECK(hb.next_deadline() == 1600);
+        CHECK(is(hb.on_timer(1650), action::close, close_reason::send_timeout));
+    }
+
+    SECTION("the read timeout too")
+    {
+        // Pings that never go out, the peer silent: no heartbeat
+        // timeout, but no data frame either
+        for (std::uint64_t t = 1110; t < 1900; t += 100) {
+            hb.on_ping_not_sent(t);
+            REQUIRE(is(hb.on_timer(t + 100), action::send_ping));
+        }
+        hb.on_ping_not_sent(1910);
+        CHECK(hb.next_deadline() == 2000);
+        CHECK(is(hb.on_timer(1999), action::none));
+        CHECK(is(hb.on_timer(2000), action::close, close_reason::read_timeout));
+    }
+
+    SECTION("the latest written Ping can still be answered")
+    {
+        machine m;
+        m.start(config(100, 30), 0);
+        REQUIRE(is(m.on_timer(100), action::send_ping));
+        pong_payload p0 = sent(m, 100000);
+        m.on_receive(101);
+        REQUIRE(is(m.on_timer(201), action::send_ping));
+        (void)made(m);
+        m.on_ping_not_sent(201);
+
+        bool sampled = false;
+        CHECK(m.on_pong(p0.b, 16, key, 250000, &sampled));
+        CHECK(sampled);
+        CHECK(m.rtt_last_us() == 150000);
+        CHECK(m.pings() == 1);
+        CHECK(m.pongs() == 1);
+    }
+
+    SECTION("no effect unless a Ping was asked for and not written")
+    {
+        hb.on_ping_written(1115);
+        hb.on_ping_not_sent(1116);
+        CHECK(hb.next_deadline() == 1145);
+
+        machine m;
+        m.start(config(100, 30), 0);
+        m.on_ping_not_sent(50);
+        CHECK(m.next_deadline() == 100);
     }
 }
 
@@ -469,33 +798,3 @@ TEST_CASE("heartbeat: a Ping stuck behind a peer that does not read",
 
 // Per-connection state is budgeted: the machine keeps only its own state.
 static_assert(sizeof(heartbeat) <= 56, "heartbeat grew past 56 bytes");
-
-TEST_CASE("heartbeat: on_pong says when it took an RTT sample", "[heartbeat]")
-{
-    machine hb;
-    bool sampled = true;
-
-    hb.start(config(100, 30), 0);
-
-    pong_payload p0 = ping_of(hb, 1000);
-    pong_payload p1 = ping_of(hb, 2000);
-
-    // ours but not the latest: swallowed, no sample
-    CHECK(hb.on_pong(p0.b, 16, 3000, &sampled));
-    CHECK_FALSE(sampled);
-
-    CHECK(hb.on_pong(p1.b, 16, 2500, &sampled));
-    CHECK(sampled);
-    CHECK(hb.rtt_last_us() == 500);
-
-    // the same answer again: no second sample
-    CHECK(hb.on_pong(p1.b, 16, 2600, &sampled));
-    CHECK_FALSE(sampled);
-
-    // not ours
-    pong_payload q = p1;
-    q.b[0] = 'x';
-    sampled = true;
-    CHECK_FALSE(hb.on_pong(q.b, 16, 2700, &sampled));
-    CHECK_FALSE(sampled);
-}
