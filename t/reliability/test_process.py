@@ -333,6 +333,11 @@ def test_worker_crash_leaves_the_other_worker_alone(rnginx):
         os.kill(victim, signal.SIGSEGV)
         for c in by_worker[victim]:
             assert c.wait_closed(slow(5)), "crashed worker's connection open"
+        # the gauge leaves out the crashed worker's connections at once
+        live = len(by_worker[survivor])
+        rlib.wait_for(lambda: rlib.counters(n.status())["active"] == live,
+                      slow(5), what="%d active: the survivor's connections"
+                      % live)
         # the survivor's connections: traffic and Pings go on
         rng = random.Random(9)
         for c in by_worker[survivor]:
@@ -357,15 +362,11 @@ def test_worker_crash_leaves_the_other_worker_alone(rnginx):
         assert fresh.recv_frame(timeout=slow(5)).payload == b"after"
         for c in clients:
             c.close()
-        # the live workers' connections end; the crashed worker's stay
-        # counted as active
-        lost = len(by_worker[victim])
-        rlib.wait_for(lambda: rlib.counters(n.status())["active"] == lost,
-                      slow(10), what="%d active: the crashed worker's "
-                      "connections only" % lost)
+        # every connection closed: the gauge is back to 0, the crashed
+        # worker's slot left out (or taken over by the new worker)
+        rlib.wait_for(lambda: rlib.counters(n.status())["active"] == 0,
+                      slow(10), what="0 active after every close")
         after = rlib.counters(n.status())
-        # counters live in shared memory: the crashed worker's open
-        # connections stay counted as active (nobody can decrement them)
         print("worker crash: %d connections lost with worker %d; active "
               "gauge after every connection closed: %d"
               % (len(by_worker[victim]), victim, after["active"]))
