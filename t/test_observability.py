@@ -17,8 +17,10 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from lib.nginx import REASONS, free_port, wait_for, wait_port
-from lib.wsproto import CLOSE, TEXT, Client, close_payload, encode_frame
+from lib.nginx import (REASONS, free_port, proxy_server, slow, wait_for,
+                       wait_port)
+from lib.wsproto import (CLOSE, PONG, TEXT, Client, close_payload,
+                         encode_frame)
 
 P = "nginx_ws_heartbeat_"
 
@@ -918,3 +920,132 @@ def test_status_at_server_level(nginx_factory, backend, tmp_path):
         c.close()
     assert closes(s) == dict(dict.fromkeys(REASONS, 0), client_close=1), \
         dump(s)
+
+
+# -- 7. forged, replayed and late Pongs; Close frames once a direction -------
+
+def forged_proxy(nginx_factory, backend):
+    """nginx with Pings every 100ms on one port, its status on another."""
+    b = backend(mode="echo")
+    port, status_port = free_port(), free_port()
+    n = nginx_factory(proxy_server(port, b.port, """
+            ws_heartbeat on;
+            ws_heartbeat_interval 100ms;
+            ws_heartbeat_timeout 5s;""") + """
+    server {
+        listen 127.0.0.1:%d;
+        location = /status { ws_heartbeat_status; }
+    }""" % status_port, port=port)
+    return n, port, b, Status(status_port)
+
+
+def module_ping(c, timeout=5.0):
+    """The next Ping of the module's the client gets (not answered)."""
+    seen = len(c.pings)
+    wait_for(lambda: c._fill(0.05) is None or len(c.pings) > seen,
+             slow(timeout), interval=0.0, what="a Ping of the module's")
+    return c.pings[seen][1]
+
+
+def test_ping_payload_tells_no_clock(nginx_factory, backend):
+    """Three Pings far apart in time differ in their sequence only: the
+    payload carries no clock (it told the host's uptime)."""
+    n, port, b, status = forged_proxy(nginx_factory, backend)
+    c = Client(port, "/ws/clock")
+    try:
+        first = module_ping(c)
+        time.sleep(0.35)      # the clock moves on (what is being checked)
+        later = [module_ping(c) for _ in range(2)]
+    finally:
+        c.close()
+    for p in later:
+        assert len(p.payload) == len(first.payload) == 16
+        assert p.payload[:4] == first.payload[:4] == b"wshb"
+        assert p.payload[8:] == first.payload[8:], (first, p)
+        assert p.payload[4:8] != first.payload[4:8]
+
+
+def test_forged_pong_is_not_measured(nginx_factory, backend):
+    """A Pong with the module's tag and sequence but other bytes after
+    them (the old payload's send time, forged) answers nothing: it is
+    relayed as the client's own, and neither counted nor measured."""
+    n, port, b, status = forged_proxy(nginx_factory, backend)
+    c = Client(port, "/ws/forge", answer_pings=False)
+    conn = b.accept()
+    try:
+        ping = module_ping(c)
+        forged = ping.payload[:8] + b"\x00\x00\x00\x00\x7f\xff\xff\xff"
+        c.send_frame(PONG, forged)
+        f = conn.next_frame(timeout=slow(5))
+        assert f is not None and f.opcode == PONG and f.payload == forged, f
+        s = status.get()
+        assert val(s, "pongs_total", peer="client") == 0, dump(s)
+        assert val(s, "rtt_seconds_count", peer="client") == 0, dump(s)
+        # the true answer is one, measured from nginx's own clock
+        c.send_frame(PONG, module_ping(c).payload)
+        s = status.wait(lambda s: val(s, "pongs_total", peer="client") == 1,
+                        "the answer counted")
+        assert val(s, "rtt_seconds_count", peer="client") == 1
+        assert val(s, "rtt_seconds_sum", peer="client") < slow(1.0)
+    finally:
+        c.close()
+
+
+def test_replayed_pong_counts_once(nginx_factory, backend):
+    """One Pong sent 300 times: swallowed every time (the backend never
+    sees the module's Pongs), counted and measured once."""
+    n, port, b, status = forged_proxy(nginx_factory, backend)
+    c = Client(port, "/ws/replay", answer_pings=False)
+    conn = b.accept()
+    try:
+        pong = encode_frame(PONG, module_ping(c).payload)
+        c.send_raw(pong * 300)
+        c.send_frame(TEXT, b"after the replays")
+        f = conn.next_frame(timeout=slow(5))
+        assert f is not None and f.payload == b"after the replays", f
+        s = status.get()
+        assert val(s, "pongs_total", peer="client") == 1, dump(s)
+        assert val(s, "rtt_seconds_count", peer="client") == 1, dump(s)
+        assert val(s, "pongs_total", peer="client") <= \
+            val(s, "pings_total", peer="client")
+    finally:
+        c.close()
+
+
+def test_late_pong_is_swallowed_not_counted(nginx_factory, backend):
+    """A Pong to an earlier Ping, once a later one is out: the module's,
+    so swallowed, but no answer to the latest Ping."""
+    n, port, b, status = forged_proxy(nginx_factory, backend)
+    c = Client(port, "/ws/late", answer_pings=False)
+    conn = b.accept()
+    try:
+        old = module_ping(c)
+        # bytes prove the client alive: the next Ping comes all the same
+        c.send_frame(TEXT, b"alive")
+        assert conn.next_frame(timeout=slow(5)).payload == b"alive"
+        module_ping(c)
+        c.send_frame(PONG, old.payload)
+        c.send_frame(TEXT, b"next")
+        f = conn.next_frame(timeout=slow(5))
+        assert f is not None and f.payload == b"next", f
+        s = status.get()
+        assert val(s, "pongs_total", peer="client") == 0, dump(s)
+        assert val(s, "rtt_seconds_count", peer="client") == 0, dump(s)
+    finally:
+        c.close()
+
+
+def test_close_frames_count_once_a_direction(nginx_factory, backend):
+    """A client that sends 200 Close frames counts one."""
+    n, port, b, status = forged_proxy(nginx_factory, backend)
+    c = Client(port, "/ws/closes")
+    try:
+        c.send_raw(encode_frame(CLOSE, close_payload(1000)) * 200)
+        s = status.wait(lambda s: val(s, "connections_active") == 0,
+                        "the connection ended")
+    finally:
+        c.close()
+    sent = sum(v for (name, labels), v in s.items()
+               if name == P + "close_frames_total"
+               and dict(labels)["from"] == "client")
+    assert sent == 1, dump(s)
