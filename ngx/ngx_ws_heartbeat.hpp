@@ -19,11 +19,7 @@ extern "C" {
 #include <ngx_http.h>
 }
 
-#if __cplusplus < 201703L && !defined(WSHB_CXX17_ERROR)
-#define WSHB_CXX17_ERROR
-#error "ngx_ws_heartbeat needs C++17, newer than this compiler's default:"
-#error "build with gcc >= 11 or clang >= 16 (./configure --with-cc=gcc-11)"
-#endif
+#include "cxx17.hpp"
 
 #include <new>
 #include <type_traits>

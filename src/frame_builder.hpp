@@ -2,13 +2,7 @@
 // No nginx types, no I/O, no heap, no exceptions.
 #pragma once
 
-// gcc <= 10 and clang <= 15 default to C++14: say so before anything of
-// C++17 fails obscurely (once, whichever header comes first)
-#if __cplusplus < 201703L && !defined(WSHB_CXX17_ERROR)
-#define WSHB_CXX17_ERROR
-#error "ngx_ws_heartbeat needs C++17, newer than this compiler's default:"
-#error "build with gcc >= 11 or clang >= 16 (./configure --with-cc=gcc-11)"
-#endif
+#include "cxx17.hpp"
 
 #include "frame.hpp"
 

@@ -315,34 +315,4 @@ void heartbeat::stop() noexcept
     state_ = stopped;
 }
 
-std::uint32_t heartbeat::pings() const noexcept
-{
-    return pings_;
-}
-
-std::uint32_t heartbeat::pongs() const noexcept
-{
-    return pongs_;
-}
-
-std::uint64_t heartbeat::rtt_last_us() const noexcept
-{
-    return rtt_last_;
-}
-
-std::uint64_t heartbeat::rtt_min_us() const noexcept
-{
-    return rtt_min_;
-}
-
-std::uint64_t heartbeat::rtt_smoothed_us() const noexcept
-{
-    return srtt_;
-}
-
-std::uint32_t heartbeat::rtt_samples() const noexcept
-{
-    return samples_;
-}
-
 } // namespace wshb

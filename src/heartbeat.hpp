@@ -7,13 +7,7 @@
 // 56 bytes per side.
 #pragma once
 
-// gcc <= 10 and clang <= 15 default to C++14: say so before anything of
-// C++17 fails obscurely (once, whichever header comes first)
-#if __cplusplus < 201703L && !defined(WSHB_CXX17_ERROR)
-#define WSHB_CXX17_ERROR
-#error "ngx_ws_heartbeat needs C++17, newer than this compiler's default:"
-#error "build with gcc >= 11 or clang >= 16 (./configure --with-cc=gcc-11)"
-#endif
+#include "cxx17.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -155,12 +149,15 @@ public:
     bool pinging() const noexcept { return ping_ && state_ != stopped; }
 
     // Figures.
-    std::uint32_t pings() const noexcept;       // made (queued), not given back
-    std::uint32_t pongs() const noexcept;       // answers: at most one per Ping
-    std::uint64_t rtt_last_us() const noexcept; // 0 = no sample yet
-    std::uint64_t rtt_min_us() const noexcept;
-    std::uint64_t rtt_smoothed_us() const noexcept;
-    std::uint32_t rtt_samples() const noexcept; // saturates at 65535
+    // pings: made (queued), not given back; pongs: answers, at most one
+    // per Ping; rtt_last_us: 0 = no sample yet; rtt_samples saturates at
+    // 65535
+    std::uint32_t pings() const noexcept { return pings_; }
+    std::uint32_t pongs() const noexcept { return pongs_; }
+    std::uint64_t rtt_last_us() const noexcept { return rtt_last_; }
+    std::uint64_t rtt_min_us() const noexcept { return rtt_min_; }
+    std::uint64_t rtt_smoothed_us() const noexcept { return srtt_; }
+    std::uint32_t rtt_samples() const noexcept { return samples_; }
 
 private:
     // idle: the next Ping is due at last_receive_ + interval.
