@@ -382,7 +382,10 @@ ngx_http_ws_heartbeat_write_out(ngx_http_ws_heartbeat_side_t *s,
 /*
  * one control frame of the module's own, queued for a side's peer: to the
  * client unmasked, to the upstream masked with a fresh random key;
- * replace: it takes the place of a queued frame not yet started
+ * replace: it takes the place of a queued frame not yet started. A Close
+ * of ours is the last frame of the stream to that peer (RFC 6455 5.5.1):
+ * once it is written, what the other side still sends that way is
+ * consumed and counted, not written (wshb::outbound::discarding()).
  */
 
 bool
@@ -415,7 +418,7 @@ ngx_http_ws_heartbeat_queue_frame(ngx_http_ws_heartbeat_side_t *s,
         s->out.drop_queued();
     }
 
-    return n != 0 && s->out.queue(frame, n);
+    return n != 0 && s->out.queue(frame, n, op == wshb::opcode::close);
 }
 
 

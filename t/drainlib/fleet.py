@@ -21,7 +21,12 @@ tick's frame, which is what a Close crossing a message in flight looks
 like (deterministically, instead of by chance on the loopback). Every
 frame is recorded with its time (Endpoint.dump() shows the history), so
 the tests can check what arrived, whole and in order, before and after
-each Close."""
+each Close.
+
+A Fleet may change the pace: Fleet(loop, tick=0.03, client_every=1) makes
+busy clients send a frame every 30 ms; close_delay=0.3 makes every backend
+connection answer a Close 300 ms after it arrived (streaming on
+meanwhile), as a backend that finishes some work first does."""
 
 import asyncio
 import os
@@ -124,6 +129,7 @@ class Endpoint(asyncio.Protocol):
         self.eof_at = None
         self.salvaged = False      # read after a write error
         self.trace = []            # (time, what, opcode, fin, payload)
+        self.started = time.monotonic()
         self.done = asyncio.get_event_loop().create_future()
 
     # -- output ---------------------------------------------------------
@@ -147,8 +153,23 @@ class Endpoint(asyncio.Protocol):
                 "" if fin is None else (" fin" if fin else " more"), p)
             for t, what, op, fin, p in self.trace)
 
+    def rx_after_close(self):
+        """(data frames, Close frames) received after the first Close."""
+        data = closes = 0
+        seen = False
+        for _, what, op, _, _ in self.trace:
+            if what != "rx":
+                continue
+            if seen and op in (CONT, TEXT, BINARY):
+                data += 1
+            if op == CLOSE:
+                if seen:
+                    closes += 1
+                seen = True
+        return data, closes
+
     def tick(self):
-        """Send the next frame of the stream (called every TICK)."""
+        """Send the next frame of the stream (called every tick)."""
         if self.close_sent or not self.upgraded:
             return
         if not self.out_frags:
@@ -337,6 +358,10 @@ class BackendConn(Endpoint):
         # a streaming backend answers at its next tick, after that tick's
         # frame: the Close has crossed a message already on its way, as it
         # does on any network with some latency (here at most one TICK)
+        if self.fleet.close_delay is not None:
+            self.fleet.loop.call_later(self.fleet.close_delay,
+                                       self.answer_close, code)
+            return
         if self.busy and not self.close_sent:
             self.close_pending = code
             return
@@ -380,7 +405,8 @@ class ClientConn(Endpoint):
     def tick(self):
         # a slower stream than the backend's
         self.ticks += 1
-        if self.out_frags or (self.ticks + self.conn_id) % CLIENT_EVERY == 0:
+        if self.out_frags or \
+                (self.ticks + self.conn_id) % self.fleet.client_every == 0:
             super().tick()
 
     def connection_made(self, transport):
@@ -410,8 +436,12 @@ class ClientConn(Endpoint):
 class Fleet:
     """The backend server, the clients, the ticker; all in one loop."""
 
-    def __init__(self, loop):
+    def __init__(self, loop, tick=TICK, client_every=CLIENT_EVERY,
+                 close_delay=None):
         self.loop = loop
+        self.tick = tick           # the pace of the busy streams
+        self.client_every = client_every   # ticks between client messages
+        self.close_delay = close_delay     # the backend's answer to a Close
         self.server = None
         self.port = None
         self.backend = {}          # (gen, id) -> BackendConn
@@ -430,7 +460,7 @@ class Fleet:
     async def _tick(self):
         nxt = self.loop.time()
         while True:
-            nxt += TICK
+            nxt += self.tick
             await asyncio.sleep(max(0.0, nxt - self.loop.time()))
             for c in list(self.backend.values()):
                 if c.busy:
