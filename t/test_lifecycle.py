@@ -9,7 +9,7 @@ in a location with post_action.
 
 Many clients and a recording backend come from t/drainlib/fleet.py; one
 connection scenarios use lib.wsproto's raw Client and Backend. Timing
-bounds are generous and scaled by SLOW (3 under ASan)."""
+bounds are generous and scaled by lib.nginx's slowdown factor."""
 
 import asyncio
 import os
@@ -22,12 +22,9 @@ import time
 import pytest
 
 from drainlib.fleet import Fleet, alive, wait_gone
-from lib.nginx import PRELOAD, free_port, wait_for
+from lib.nginx import SLOWDOWN as SLOW, free_port, wait_for
 from lib.wsproto import CLOSE, PING, TEXT, Client, close_payload
 from test_observability import LOG_FORMAT_CONF, Status, closes, read_log, val
-
-# lib.nginx has no slowdown factor: a sanitized nginx is about 3x slower
-SLOW = 3.0 if PRELOAD else 1.0
 
 
 @pytest.fixture
