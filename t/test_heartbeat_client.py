@@ -4,8 +4,15 @@ real nginx with the real module."""
 import socket
 import time
 
+import pytest
+
 from lib import wsproto
 from lib.wsproto import BINARY, CLOSE, PONG, TEXT, Client
+
+# the client-side tests run with the client on TCP and on a unix socket
+# ("listen unix:"); $remote_addr of the latter is "unix:"
+CLIENTS = ["tcp", "unix"]
+CLIENT_ADDR = {"tcp": r"127\.0\.0\.1", "unix": r"unix:"}
 
 
 def intervals(pings):
@@ -40,13 +47,14 @@ def test_idle_client_gets_pings_and_outlives_proxy_read_timeout(ws_proxy):
     c.close()
 
 
-def test_dead_client_backend_gets_close_1001(ws_proxy):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_dead_client_backend_gets_close_1001(ws_proxy, client):
     interval, timeout = 0.3, 0.5
     n, port, b = ws_proxy("""
             ws_heartbeat on;
             ws_heartbeat_interval 300ms;
             ws_heartbeat_timeout 500ms;
-            proxy_read_timeout 1m;""")
+            proxy_read_timeout 1m;""", client=client)
     c = Client(port, answer_pings=False)
     conn = b.accept()
     c.send_frame(TEXT, b"last words")
@@ -63,7 +71,7 @@ def test_dead_client_backend_gets_close_1001(ws_proxy):
     # and the client connection is closed too
     assert c.wait_closed(5)
     n.wait_log(r"\[info\].*ws heartbeat: closing, client heartbeat timeout "
-               r'in location "/".*client: 127\.0\.0\.1')
+               r'in location "/".*client: ' + CLIENT_ADDR[client])
     c.close()
 
 
@@ -102,12 +110,13 @@ def test_read_timeout_closes_idle_data(ws_proxy):
     c.close()
 
 
-def test_send_timeout_closes_slow_consumer(ws_proxy):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_send_timeout_closes_slow_consumer(ws_proxy, client):
     n, port, b = ws_proxy("""
             ws_heartbeat on;
             ws_heartbeat_interval 10s;
             ws_heartbeat_send_timeout 500ms;
-            send_timeout 30s;""")
+            send_timeout 30s;""", client=client)
     c = Client(port)
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     conn = b.accept()

@@ -19,7 +19,6 @@ import secrets
 import selectors
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import tempfile
@@ -29,7 +28,6 @@ import time
 import pytest
 
 from conftest import proxy_server
-from lib import wsproto
 from lib.nginx import free_port, wait_for
 from lib.wsproto import BINARY, CLOSE, PING, PONG, TEXT, Client
 
@@ -71,7 +69,8 @@ def ping_seq(f):
 
 class BackendProcess:
     """A backend in its own process (and process group): the first line of
-    its stdout is the port it listens on."""
+    its stdout is the port it listens on, or the path of its unix socket
+    (then self.port is that path, a str)."""
 
     def __init__(self, argv, stderr_path, env=None, start_timeout=15.0):
         self.stderr_path = stderr_path
@@ -80,7 +79,8 @@ class BackendProcess:
                                      stderr=self.stderr, env=env,
                                      start_new_session=True)
         self.pid = self.proc.pid
-        self.port = int(self._first_line(start_timeout))
+        line = self._first_line(start_timeout)
+        self.port = int(line) if line.isdigit() else line
 
     def _first_line(self, timeout):
         sel = selectors.DefaultSelector()
@@ -92,7 +92,7 @@ class BackendProcess:
         finally:
             sel.close()
         line = self.proc.stdout.readline().decode().strip()
-        if not line.isdigit():
+        if not line.isdigit() and not line.startswith("/"):
             raise AssertionError("backend did not start (%r): %s"
                                  % (line, self.errors()))
         return line
@@ -147,10 +147,12 @@ def procs(tmp_path):
         p.stop()
 
 
-def py_echo_argv(host=None):
+def py_echo_argv(host=None, unix=None):
     argv = [PYTHON, PY_ECHO]
     if host:
         argv += ["--host", host]
+    if unix:
+        argv += ["--unix", unix]
     return argv
 
 
@@ -250,8 +252,18 @@ def expect_upstream_timeout_close(c, t0, interval, timeout):
     return took
 
 
-def test_frozen_backend_client_gets_1011(procs, nginx_factory):
-    bp = procs(py_echo_argv())
+def echo_backend(procs, upstream, sockdir):
+    """t/backends/py_echo.py on 127.0.0.1 or, upstream "unix", on a unix
+    socket (proxy_pass http://unix:...:)."""
+    if upstream == "unix":
+        return procs(py_echo_argv(unix=os.path.join(sockdir, "echo.sock")))
+    return procs(py_echo_argv())
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_frozen_backend_client_gets_1011(sockdir, procs, nginx_factory,
+                                         upstream):
+    bp = echo_backend(procs, upstream, sockdir)
     port = free_port()
     n = nginx_factory(proxy_server(port, bp.port, FROZEN), port=port)
     c = Client(port, answer_pings=True)
@@ -270,15 +282,17 @@ def test_frozen_backend_client_gets_1011(procs, nginx_factory):
     c.close()
 
 
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
 @pytest.mark.parametrize("client", ["idle", "chatty"])
-def test_deaf_backend_gets_masked_close_1001(ws_proxy, client):
+def test_deaf_backend_gets_masked_close_1001(ws_proxy, client, upstream):
     """Beyond the frozen process: a raw backend that reads everything but
     never sends a byte shows what nginx writes to it. Its last frames are
     the unanswered Ping and a masked Close 1001 "heartbeat timeout"; a
     client sending data all along changes nothing (only the backend's bytes
     prove the backend alive)."""
     n, port, b = ws_proxy(FROZEN,
-                          backend_kw=dict(mode="silent", answer_pings=False))
+                          backend_kw=dict(mode="silent", answer_pings=False),
+                          upstream=upstream)
     c = Client(port, answer_pings=True)
     conn = b.accept()
     t0 = time.monotonic()
@@ -317,23 +331,6 @@ def ip(*args):
                        stderr=subprocess.STDOUT, text=True, timeout=30)
     assert r.returncode == 0, "ip %s: %s" % (" ".join(args), r.stdout)
     return r.stdout
-
-
-class _UnixSocketModule:
-    """Stands in for the socket module inside lib.wsproto while a Client is
-    made: its one TCP connect goes to nginx's unix socket instead."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def create_connection(self, address, timeout=None):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        s.connect(self.path)
-        return s
-
-    def __getattr__(self, name):
-        return getattr(socket, name)
 
 
 @contextlib.contextmanager
@@ -410,8 +407,7 @@ VANISHED = """
 """
 
 
-def test_vanished_backend_client_gets_1011(procs, nginx_factory,
-                                           monkeypatch):
+def test_vanished_backend_client_gets_1011(procs, nginx_factory):
     sockdir = tempfile.mkdtemp(prefix="wshb-")
     sock = os.path.join(sockdir, "nginx.sock")
     try:
@@ -427,7 +423,7 @@ def test_vanished_backend_client_gets_1011(procs, nginx_factory,
             n.cmd = lambda *extra: (["ip", "netns", "exec", link["ns_p"]]
                                     + plain_cmd(*extra))
             try:
-                vanish(n, bp, link, sock, monkeypatch)
+                vanish(n, bp, link, sock)
             finally:
                 # stop both while their namespaces still exist
                 n.stop()
@@ -436,21 +432,9 @@ def test_vanished_backend_client_gets_1011(procs, nginx_factory,
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
-def vanish(n, bp, link, sock, monkeypatch):
-    n.start()
-
-    def listening():
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(sock)
-            return True
-        except OSError:
-            return False
-    wait_for(listening, 10, what="nginx on " + sock)
-
-    with monkeypatch.context() as m:
-        m.setattr(wsproto, "socket", _UnixSocketModule(sock))
-        c = Client(0, answer_pings=True)
+def vanish(n, bp, link, sock):
+    n.start(sock)
+    c = Client(sock, answer_pings=True)
     assert c.status == 101, c.head + n.log()[-2000:]
     c.send_text("across the link")
     f = c.recv_frame(timeout=5)

@@ -131,14 +131,31 @@ def read_http_head(sock, buf=b"", limit=65536):
     return head.decode("latin-1"), rest
 
 
+def connect(port, host="127.0.0.1", timeout=10.0):
+    """A TCP connection to host:port, or to the unix socket at the path
+    port (a str)."""
+    if isinstance(port, str):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(port)
+        except OSError:
+            s.close()
+            raise
+        return s
+    return socket.create_connection((host, port), timeout)
+
+
 class Client:
     """A raw WebSocket client. answer_pings: reply to the module's Pings
-    (and the backend's) with a Pong echoing the payload, as browsers do."""
+    (and the backend's) with a Pong echoing the payload, as browsers do.
+    port: nginx's TCP port on host, or the path of its unix socket (a
+    str, for "listen unix:")."""
 
     def __init__(self, port, path="/", host="127.0.0.1", headers=None,
                  tls=False, timeout=10.0, answer_pings=True, extra=b"",
                  upgrade="websocket"):
-        self.sock = socket.create_connection((host, port), timeout)
+        self.sock = connect(port, host, timeout)
         if tls:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
@@ -153,8 +170,12 @@ class Client:
         self.parser = Parser()
         self.frames = []          # received, not yet returned
         self.pings = []           # (monotonic time, Frame) of module Pings
+        self.read_size = 1 << 20  # a slow reader: less, and a pause
+        self.read_pause = 0.0     # before each read
         key = base64.b64encode(os.urandom(16))
-        lines = ["GET %s HTTP/1.1" % path, "Host: %s:%d" % (host, port),
+        authority = "localhost" if isinstance(port, str) \
+            else "%s:%d" % (host, port)
+        lines = ["GET %s HTTP/1.1" % path, "Host: " + authority,
                  "Upgrade: %s" % upgrade, "Connection: Upgrade",
                  "Sec-WebSocket-Key: " + key.decode(),
                  "Sec-WebSocket-Version: 13"]
@@ -205,9 +226,11 @@ class Client:
         self.send_frame(TEXT, text.encode())
 
     def _fill(self, timeout):
+        if self.read_pause:
+            time.sleep(min(self.read_pause, timeout))
         self.sock.settimeout(timeout)
         try:
-            data = self.sock.recv(1 << 20)
+            data = self.sock.recv(self.read_size)
         except socket.timeout:
             return False
         if not data:
@@ -279,6 +302,8 @@ class Conn:
         self.raw = bytearray()        # every byte received after the 101
         self.closed = threading.Event()
         self.lock = threading.Lock()
+        self.reading = threading.Event()   # clear: the backend stops reading
+        self.reading.set()
 
     def send(self, data):
         with self.lock:
@@ -315,23 +340,35 @@ class Backend:
     back as received, unmasked (fragments and control frames included);
     "silent": frames are only recorded. Pings from nginx are answered with a
     Pong unless answer_pings is False. A Close is answered with a Close and
-    the TCP connection is then shut down, unless answer_close is False."""
+    the TCP connection is then shut down, unless answer_close is False.
+    unix: listen on a unix socket at that path instead; self.port is then
+    the path (a str). A slow reader: at most read_size bytes a read, with
+    read_pause seconds between reads; Conn.reading cleared: no reads."""
 
     def __init__(self, mode="echo", answer_pings=True, extensions=None,
                  upgrade="websocket", status=101, tls_context=None,
-                 answer_close=True):
+                 answer_close=True, unix=None, read_size=1 << 20,
+                 read_pause=0.0):
         self.mode = mode
+        self.read_size = read_size
+        self.read_pause = read_pause
         self.answer_close = answer_close
         self.answer_pings = answer_pings
         self.extensions = extensions
         self.upgrade = upgrade
         self.status = status
         self.tls_context = tls_context
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
+        if unix:
+            self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.lsock.bind(unix)
+            os.chmod(unix, 0o777)     # nginx's workers may be "nobody"
+            self.port = unix
+        else:
+            self.lsock = socket.socket()
+            self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.lsock.bind(("127.0.0.1", 0))
+            self.port = self.lsock.getsockname()[1]
         self.lsock.listen(512)
-        self.port = self.lsock.getsockname()[1]
         self.conns = queue.Queue()
         self.all = []
         self.stopping = False
@@ -379,7 +416,10 @@ class Backend:
                     conn.raw += data
                     for f in parser.feed(data):
                         self._frame(conn, f)
-                data = s.recv(1 << 20)
+                conn.reading.wait()
+                if self.read_pause:
+                    time.sleep(self.read_pause)
+                data = s.recv(self.read_size)
                 if not data:
                     break
         except OSError:
@@ -417,6 +457,7 @@ class Backend:
         self.stopping = True
         self.lsock.close()
         for c in self.all:
+            c.reading.set()
             try:
                 c.close()
             except OSError:
