@@ -62,6 +62,13 @@ struct ngx_http_ws_heartbeat_io {
 
             if (hb != nullptr) {
                 hb->on_write_blocked(ngx_current_msec);
+
+                /* our Ping waits behind these writes: it is stuck now */
+
+                if (ctx->is(side, NGX_HTTP_WS_HB_S_PING_QUEUED)) {
+                    ngx_http_ws_heartbeat_stuck(side, c);
+                }
+
                 ngx_http_ws_heartbeat_arm(ctx);
             }
         }

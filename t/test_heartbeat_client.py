@@ -2,11 +2,14 @@
 real nginx with the real module."""
 
 import socket
+import threading
 import time
 
 import pytest
 
+from conftest import status_server, status_value
 from lib import wsproto
+from lib.nginx import free_port
 from lib.wsproto import BINARY, CLOSE, PONG, TEXT, Client
 
 # the client-side tests run with the client on TCP and on a unix socket
@@ -72,6 +75,91 @@ def test_dead_client_backend_gets_close_1001(ws_proxy, client):
     assert c.wait_closed(5)
     n.wait_log(r"\[info\].*ws heartbeat: closing, client heartbeat timeout "
                r'in location "/".*client: ' + CLIENT_ADDR[client])
+    c.close()
+
+
+def stream(conn, size, stop):
+    """The backend sends size-byte binary frames to the client as fast as
+    nginx takes them, until stop is set or the connection breaks."""
+    frame = wsproto.encode_frame(BINARY, b"b" * size, mask=False)
+    try:
+        while not stop.is_set():
+            conn.send(frame)
+    except OSError:
+        pass
+
+
+def streaming(conn, size=65536):
+    stop = threading.Event()
+    threading.Thread(target=stream, args=(conn, size, stop),
+                     daemon=True).start()
+    return stop
+
+
+STREAMING_BOUND = 8.0
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_frozen_client_streaming_backend_gets_close_1001(ws_proxy, client):
+    """The client stops reading (and sending) while the backend streams to
+    it: nginx's writes to it soon block, and the module's Ping waits behind
+    the backend's frames, never written. What tells a frozen client from a
+    slow one is whether it still takes bytes: ACKs on TCP, the queue of
+    unread bytes on a unix socket (which has no ACKs)."""
+    n, port, b = ws_proxy("""
+            ws_heartbeat on;
+            ws_heartbeat_interval 200ms;
+            ws_heartbeat_timeout 500ms;
+            proxy_read_timeout 1m;""", client=client,
+                          backend_kw=dict(mode="silent"))
+    c = Client(port, answer_pings=False)
+    conn = b.accept()
+    c.send_frame(TEXT, b"last words")
+    assert conn.next_frame().payload == b"last words"
+    t0 = time.monotonic()
+    stop = streaming(conn)
+    try:
+        f = conn.next_frame(timeout=STREAMING_BOUND + 2)
+        took = time.monotonic() - t0
+    finally:
+        stop.set()
+    assert f is not None, "no Close %.1fs after the client froze" % took
+    assert f.opcode == CLOSE and f.close_code == 1001, (f, f.payload)
+    assert f.payload[2:] == b"heartbeat timeout"
+    assert 0.4 <= took <= STREAMING_BOUND, took
+    print("frozen client, streaming backend: Close 1001 %.3fs after" % took)
+    n.wait_log(r"ws heartbeat: closing, client heartbeat timeout")
+    c.close()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_slow_client_is_not_declared_dead(ws_proxy, client):
+    """The other side of the frozen client: one that reads slowly (16 KiB
+    every 150 ms) while the backend streams to it. The writes to it block
+    for longer than the heartbeat timeout, again and again, with a Ping
+    waiting behind the frames; yet it takes bytes, so it is alive."""
+    sport = free_port()
+    n, port, b = ws_proxy("""
+            ws_heartbeat on;
+            ws_heartbeat_interval 200ms;
+            ws_heartbeat_timeout 1s;""", client=client,
+                          backend_kw=dict(mode="silent"),
+                          http_extra=status_server(sport))
+    c = Client(port, answer_pings=True)
+    c.read_size, c.read_pause = 16384, 0.15
+    conn = b.accept()
+    stop = streaming(conn, 8192)
+    try:
+        c.pump(4.0)
+    finally:
+        stop.set()
+    assert not c.closed, n.log()[-2000:]
+    assert "heartbeat timeout" not in n.log()
+    assert not conn.closed.is_set()
+    assert not [f for f in conn.received if f.opcode == CLOSE]
+    # Pings were due (and waited behind the frames)
+    assert status_value(
+        sport, 'nginx_ws_heartbeat_pings_total{peer="client"}') >= 1
     c.close()
 
 

@@ -19,6 +19,7 @@ import secrets
 import selectors
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import tempfile
@@ -27,7 +28,8 @@ import time
 
 import pytest
 
-from conftest import proxy_server
+from conftest import proxy_server, status_server, status_value
+from lib import wsproto
 from lib.nginx import free_port, wait_for
 from lib.wsproto import BINARY, CLOSE, PING, PONG, TEXT, Client
 
@@ -319,6 +321,106 @@ def test_deaf_backend_gets_masked_close_1001(ws_proxy, client, upstream):
     else:
         assert [f.opcode for f in got] == [PING, CLOSE], got
     n.wait_log(UPSTREAM_TIMEOUT_LOG, timeout=5)
+    c.close()
+
+
+def stream(c, frame, stop):
+    """Send frame after frame to the client's socket until stop is set or
+    the connection breaks; a send that times out is retried from where it
+    stopped, so frames are never cut. Holds the client's writer lock
+    (Pongs wait for it)."""
+    with c.lock:
+        while not stop.is_set():
+            view = memoryview(frame)
+            while view and not stop.is_set():
+                try:
+                    view = view[c.sock.send(view):]
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+
+
+@contextlib.contextmanager
+def streaming(c, size=65536):
+    """The client sends size-byte binary frames as fast as nginx takes
+    them, in a thread, for the duration of the block."""
+    stop = threading.Event()
+    frame = wsproto.encode_frame(BINARY, b"s" * size)
+    t = threading.Thread(target=stream, args=(c, frame, stop), daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(5)
+
+
+STREAMING_BOUND = 8.0
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_frozen_backend_streaming_client_gets_1011(sockdir, procs,
+                                                   nginx_factory, upstream):
+    """The backend freezes while the client keeps sending: nginx's writes
+    to it soon block, and the module's Ping waits behind the client's
+    frames, never written, so no Pong can be missed. What tells a frozen
+    backend from a slow one is then whether it still takes bytes: ACKs on
+    TCP, the queue of unread bytes on a unix socket (which has no ACKs,
+    and once counted as alive whatever happened)."""
+    bp = echo_backend(procs, upstream, sockdir)
+    port = free_port()
+    n = nginx_factory(proxy_server(port, bp.port, FROZEN), port=port)
+    c = Client(port, answer_pings=True)
+    assert c.status == 101, c.head
+    c.send_text("before the freeze")
+    f = c.recv_frame(timeout=5)
+    assert f is not None and f.payload == b"before the freeze", f
+
+    bp.signal(signal.SIGSTOP)
+    t0 = time.monotonic()
+    with streaming(c):
+        f = c.recv_frame(timeout=STREAMING_BOUND + 2)
+        took = time.monotonic() - t0
+    assert f is not None, "no Close %.1fs after SIGSTOP (closed=%s)" % (
+        took, c.closed)
+    assert f.opcode == CLOSE and f.close_code == 1011, (f, f.payload)
+    assert close_reason(f) == b"upstream timeout", f.payload
+    assert FROZEN_TIMEOUT - 0.1 <= took <= STREAMING_BOUND, took
+    print("frozen backend, streaming client: Close 1011 %.3fs after SIGSTOP"
+          % took)
+    n.wait_log(UPSTREAM_TIMEOUT_LOG, timeout=5)
+    assert c.wait_closed(5)
+    c.close()
+
+
+SLOW = """
+            ws_heartbeat on;
+            ws_heartbeat_upstream on;
+            ws_heartbeat_interval 200ms;
+            ws_heartbeat_timeout 1s;"""
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_slow_backend_is_not_declared_dead(ws_proxy, upstream):
+    """The other side of the frozen backend: one that reads slowly (16 KiB
+    every 150 ms) while the client streams. The writes to it block for
+    longer than the heartbeat timeout, again and again, with a Ping
+    waiting behind the frames; yet it takes bytes, so it is alive."""
+    sport = free_port()
+    n, port, b = ws_proxy(SLOW, upstream=upstream, backend_kw=dict(
+        mode="silent", read_size=16384, read_pause=0.15),
+        http_extra=status_server(sport))
+    c = Client(port, answer_pings=True)
+    b.accept()
+    with streaming(c, 8192):
+        c.pump(4.0)
+    assert not c.closed, n.log()[-2000:]
+    assert "heartbeat timeout" not in n.log()
+    assert not [f for f in c.frames if f.opcode == CLOSE]
+    # Pings were due (and waited behind the frames)
+    assert status_value(
+        sport, 'nginx_ws_heartbeat_pings_total{peer="upstream"}') >= 1
     c.close()
 
 
