@@ -199,7 +199,10 @@ ngx_http_ws_heartbeat_set_time(ngx_conf_t *cf, ngx_command_t *cmd,
 static void *
 ngx_http_ws_heartbeat_create_main_conf(ngx_conf_t *cf) noexcept
 {
-    /* all NULL: filled at postconfiguration and by the first relay */
+    /*
+     * all NULL or 0: drain is set by the merge of a location that drains,
+     * the rest at postconfiguration, in each worker and by the first relay
+     */
 
     return ngx_pcalloc(cf->pool, sizeof(ngx_http_ws_heartbeat_main_conf_t));
 }
@@ -239,8 +242,9 @@ ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_http_ws_heartbeat_loc_conf_t *conf =
         static_cast<ngx_http_ws_heartbeat_loc_conf_t *>(child);
 
-    ngx_http_core_loc_conf_t  *clcf;
-    ngx_http_upstream_conf_t  *ucf;
+    ngx_http_core_loc_conf_t           *clcf;
+    ngx_http_upstream_conf_t           *ucf;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
 
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_value(conf->upstream, prev->upstream, 0);
@@ -254,6 +258,15 @@ ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf, void *parent,
 
     if (!conf->enable) {
         return NGX_CONF_OK;
+    }
+
+    /* a location that drains: each worker needs the exit watch */
+
+    if (conf->drain) {
+        hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
+                   ngx_http_conf_get_module_main_conf(cf,
+                                                  ngx_ws_heartbeat_module));
+        hmcf->drain = 1;
     }
 
     /*

@@ -93,6 +93,7 @@ typedef struct {
 
 typedef struct {
     ngx_connection_t               *watch;  /* per worker: exit signal */
+    ngx_uint_t                      drain;  /* some location drains */
     ngx_shm_zone_t                 *zone;
     ngx_http_ws_heartbeat_stats_t  *stats;
 
