@@ -272,6 +272,20 @@ ngx_http_ws_heartbeat_send(ngx_connection_t *c, u_char *buf, size_t size)
 
     n = s->out.send(io, buf, size);
 
+    /*
+     * the client's data goes to the upstream: each write of a data frame's
+     * payload counts for ws_heartbeat_read_timeout, not only its header
+     * (on_header()), so a long frame streamed slowly is not idle; a load
+     * and a store a call, nothing per byte
+     */
+
+    if (n > 0
+        && s->which() == NGX_HTTP_WS_HB_UPSTREAM
+        && wshb::is_data(s->out.last_header().op))
+    {
+        io.ctx->client_hb.on_data(ngx_current_msec);
+    }
+
     ngx_http_ws_heartbeat_after_write(s);
 
     return n;

@@ -371,6 +371,17 @@ ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
             hb->on_receive(ngx_current_msec);
         }
 
+        /*
+         * the client's data held back behind writes to the upstream that
+         * block is no idleness of the client's (ws_heartbeat_read_timeout)
+         */
+
+        if (s->which() == NGX_HTTP_WS_HB_CLIENT
+            && ctx->is(&ctx->upstream, NGX_HTTP_WS_HB_S_BLOCKED))
+        {
+            hb->on_data(ngx_current_msec);
+        }
+
         /* a Ping stuck behind writes that block: is the peer reading? */
 
         if (ctx->is(s, NGX_HTTP_WS_HB_S_PING_QUEUED)

@@ -1,6 +1,7 @@
 """Pings to the client, dead-client detection, read and send timeouts, on a
 real nginx with the real module."""
 
+import os
 import socket
 import threading
 import time
@@ -195,6 +196,90 @@ def test_read_timeout_closes_idle_data(ws_proxy):
     assert 0.5 <= took <= 1.6, took
     assert c.wait_closed(5)
     n.wait_log(r"ws heartbeat: closing, client read timeout")
+    c.close()
+
+
+READ_TIMEOUT = 0.6
+READ = """
+            ws_heartbeat on;
+            ws_heartbeat_interval 200ms;
+            ws_heartbeat_timeout 5s;
+            ws_heartbeat_read_timeout 600ms;"""
+
+
+def expect_read_timeout(n, conn, c, t0, low=READ_TIMEOUT - 0.1):
+    """The idle client is closed: the backend gets Close 1001 "read
+    timeout" READ_TIMEOUT after t0 (its last data)."""
+    f = conn.next_frame(timeout=5)
+    took = time.monotonic() - t0
+    assert f is not None and f.opcode == CLOSE and f.close_code == 1001, f
+    assert f.payload[2:] == b"read timeout"
+    assert low <= took <= READ_TIMEOUT + 1.0, took
+    assert c.wait_closed(5)
+    n.wait_log(r"ws heartbeat: closing, client read timeout")
+
+
+def pump_alive(c, conn, seconds, t0, what):
+    """c.pump(seconds); the connection must stay open all along."""
+    try:
+        c.pump(seconds)
+    except ConnectionError:
+        c.closed = True
+    closes = [f for f in conn.received if f.opcode == CLOSE]
+    assert not c.closed and not closes, "closed as idle %.2fs %s: %r" % (
+        time.monotonic() - t0, what, [f.payload for f in closes])
+
+
+def test_read_timeout_counts_a_long_frame(ws_proxy):
+    """A client streaming one 1 MiB frame, in pieces over 3 x the read
+    timeout, sends data all along, not only when the frame's header goes
+    out; idle after it, it is closed."""
+    n, port, b = ws_proxy(READ, backend_kw=dict(mode="silent"))
+    c = Client(port)
+    conn = b.accept()
+    payload = os.urandom(1 << 20)
+    raw = wsproto.encode_frame(BINARY, payload)
+    pieces = 32
+    step = len(raw) // pieces + 1
+    pause = 3 * READ_TIMEOUT / pieces
+    t0 = time.monotonic()
+    for i in range(0, len(raw), step):
+        c.send_raw(raw[i:i + step])
+        pump_alive(c, conn, pause, t0, "into the frame")
+    last = time.monotonic()
+    assert last - t0 >= 3 * READ_TIMEOUT
+    f = conn.next_frame(timeout=5)
+    assert f is not None and f.opcode == BINARY and f.payload == payload, f
+    expect_read_timeout(n, conn, c, last)
+    c.close()
+
+
+def test_read_timeout_counts_frames_held_back(ws_proxy):
+    """A client whose frames wait in nginx because the backend stopped
+    reading (its TCP connection up) for 2 x the read timeout is not idle;
+    once they are through and it is idle, it is closed."""
+    n, port, b = ws_proxy(READ, backend_kw=dict(mode="silent"))
+    c = Client(port)
+    conn = b.accept()
+    conn.reading.clear()
+    frames = [os.urandom(65536) for _ in range(64)]    # 4 MiB
+    raw = b"".join(wsproto.encode_frame(BINARY, p) for p in frames)
+    sender = threading.Thread(target=c.send_raw, args=(raw,), daemon=True)
+    t0 = time.monotonic()
+    sender.start()
+    pump_alive(c, conn, 2 * READ_TIMEOUT, t0, "with its frames held back")
+    conn.reading.set()
+    got = []
+    while len(got) < len(frames):
+        f = conn.next_frame(timeout=5)
+        assert f is not None and f.opcode == BINARY, \
+            "frame %d: %r after %.2fs" % (len(got), f, time.monotonic() - t0)
+        got.append(f.payload)
+    last = time.monotonic()
+    assert got == frames
+    sender.join(5)
+    # (nginx wrote the last bytes a little before the backend parsed them)
+    expect_read_timeout(n, conn, c, last, low=0)
     c.close()
 
 
