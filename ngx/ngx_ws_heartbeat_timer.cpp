@@ -235,6 +235,12 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
  * not count as alive and the heartbeat timeout holds.
  */
 
+/*
+ * the family of a side's socket: the client's is that of the listening
+ * socket (the realip module gives c->sockaddr the client's IP address,
+ * whatever the socket is), the upstream's that of the peer's address
+ */
+
 static int
 ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_side_t *s,
     ngx_connection_t *c) noexcept
@@ -243,7 +249,7 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_side_t *s,
     ngx_http_upstream_t  *u;
 
     if (s->which() == NGX_HTTP_WS_HB_CLIENT) {
-        sa = c->sockaddr;
+        sa = c->listening != NULL ? c->listening->sockaddr : c->sockaddr;
 
     } else {
         u = ngx_http_ws_heartbeat_ctx_of(s)->request->upstream;

@@ -133,20 +133,27 @@ def test_frozen_client_streaming_backend_gets_close_1001(ws_proxy, client):
     c.close()
 
 
-@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("client", CLIENTS + ["unix-realip"])
 def test_slow_client_is_not_declared_dead(ws_proxy, client):
     """The other side of the frozen client: one that reads slowly (16 KiB
     every 150 ms) while the backend streams to it. The writes to it block
     for longer than the heartbeat timeout, again and again, with a Ping
-    waiting behind the frames; yet it takes bytes, so it is alive."""
+    waiting behind the frames; yet it takes bytes, so it is alive.
+    unix-realip: the realip module gives the connection the client's IP
+    address; its socket is still a unix one."""
     sport = free_port()
+    realip = client == "unix-realip"
     n, port, b = ws_proxy("""
             ws_heartbeat on;
             ws_heartbeat_interval 200ms;
-            ws_heartbeat_timeout 1s;""", client=client,
+            ws_heartbeat_timeout 1s;
+            %s""" % ("set_real_ip_from unix:; real_ip_header X-Real-IP;"
+                     if realip else ""),
+                          client="unix" if realip else client,
                           backend_kw=dict(mode="silent"),
                           http_extra=status_server(sport))
-    c = Client(port, answer_pings=True)
+    c = Client(port, answer_pings=True,
+               headers={"X-Real-IP": "203.0.113.7"} if realip else None)
     c.read_size, c.read_pause = 16384, 0.15
     conn = b.accept()
     stop = streaming(conn, 8192)
