@@ -288,7 +288,10 @@ ngx_http_ws_heartbeat_set_max_age(ngx_conf_t *cf, ngx_command_t *cmd,
 static void *
 ngx_http_ws_heartbeat_create_main_conf(ngx_conf_t *cf) noexcept
 {
-    /* all NULL: filled at postconfiguration and by the first relay */
+    /*
+     * all NULL or 0: drain is set by the merge of a location that drains,
+     * the rest at postconfiguration, in each worker and by the first relay
+     */
 
     return ngx_pcalloc(cf->pool, sizeof(ngx_http_ws_heartbeat_main_conf_t));
 }
@@ -362,11 +365,15 @@ ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf, void *parent,
         return NGX_CONF_OK;
     }
 
-    /* what a worker may need at exit, for the check in init_module */
+    /*
+     * every worker needs the exit watch (a drain, or stepping aside with
+     * ws_heartbeat_drain off); the longest drain, for init_module's check
+     */
 
     hmcf = static_cast<ngx_http_ws_heartbeat_main_conf_t *>(
                ngx_http_conf_get_module_main_conf(cf,
                                                   ngx_ws_heartbeat_module));
+    hmcf->watched = 1;
 
     if (conf->drain) {
         hmcf->longest_drain = ngx_max(hmcf->longest_drain,

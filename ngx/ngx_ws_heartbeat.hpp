@@ -120,6 +120,7 @@ typedef struct {
 
 typedef struct {
     ngx_connection_t               *watch;  /* per worker: exit signal */
+    ngx_uint_t                      watched; /* ws_heartbeat somewhere */
     ngx_shm_zone_t                 *zone;
     ngx_http_ws_heartbeat_stats_t  *stats;
     ngx_http_ws_heartbeat_worker_t *slot;   /* per worker: its own */
@@ -145,6 +146,11 @@ typedef enum {
     NGX_HTTP_WS_HB_CLIENT = 0,
     NGX_HTTP_WS_HB_UPSTREAM
 } ngx_http_ws_heartbeat_side_e;
+
+
+/* ctx->unsent[which]: nothing seen of the peer's queue yet */
+
+#define NGX_HTTP_WS_HB_UNSENT_NONE      0xffffffff
 
 
 /* a side's flags: ctx->side_flags[which] */
@@ -197,8 +203,20 @@ struct ngx_http_ws_heartbeat_ctx_t {
 
     ngx_http_request_t                 *request;
 
-    /* at the 101 header: the relay has started when it has changed */
-    ngx_http_event_handler_pt           header_write_handler;
+    /*
+     * Two fields, one after the other in the same 8 bytes (the ctx has no
+     * other room within its 256). header_write_handler: r's write handler
+     * at the 101 header; the relay has started when it has changed, which
+     * the first body filter call checks before it hooks the relay, and
+     * nothing reads it after. unsent: from the hook on, per side
+     * (which()), what the stuck-Ping check last saw of the peer's unread
+     * bytes on a unix socket (SIOCOUTQ), to tell a slow reader from a
+     * frozen one; NGX_HTTP_WS_HB_UNSENT_NONE: no look yet.
+     */
+    union {
+        ngx_http_event_handler_pt       header_write_handler;
+        std::uint32_t                   unsent[2];
+    };
 
     std::uint8_t                        side_flags[2]; /* NGX_..._S_* */
 
@@ -519,6 +537,8 @@ void ngx_http_ws_heartbeat_unhook(ngx_connection_t *c) noexcept;
 
 void ngx_http_ws_heartbeat_start(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
 void ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
+void ngx_http_ws_heartbeat_stuck(ngx_http_ws_heartbeat_side_t *s,
+    ngx_connection_t *c) noexcept;
 void ngx_http_ws_heartbeat_read_handler(ngx_http_request_t *r) noexcept;
 
 

@@ -261,13 +261,17 @@ ngx_http_ws_heartbeat_exiting(ngx_event_t *ev) noexcept
 /*
  * nginx tells an exiting worker's idle connections by calling their read
  * handler with c->close set; a connection of our own, marked idle and
- * never added to the event loop, is how the module learns of it
+ * never added to the event loop, is how the module learns of it. Only
+ * where some location drains. Its fd is one of /dev/null: no network,
+ * nothing to poll, and ngx_close_connection() only close()s it (epoll
+ * forgets a closed fd by itself). Without it the worker serves on and
+ * leaves its connections at exit to nginx, as without the module.
  */
 
 ngx_int_t
 ngx_http_ws_heartbeat_init_process(ngx_cycle_t *cycle) noexcept
 {
-    ngx_socket_t                        s;
+    ngx_fd_t                            fd;
     ngx_connection_t                   *c;
     ngx_http_ws_heartbeat_main_conf_t  *hmcf;
 
@@ -287,17 +291,27 @@ ngx_http_ws_heartbeat_init_process(ngx_cycle_t *cycle) noexcept
 
     ngx_http_ws_heartbeat_stats_init_process(hmcf);
 
-    s = ngx_socket(AF_INET, SOCK_DGRAM, 0);
-    if (s == (ngx_socket_t) -1) {
-        ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_socket_errno,
-                      "ws heartbeat: socket() failed");
-        return NGX_ERROR;
+    if (!hmcf->watched) {
+        return NGX_OK;
     }
 
-    c = ngx_get_connection(s, cycle->log);
+    fd = ngx_open_file("/dev/null", NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
+                      "ws heartbeat: open() \"/dev/null\" for the "
+                      "worker-exit watch failed, an exiting worker's "
+                      "connections drain when their timers next wake");
+        return NGX_OK;
+    }
+
+    c = ngx_get_connection(fd, cycle->log);
     if (c == NULL) {
-        ngx_close_socket(s);
-        return NGX_ERROR;
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                      "ws heartbeat: no connection for the worker-exit "
+                      "watch, an exiting worker's connections drain when "
+                      "their timers next wake");
+        (void) ngx_close_file(fd);
+        return NGX_OK;
     }
 
     c->data = hmcf;

@@ -342,6 +342,11 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
 
     ctx->hooked = 1;
 
+    /* header_write_handler has served; its room is unsent[] from now on */
+
+    ctx->unsent[0] = NGX_HTTP_WS_HB_UNSENT_NONE;
+    ctx->unsent[1] = NGX_HTTP_WS_HB_UNSENT_NONE;
+
     r->read_event_handler = ngx_http_ws_heartbeat_read_handler;
     r->write_event_handler = ngx_http_ws_heartbeat_write_handler;
     u->write_event_handler = ngx_http_ws_heartbeat_upstream_write_handler;

@@ -62,6 +62,13 @@ struct ngx_http_ws_heartbeat_io {
 
             if (hb != nullptr) {
                 hb->on_write_blocked(ngx_current_msec);
+
+                /* our Ping waits behind these writes: it is stuck now */
+
+                if (ctx->is(side, NGX_HTTP_WS_HB_S_PING_QUEUED)) {
+                    ngx_http_ws_heartbeat_stuck(side, c);
+                }
+
                 ngx_http_ws_heartbeat_arm(ctx);
             }
         }
@@ -288,6 +295,20 @@ ngx_http_ws_heartbeat_send(ngx_connection_t *c, u_char *buf, size_t size)
     ngx_http_ws_heartbeat_io  io(s, c);
 
     n = s->out.send(io, buf, size);
+
+    /*
+     * the client's data goes to the upstream: each write of a data frame's
+     * payload counts for ws_heartbeat_read_timeout, not only its header
+     * (on_header()), so a long frame streamed slowly is not idle; a load
+     * and a store a call, nothing per byte
+     */
+
+    if (n > 0
+        && s->which() == NGX_HTTP_WS_HB_UPSTREAM
+        && wshb::is_data(s->out.last_header().op))
+    {
+        io.ctx->client_hb.on_data(ngx_current_msec);
+    }
 
     ngx_http_ws_heartbeat_after_write(s);
 

@@ -10,6 +10,10 @@
 
 #include "ngx_ws_heartbeat.hpp"
 
+#if (NGX_LINUX)
+#include <linux/sockios.h>      /* SIOCOUTQ */
+#endif
+
 
 static void ngx_http_ws_heartbeat_timer_handler(
     ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
@@ -210,29 +214,127 @@ ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
     ngx_http_ws_heartbeat_count(ngx_http_ws_heartbeat_stats(ctx),
                                 pings[s->which()]);
 
+    /* the writes to the peer block already: the Ping is stuck at once */
+
+    if (ctx->is(s, NGX_HTTP_WS_HB_S_BLOCKED)) {
+        ngx_http_ws_heartbeat_stuck(s, ngx_http_ws_heartbeat_conn(s));
+    }
+
     ngx_http_ws_heartbeat_flush(s);
 }
 
 
-/* has the peer ACKed anything within the last ms? (true if unknown) */
+/*
+ * A Ping stuck behind writes that block is no sign of death while the
+ * peer still takes bytes, only slowly (nginx writes again only once a good
+ * part of the socket buffer has drained). What the socket can tell of it:
+ *
+ * TCP: the peer still ACKs (zero-window probes too) within the last ms.
+ * A frozen peer's kernel ACKs as well, but the probes back off (0.2 s,
+ * 0.4 s, 0.8 s...) until one gap exceeds ms.
+ *
+ * unix: no ACKs; the bytes the peer has not read yet (SIOCOUTQ: the
+ * memory of the buffers queued to it, each freed once read to its end)
+ * have gone down since the last look. A frozen peer's queue does not
+ * move; a slow reader's does.
+ *
+ * Anything else, or a call that fails: nothing is learned, the peer does
+ * not count as alive and the heartbeat timeout holds.
+ */
 
-static bool
-ngx_http_ws_heartbeat_acks(ngx_connection_t *c, ngx_msec_t ms) noexcept
+/*
+ * the family of a side's socket: the client's is that of the listening
+ * socket (the realip module gives c->sockaddr the client's IP address,
+ * whatever the socket is), the upstream's that of the peer's address
+ */
+
+static int
+ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_side_t *s,
+    ngx_connection_t *c) noexcept
 {
-#if (NGX_HAVE_TCP_INFO)
-    socklen_t        len;
-    struct tcp_info  ti;
+    struct sockaddr      *sa;
+    ngx_http_upstream_t  *u;
 
-    len = sizeof(struct tcp_info);
+    if (s->which() == NGX_HTTP_WS_HB_CLIENT) {
+        sa = c->listening != NULL ? c->listening->sockaddr : c->sockaddr;
 
-    if (getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == -1) {
-        return true;
+    } else {
+        u = ngx_http_ws_heartbeat_ctx_of(s)->request->upstream;
+        sa = u != NULL ? u->peer.sockaddr : NULL;
     }
 
-    return ti.tcpi_last_ack_recv < ms;
-#else
-    return true;
+    return sa != NULL ? sa->sa_family : AF_UNSPEC;
+}
+
+
+static bool
+ngx_http_ws_heartbeat_takes(ngx_http_ws_heartbeat_side_t *s,
+    ngx_connection_t *c, ngx_msec_t ms) noexcept
+{
+#if (NGX_HAVE_TCP_INFO)
+    socklen_t         len;
+    struct tcp_info   ti;
 #endif
+#if (NGX_HAVE_UNIX_DOMAIN && defined SIOCOUTQ)
+    int               n;
+    bool              less;
+    std::uint32_t    *last;
+#endif
+
+    switch (ngx_http_ws_heartbeat_family(s, c)) {
+
+#if (NGX_HAVE_TCP_INFO)
+    case AF_INET:
+#if (NGX_HAVE_INET6)
+    case AF_INET6:
+#endif
+        len = sizeof(struct tcp_info);
+
+        if (getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == -1) {
+            return false;
+        }
+
+        return ti.tcpi_last_ack_recv < ms;
+#endif
+
+#if (NGX_HAVE_UNIX_DOMAIN && defined SIOCOUTQ)
+    case AF_UNIX:
+        last = &ngx_http_ws_heartbeat_ctx_of(s)->unsent[s->which()];
+
+        if (ioctl(c->fd, SIOCOUTQ, &n) == -1 || n < 0) {
+            *last = NGX_HTTP_WS_HB_UNSENT_NONE;
+            return false;
+        }
+
+        less = *last != NGX_HTTP_WS_HB_UNSENT_NONE && (std::uint32_t) n < *last;
+        *last = (std::uint32_t) n;
+
+        return less;
+#endif
+
+    default:
+        return false;
+    }
+}
+
+
+/*
+ * a Ping has just got stuck (queued, the side's writes blocked): the first
+ * look at the peer's queue, which the timer's next looks compare with
+ */
+
+void
+ngx_http_ws_heartbeat_stuck(ngx_http_ws_heartbeat_side_t *s,
+    ngx_connection_t *c) noexcept
+{
+    if (ngx_http_ws_heartbeat_family(s, c) != AF_UNIX) {
+        return;
+    }
+
+    ngx_http_ws_heartbeat_ctx_of(s)->unsent[s->which()] =
+                                                NGX_HTTP_WS_HB_UNSENT_NONE;
+
+    (void) ngx_http_ws_heartbeat_takes(s, c, 0);
 }
 
 
@@ -290,14 +392,21 @@ ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
         }
 
         /*
-         * a Ping stuck behind writes that block: a peer that still ACKs
-         * is alive, only slow to read (nginx writes again only once a
-         * good part of the socket buffer has drained)
+         * the client's data held back behind writes to the upstream that
+         * block is no idleness of the client's (ws_heartbeat_read_timeout)
          */
+
+        if (s->which() == NGX_HTTP_WS_HB_CLIENT
+            && ctx->is(&ctx->upstream, NGX_HTTP_WS_HB_S_BLOCKED))
+        {
+            hb->on_data(ngx_current_msec);
+        }
+
+        /* a Ping stuck behind writes that block: is the peer reading? */
 
         if (ctx->is(s, NGX_HTTP_WS_HB_S_PING_QUEUED)
             && ctx->is(s, NGX_HTTP_WS_HB_S_BLOCKED)
-            && ngx_http_ws_heartbeat_acks(c, lcf->timeout))
+            && ngx_http_ws_heartbeat_takes(s, c, lcf->timeout))
         {
             hb->on_receive(ngx_current_msec);
         }

@@ -73,13 +73,19 @@ def proxy_server(port, backend, extra="", location="/", scheme="http",
 
 
 def wait_port(port, timeout=10.0):
+    """port: a TCP port on 127.0.0.1, or the path of a unix socket."""
     def ok():
         try:
+            if isinstance(port, str):
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(0.2)
+                    s.connect(port)
+                return True
             with socket.create_connection(("127.0.0.1", port), 0.2):
                 return True
         except OSError:
             return False
-    wait_for(ok, timeout, what="port %d" % port)
+    wait_for(ok, timeout, what="port %s" % port)
 
 
 # the module's close reasons, in the order of its status output
