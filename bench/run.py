@@ -1134,17 +1134,18 @@ def section_profile(args, results):
     under the same load, instructions per relayed message and the top
     functions; then idle connections, instructions per Ping/Pong round
     trip, the module's Pings (C) against the backend's own relayed by
-    stock nginx (P)."""
-    out = {}
+    stock nginx (P). QUICK: the same with a shorter window."""
+    window = 2 if args.quick else 6     # seconds of callgrind counts
+    out = dict(window_s=window)
     for cfg_name in ("A", "C"):
         # C here: ws_heartbeat on with its default interval (30s), so that
-        # the 6 s window holds the per-frame relay path only
+        # the window holds the per-frame relay path only
         cfg = (dict(module=True, loc="ws_heartbeat on;") if cfg_name == "C"
                else dict(module=False))
         p, echoed, r = callgrind_run(
-            args, cfg_name, cfg, settle=1.5,
+            args, cfg_name, cfg, settle=1.5, window=window,
             client=dict(conns=10, size=64, rate=400, warmup=1.5,
-                        duration=PROFILE_WINDOW))
+                        duration=window))
         p.update(echoed=echoed, errors=r["errors"], pings=r["pings"],
                  ir_per_msg=p["total_ir"] / echoed if echoed else None)
         out[cfg_name] = p
@@ -1160,7 +1161,7 @@ def section_profile(args, results):
                     "ws_heartbeat_interval 1s; ws_heartbeat_timeout 10s;")
                if kind == "C" else dict(module=False))
         p, rts, r = callgrind_run(
-            args, "idle-" + kind, cfg, settle=2.5,
+            args, "idle-" + kind, cfg, settle=2.5, window=window,
             ping_ms=1000 if kind == "P" else 0,
             client=dict(conns=1000, idle=True, duration=0))
         p.update(round_trips=rts, window_rts=rts,
@@ -1175,15 +1176,12 @@ def section_profile(args, results):
     return out
 
 
-PROFILE_WINDOW = 6   # seconds of callgrind counts
-
-
-def callgrind_run(args, name, cfg, client, settle, ping_ms=0):
+def callgrind_run(args, name, cfg, client, settle, window, ping_ms=0):
     """One callgrind measurement: a single-process nginx (master_process
     off, configuration cfg) under callgrind, a backend of its own (Pings
     every ping_ms) and a Client (keyword arguments `client`). The counts
-    are zeroed `settle` s after the client is ready and dumped
-    PROFILE_WINDOW s later; the annotated listing is written to
+    are zeroed `settle` s after the client is ready and dumped `window` s
+    later; the annotated listing is written to
     OUT/callgrind-NAME.txt. Returns (total_ir, module_ir and top in a
     dict; what the client counted in the window: Ping/Pong round trips
     from an idle client's snapshots, else the messages of its own
@@ -1203,7 +1201,7 @@ def callgrind_run(args, name, cfg, client, settle, ping_ms=0):
         time.sleep(settle)
         s0 = c.snapshot() if c.idle else None
         cg_control(n.proc.pid, "-z")
-        time.sleep(PROFILE_WINDOW)
+        time.sleep(window)
         cg_control(n.proc.pid, "-d")
         if c.idle:
             count = c.snapshot()["pings"] - s0["pings"]
@@ -1446,8 +1444,9 @@ def report(results, out_dir):
         p = results["profile"]
         md += table(
             "### callgrind: user-space instructions of the nginx worker per "
-            "relayed 64 B message (10 connections, 400 msg/s, a 6 s "
-            "window; C = ws_heartbeat on, default interval)",
+            "relayed 64 B message (10 connections, 400 msg/s, a %g s "
+            "window; C = ws_heartbeat on, default interval)"
+            % p.get("window_s", 6),
             ["config", "instructions/msg", "vs A"], "lrr",
             [(k, "%.0f" % p[k]["ir_per_msg"],
               "%.3f" % (p[k]["ir_per_msg"] / p["A"]["ir_per_msg"]))
@@ -1637,7 +1636,7 @@ def main():
                 ("reload", lambda: section_reload(args, results)),
                 ("profile", lambda: section_profile(args, results))]
     for name, fn in sections:
-        if name not in only or (name == "profile" and args.quick):
+        if name not in only:
             continue
         t = time.monotonic()
         say("== %s" % name)
