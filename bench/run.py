@@ -1419,7 +1419,8 @@ def report(results, out_dir):
              "bins with 99%",
              "open again after p50 / p99 / max", "Close before EOF",
              "EOF without Close", "messages received", "missing",
-             "drain timeouts"], "l" + "r" * 16,
+             "pushed message p99", "drain closes (module)",
+             "drain timeouts"], "l" + "r" * 18,
             [("%d s%s" % (r["spread_s"], " (default)" if r["directive"]
                           == "(default)" else ""),
               "%s s" % num(r["old_worker_exit_s"]), "%d s" % r["bound_s"],
@@ -1431,12 +1432,16 @@ def report(results, out_dir):
                   r["reopen_delay_ms"][k] for k in ("p50", "p99", "max")),
               "%d" % r["closes_with_frame"], "%d" % r["eof_without_close"],
               "%d" % r["msgs_received"], "%d" % r["msgs_missing"],
+              "%.1f ms" % (r["push_latency_us"]["p99"] / 1000),
+              "%d" % r["module_closes"]["drain"],
               "%d" % r["log_drain_timeouts"]) for r in runs])
         md.append("Times from the SIGHUP to the master. Bound: spread + "
                   "ws_heartbeat_drain_timeout (%d s). Uniform: connections "
                   "x 100 ms / spread (for spread 0, the other row's). "
                   "Missing: messages the backend sent (the count in its "
-                  "Close) that the client did not receive. Arrivals per "
+                  "Close) that the client did not receive. Pushed message "
+                  "p99: the backend's messages, sent to the client's "
+                  "receipt, over the client's whole run. Arrivals per "
                   "100 ms: reload.dat, reload.png." %
                   results["reload"]["drain_timeout_s"])
         md.append("")
