@@ -16,8 +16,10 @@ Sections: throughput (64 B and 64 KiB messages, 1 and 100 connections, flat
 out), latency at a fixed moderate rate, idle heartbeat connections (worker
 CPU and RSS per connection from /proc, with and without the module, and with
 the backend pinging instead), mass dead-peer detection in network namespaces
-made here, a callgrind profile of the relay, and sizeof of the module's
-per-connection state. Everything is written as JSON to --out and summarised
+made here, a reload (nginx -s reload) with idle connections whose clients
+reconnect at once (the old workers' drain spread over
+ws_heartbeat_drain_spread, and all at once), a callgrind profile of the
+relay, and sizeof of the module's per-connection state. Everything is written as JSON to --out and summarised
 as text (and Markdown tables, and a gnuplot plot) there.
 
 Only processes started here are stopped, by pid. Traffic stays on
@@ -41,7 +43,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "t"))
 
-from lib.nginx import free_port, wait_for, wait_port  # noqa: E402
+from lib.nginx import free_port, http_get, wait_for, wait_port  # noqa: E402
 
 BUILD = os.path.join(ROOT, os.environ.get("BUILD", "build"))
 WSBENCH = os.path.join(BUILD, "bench", "wsbench")
@@ -143,10 +145,11 @@ def tail(path, n=3000):
 
 
 class Backend:
-    """wsbench server: echo, Pong, optional Pings (ping_ms)."""
+    """wsbench server: echo, Pong, optional Pings (ping_ms), optional
+    numbered messages to every connection (push_ms)."""
 
     def __init__(self, name, ports, threads=1, ping_ms=0, ns=None,
-                 host="127.0.0.1", cpus=None):
+                 host="127.0.0.1", cpus=None, push_ms=0):
         self.name = name
         self.ports = ports
         base = os.path.join(WORK, name)
@@ -161,6 +164,8 @@ class Backend:
             argv += ["--listen", "%s:%d" % (host, p)]
         if ping_ms:
             argv += ["--ping-interval", str(ping_ms)]
+        if push_ms:
+            argv += ["--push-interval", str(push_ms)]
         self.proc = Proc(argv, base + ".log", ns, cpus)
         wait_file(self.ready, 10, self.proc, "backend " + name)
 
@@ -178,7 +183,7 @@ class Nginx:
 
     def __init__(self, name, cfg, backends, port, workers=1, wc=4096,
                  log_level="warn", listen=None, ns=None, master=True,
-                 wrapper=None, hb=None, cpus=None):
+                 wrapper=None, hb=None, cpus=None, shutdown="5s"):
         self.name = name
         self.prefix = os.path.join(WORK, "nginx-" + name)
         shutil.rmtree(self.prefix, ignore_errors=True)
@@ -232,7 +237,7 @@ class Nginx:
             f.write("""%(main)s
 worker_processes %(workers)d;
 worker_rlimit_nofile 20000;
-worker_shutdown_timeout 5s;
+worker_shutdown_timeout %(shutdown)s;
 daemon off;
 master_process %(master)s;
 pid %(prefix)s/nginx.pid;
@@ -257,6 +262,7 @@ http {
 }
 """ % dict(main=main, workers=workers, master="on" if master else "off",
                 prefix=self.prefix, log_level=log_level, wc=wc, tmp=tmp,
+                shutdown=shutdown,
                 http_extra=http_extra, listens=listens, body=body,
                 status=status))
         argv = [NGINX_BIN, "-p", self.prefix + "/", "-c", self.conf]
@@ -349,6 +355,12 @@ def start_time(pid):
     return int(fields[19]) if fields else None
 
 
+def ws_status(address, path="/ws_heartbeat_status"):
+    """The module's counters (ws_heartbeat_status as JSON) from a unix
+    socket path or a (host, port)."""
+    return json.loads(http_get(address, path + "?format=json", timeout=5)[1])
+
+
 def hb_lua(hb):
     """(interval, timeout) in seconds from a ws_heartbeat directive line."""
     def val(key):
@@ -368,12 +380,12 @@ class Client:
 
     def __init__(self, url, label, conns, size=64, rate=0, inflight=1,
                  warmup=1.0, duration=3.0, idle=False, threads=1, srcs=None,
-                 ns=None, connect_timeout=120, cpus=None):
+                 ns=None, connect_timeout=120, cpus=None, reconnect=False):
         Client.n += 1
         base = os.path.join(WORK, "client-%03d-%s" % (
             Client.n, "".join(ch if ch.isalnum() else "_" for ch in label)))
-        self.ready, self.json, self.snap = (
-            base + ".ready", base + ".json", base + ".snap")
+        self.ready, self.json, self.snap, self.events = (
+            base + ".ready", base + ".json", base + ".snap", base + ".events")
         argv = [WSBENCH, "client", "--url", url, "-c", str(conns), "-t",
                 str(threads), "--size", str(size), "--warmup", str(warmup),
                 "--duration", str(duration), "--label", label,
@@ -386,6 +398,8 @@ class Client:
             argv += ["--inflight", str(inflight)]
         if idle:
             argv += ["--idle"]
+        if reconnect:
+            argv += ["--reconnect", "--events", self.events]
         if srcs:
             argv += ["--src", ",".join(srcs)]
         self.proc = Proc(argv, base + ".log", ns, cpus)
@@ -842,18 +856,7 @@ def section_deadpeer(args, results):
         procs.append(n.proc)
 
         def status():
-            import socket as so
-            with so.socket(so.AF_UNIX, so.SOCK_STREAM) as u:
-                u.settimeout(5)
-                u.connect(sock)
-                u.sendall(b"GET /?format=json HTTP/1.0\r\nHost: x\r\n\r\n")
-                data = b""
-                while True:
-                    d = u.recv(65536)
-                    if not d:
-                        break
-                    data += d
-            return json.loads(data.split(b"\r\n\r\n", 1)[1])
+            return ws_status(sock, "/")
 
         def established(dst):
             out = subprocess.run(
@@ -952,6 +955,178 @@ def section_deadpeer(args, results):
     return res
 
 
+# ------------------------------------------------------- reload, the drain
+
+DRAIN_TIMEOUT = 5   # ws_heartbeat_drain_timeout's default, seconds
+BIN = 0.1           # the arrivals histogram's bin, seconds
+PUSH_MS = 1000      # the backend sends each connection a message this often
+
+
+def section_reload(args, results):
+    """N idle connections through nginx, the backend pushing each a
+    numbered message every second, a client that reconnects as soon as a
+    connection ends (Close or EOF); then SIGHUP to the master. The old
+    workers drain their connections, each at its own moment in
+    ws_heartbeat_drain_spread (the default, 10 s; 4 s in QUICK), and,
+    beside it, all at once (spread 0)."""
+    n_conns, spread = (2000, 4) if args.quick else (10000, 10)
+    runs = []
+    for s in (spread, 0):
+        # the default spread without the directive: what an operator gets
+        directive = ("" if s == 10 else
+                     "ws_heartbeat_drain_spread %s;" % ("%ds" % s if s else 0))
+        runs.append(reload_run(n_conns, s, directive, spread))
+    results["reload"] = dict(runs=runs, bin_s=BIN,
+                             drain_timeout_s=DRAIN_TIMEOUT)
+    return runs
+
+
+def reload_run(n_conns, spread, directive, window):
+    """One reload: the connections, SIGHUP, the old workers' exit, every
+    connection open again; what the client, the backend and the module
+    counted, and the histogram of the reconnects, against the uniform
+    rate over `window` seconds."""
+    label = "reload spread %ds" % spread
+    workers = math.ceil(n_conns / 8000)  # 2 fds a connection, 20,000 a process
+    bports = [free_port()]
+    be = Backend("reload-be-%d" % spread, bports, push_ms=PUSH_MS)
+    n = c = None
+    try:
+        # worker_shutdown_timeout above spread + drain timeout: not cut
+        n = Nginx("reload-%d" % spread,
+                  dict(module=True, loc="ws_heartbeat on; " + directive),
+                  bports, free_port(), workers=workers, wc=19000,
+                  log_level="info",
+                  shutdown="%ds" % (spread + DRAIN_TIMEOUT + 15))
+        c = Client("ws://127.0.0.1:%d/ws" % n.port, label, n_conns,
+                   idle=True, duration=0, warmup=0, reconnect=True,
+                   srcs=["127.0.0.30", "127.0.0.31"])
+        events = c.events
+        opened = c.wait_ready()[0]
+        time.sleep(2.5)                 # a few pushed messages on each
+        old = [(pid, start_time(pid)) for pid in n.worker_pids()]
+        t0 = time.monotonic()
+        n.proc.send(signal.SIGHUP)
+        exit_s = None
+        while time.monotonic() - t0 < spread + DRAIN_TIMEOUT + 15:
+            if all(start_time(pid) != t for pid, t in old):
+                exit_s = time.monotonic() - t0
+                break
+            time.sleep(0.01)
+        # every connection open again (on the new workers), then stop
+        wait_for(lambda: c.snapshot()["open"] >= opened, 30, 0.2,
+                 "the reconnects")
+        status = ws_status(("127.0.0.1", n.port))
+        client = c.stop()
+        c = None
+    finally:
+        if c:
+            c.proc.stop(signal.SIGKILL)
+        if n:
+            n.stop()
+        backend = be.stop()
+    # times since the SIGHUP: the end seen (Close or EOF; the reconnect
+    # starts at once), the new connection open; the Close code (0: EOF)
+    with open(events) as f:
+        ev = [(float(a) - t0, float(b) - t0 if float(b) else None, int(k))
+              for a, b, k in (line.split() for line in f)]
+    ends = sorted(e[0] for e in ev)
+    delays = sorted(e[1] - e[0] for e in ev if e[1] is not None)
+    nbins = int(max(ends + [spread + DRAIN_TIMEOUT]) / BIN) + 1
+    arrivals, reopened = [0] * nbins, [0] * nbins
+    for end, op, _ in ev:
+        arrivals[min(nbins - 1, max(0, int(end / BIN)))] += 1
+        if op is not None:
+            reopened[min(nbins - 1, max(0, int(op / BIN)))] += 1
+    # the uniform rate over the spread (spread 0: the other run's, for
+    # scale)
+    uniform = opened * BIN / window
+    nlog = n.log()
+    res = dict(
+        spread_s=spread, directive=directive or "(default)", conns=n_conns,
+        opened=opened, workers=workers, old_worker_exit_s=exit_s,
+        bound_s=spread + DRAIN_TIMEOUT,
+        reconnects=len(ev), not_reopened=len(ev) - len(delays),
+        first_s=ends[0] if ends else None, last_s=ends[-1] if ends else None,
+        max_bin=max(arrivals), uniform_per_bin=uniform,
+        max_bin_ratio=max(arrivals) / uniform,
+        # the busiest second (10 bins in a row), against the uniform rate
+        max_1s_ratio=max(sum(arrivals[i:i + 10])
+                         for i in range(len(arrivals))) / (10 * uniform),
+        bins_99=bins_holding(arrivals, 0.99),
+        reopen_delay_ms={k: 1000 * pct(delays, q) for k, q in
+                         (("p50", 0.5), ("p99", 0.99), ("max", 1.0))},
+        closes_with_frame=client["peer_closes"],
+        eof_without_close=client["disconnects"],
+        close_codes=client["close_codes"],
+        closes_counted=client["closes_counted"],
+        closes_short=client["closes_short"],
+        msgs_missing=client["msgs_missing"],
+        msgs_received=client["echoed_total"],
+        verify_errors=client["verify_errors"],
+        push_latency_us=client["latency_us"], backend=backend,
+        module_closes=status["closes"],
+        discarded_frames=status["discarded_frames"],
+        log_drain_timeouts=nlog.count("drain timeout"),
+        arrivals=arrivals, reopened=reopened)
+    say("  spread %ds: %d connections, %d workers; old workers gone %s s "
+        "after SIGHUP (bound spread + drain timeout %d s); %d reconnects, "
+        "first %s s, last %s s; max %d per 100 ms against a uniform %.0f "
+        "(%.2fx; the busiest second %.2fx), 99%% in %d bins; reopened after p50 %.1f p99 %.1f max "
+        "%.1f ms; Close before EOF %d, EOF without Close %d, codes %s; "
+        "messages received %d, missing %d on %d connections (%d counted); "
+        "drain timeouts %d"
+        % (spread, n_conns, workers, num(exit_s), res["bound_s"], len(ev),
+           num(res["first_s"]), num(res["last_s"]), res["max_bin"], uniform,
+           res["max_bin_ratio"], res["max_1s_ratio"], res["bins_99"],
+           res["reopen_delay_ms"]["p50"], res["reopen_delay_ms"]["p99"],
+           res["reopen_delay_ms"]["max"], res["closes_with_frame"],
+           res["eof_without_close"], client["close_codes"],
+           res["msgs_received"], res["msgs_missing"], res["closes_short"],
+           res["closes_counted"], res["log_drain_timeouts"]))
+    return res
+
+
+def pct(xs, q):
+    """The q quantile of sorted xs (nearest rank), 0 for none."""
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))] \
+        if xs else 0
+
+
+def bins_holding(counts, frac):
+    """How many of the fullest bins hold `frac` of the counts."""
+    need, got = frac * sum(counts), 0
+    for k, v in enumerate(sorted(counts, reverse=True)):
+        got += v
+        if got >= need:
+            return k + 1
+    return len(counts)
+
+
+def reload_dat(runs, out_dir):
+    """reload.dat: per 100 ms bin since the SIGHUP, the reconnect arrivals
+    and the connections open again, of each run; and its plot."""
+    nbins = max(len(r["arrivals"]) for r in runs)
+    with open(os.path.join(out_dir, "reload.dat"), "w") as f:
+        f.write("# t_s " + " ".join(
+            "arrivals_spread%d reopened_spread%d" % (r["spread_s"],
+                                                     r["spread_s"])
+            for r in runs) + "  (per %g s bin since the SIGHUP)\n" % BIN)
+        for i in range(nbins):
+            f.write("%.1f %s\n" % (i * BIN, " ".join(
+                "%d %d" % ((r["arrivals"][i], r["reopened"][i])
+                           if i < len(r["arrivals"]) else (0, 0))
+                for r in runs)))
+    if shutil.which("gnuplot"):
+        r0 = runs[0]
+        subprocess.run(["gnuplot", "-e", "outdir='%s'; spread=%d; "
+                        "uniform=%g; n=%d" % (out_dir, r0["spread_s"],
+                                              r0["uniform_per_bin"],
+                                              r0["opened"]),
+                        os.path.join(ROOT, "bench", "reload.gp")],
+                       check=False)
+
+
 # ------------------------------------------------------------------ profile
 
 def section_profile(args, results):
@@ -959,17 +1134,18 @@ def section_profile(args, results):
     under the same load, instructions per relayed message and the top
     functions; then idle connections, instructions per Ping/Pong round
     trip, the module's Pings (C) against the backend's own relayed by
-    stock nginx (P)."""
-    out = {}
+    stock nginx (P). QUICK: the same with a shorter window."""
+    window = 2 if args.quick else 6     # seconds of callgrind counts
+    out = dict(window_s=window)
     for cfg_name in ("A", "C"):
         # C here: ws_heartbeat on with its default interval (30s), so that
-        # the 6 s window holds the per-frame relay path only
+        # the window holds the per-frame relay path only
         cfg = (dict(module=True, loc="ws_heartbeat on;") if cfg_name == "C"
                else dict(module=False))
         p, echoed, r = callgrind_run(
-            args, cfg_name, cfg, settle=1.5,
+            args, cfg_name, cfg, settle=1.5, window=window,
             client=dict(conns=10, size=64, rate=400, warmup=1.5,
-                        duration=PROFILE_WINDOW))
+                        duration=window))
         p.update(echoed=echoed, errors=r["errors"], pings=r["pings"],
                  ir_per_msg=p["total_ir"] / echoed if echoed else None)
         out[cfg_name] = p
@@ -985,7 +1161,7 @@ def section_profile(args, results):
                     "ws_heartbeat_interval 1s; ws_heartbeat_timeout 10s;")
                if kind == "C" else dict(module=False))
         p, rts, r = callgrind_run(
-            args, "idle-" + kind, cfg, settle=2.5,
+            args, "idle-" + kind, cfg, settle=2.5, window=window,
             ping_ms=1000 if kind == "P" else 0,
             client=dict(conns=1000, idle=True, duration=0))
         p.update(round_trips=rts, window_rts=rts,
@@ -1000,15 +1176,12 @@ def section_profile(args, results):
     return out
 
 
-PROFILE_WINDOW = 6   # seconds of callgrind counts
-
-
-def callgrind_run(args, name, cfg, client, settle, ping_ms=0):
+def callgrind_run(args, name, cfg, client, settle, window, ping_ms=0):
     """One callgrind measurement: a single-process nginx (master_process
     off, configuration cfg) under callgrind, a backend of its own (Pings
     every ping_ms) and a Client (keyword arguments `client`). The counts
-    are zeroed `settle` s after the client is ready and dumped
-    PROFILE_WINDOW s later; the annotated listing is written to
+    are zeroed `settle` s after the client is ready and dumped `window` s
+    later; the annotated listing is written to
     OUT/callgrind-NAME.txt. Returns (total_ir, module_ir and top in a
     dict; what the client counted in the window: Ping/Pong round trips
     from an idle client's snapshots, else the messages of its own
@@ -1028,7 +1201,7 @@ def callgrind_run(args, name, cfg, client, settle, ping_ms=0):
         time.sleep(settle)
         s0 = c.snapshot() if c.idle else None
         cg_control(n.proc.pid, "-z")
-        time.sleep(PROFILE_WINDOW)
+        time.sleep(window)
         cg_control(n.proc.pid, "-d")
         if c.idle:
             count = c.snapshot()["pings"] - s0["pings"]
@@ -1235,12 +1408,50 @@ def report(results, out_dir):
              + ["%d s" % d["bound_s"]]
              + ["%d" % d[k] for k in ("left_after", "live_wrongly_closed",
                                       "log_heartbeat_closes")]])
+    if "reload" in results:
+        runs = results["reload"]["runs"]
+        md += table(
+            "### Reload: the old workers' drain, %d idle connections, a "
+            "client that reconnects at once" % runs[0]["opened"],
+            ["ws_heartbeat_drain_spread", "old workers gone", "bound",
+             "reconnects", "first", "last", "max per 100 ms",
+             "uniform per 100 ms", "max / uniform", "busiest 1 s / uniform",
+             "bins with 99%",
+             "open again after p50 / p99 / max", "Close before EOF",
+             "EOF without Close", "messages received", "missing",
+             "pushed message p99", "drain closes (module)",
+             "drain timeouts"], "l" + "r" * 18,
+            [("%d s%s" % (r["spread_s"], " (default)" if r["directive"]
+                          == "(default)" else ""),
+              "%s s" % num(r["old_worker_exit_s"]), "%d s" % r["bound_s"],
+              "%d" % r["reconnects"], "%s s" % num(r["first_s"]),
+              "%s s" % num(r["last_s"]), "%d" % r["max_bin"],
+              num(r["uniform_per_bin"], 0), num(r["max_bin_ratio"]),
+              num(r["max_1s_ratio"]), "%d" % r["bins_99"],
+              "%.0f / %.0f / %.0f ms" % tuple(
+                  r["reopen_delay_ms"][k] for k in ("p50", "p99", "max")),
+              "%d" % r["closes_with_frame"], "%d" % r["eof_without_close"],
+              "%d" % r["msgs_received"], "%d" % r["msgs_missing"],
+              "%.1f ms" % (r["push_latency_us"]["p99"] / 1000),
+              "%d" % r["module_closes"]["drain"],
+              "%d" % r["log_drain_timeouts"]) for r in runs])
+        md.append("Times from the SIGHUP to the master. Bound: spread + "
+                  "ws_heartbeat_drain_timeout (%d s). Uniform: connections "
+                  "x 100 ms / spread (for spread 0, the other row's). "
+                  "Missing: messages the backend sent (the count in its "
+                  "Close) that the client did not receive. Pushed message "
+                  "p99: the backend's messages, sent to the client's "
+                  "receipt, over the client's whole run. Arrivals per "
+                  "100 ms: reload.dat, reload.png." %
+                  results["reload"]["drain_timeout_s"])
+        md.append("")
     if "profile" in results:
         p = results["profile"]
         md += table(
             "### callgrind: user-space instructions of the nginx worker per "
-            "relayed 64 B message (10 connections, 400 msg/s, a 6 s "
-            "window; C = ws_heartbeat on, default interval)",
+            "relayed 64 B message (10 connections, 400 msg/s, a %g s "
+            "window; C = ws_heartbeat on, default interval)"
+            % p.get("window_s", 6),
             ["config", "instructions/msg", "vs A"], "lrr",
             [(k, "%.0f" % p[k]["ir_per_msg"],
               "%.3f" % (p[k]["ir_per_msg"] / p["A"]["ir_per_msg"]))
@@ -1274,6 +1485,8 @@ def report(results, out_dir):
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(text)
     plot(results, out_dir)
+    if "reload" in results:
+        reload_dat(results["reload"]["runs"], out_dir)
     return text
 
 
@@ -1384,7 +1597,8 @@ def main():
     ap.add_argument("--idle-rounds", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=24)
     ap.add_argument("--only",
-                    default="relay,pairs,idle,deadpeer,profile,sizeof")
+                    default="relay,pairs,idle,deadpeer,reload,profile,"
+                            "sizeof")
     ap.add_argument("--max-load", type=float, default=0)
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild summary.md and the plot from "
@@ -1424,9 +1638,10 @@ def main():
                 ("pairs", lambda: section_pairs(args, results)),
                 ("idle", lambda: section_idle(args, results)),
                 ("deadpeer", lambda: section_deadpeer(args, results)),
+                ("reload", lambda: section_reload(args, results)),
                 ("profile", lambda: section_profile(args, results))]
     for name, fn in sections:
-        if name not in only or (name == "profile" and args.quick):
+        if name not in only:
             continue
         t = time.monotonic()
         say("== %s" % name)

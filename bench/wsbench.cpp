@@ -6,9 +6,11 @@
 //   wsbench client --url ws://127.0.0.1:8080/ws -c 100 -t 1 --size 64
 //                  [--rate MSGS_PER_S_TOTAL | --inflight K] [--warmup S]
 //                  [--duration S] [--src 127.0.0.2,127.0.0.3] [--idle]
+//                  [--reconnect] [--events FILE]
 //                  [--json FILE] [--ready-file FILE] [--label TEXT]
 //   wsbench server --listen 127.0.0.1:9000 [--listen ...] -t 1
-//                  [--ping-interval MS] [--json FILE] [--ready-file FILE]
+//                  [--ping-interval MS] [--push-interval MS] [--size B]
+//                  [--json FILE] [--ready-file FILE]
 //
 // client: opens -c connections (a bounded number of handshakes at a time,
 // source addresses round-robin over --src), then sends binary messages of
@@ -17,12 +19,20 @@
 // from the intended send time, so no coordinated omission). Every echoed
 // byte is checked. Pings from the peer are answered with Pongs. --idle
 // sends nothing and holds the connections (answering Pings) for
-// --duration seconds, or until SIGTERM/SIGINT with --duration 0.
+// --duration seconds, or until SIGTERM/SIGINT with --duration 0. A Close
+// from the peer is answered and the socket closed; --reconnect opens a
+// connection that ends (Close or EOF) again at once, and --events FILE
+// lists when each ended and when its successor was open. A Close whose
+// reason is a number (the server's, below) is checked against the
+// messages received on that connection.
 //
 // server: an echo backend. Echoes every data frame as it arrives (frame by
 // frame, streaming, unmasked), answers Pings with Pongs, answers a Close
-// with a Close. --ping-interval: also sends each connection a Ping every
-// MS milliseconds (a backend that runs its own heartbeat).
+// with a Close whose reason is the number of messages it pushed on that
+// connection. --ping-interval: also sends each connection a Ping every MS
+// milliseconds (a backend that runs its own heartbeat). --push-interval:
+// sends each connection a numbered message of --size bytes every MS
+// milliseconds (the client's message format, which it checks).
 //
 // Both write a text summary to stdout and, with --json, the same as JSON.
 
@@ -44,6 +54,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cinttypes>
+#include <climits>
 #include <cstdarg>
 #include <cmath>
 #include <cstdint>
@@ -605,8 +616,9 @@ struct ClientOpts {
     int inflight = 1;
     double warmup = 1, duration = 5;
     bool idle = false;
+    bool reconnect = false;   // a connection that ends is opened again
     std::vector<Addr> srcs;
-    std::string json, ready_file, label, snapshot;
+    std::string json, ready_file, label, snapshot, events;
     int burst = 256;          // handshakes in progress per thread
     double connect_timeout = 120;
 };
@@ -624,6 +636,28 @@ struct ClientConn : Conn {
     std::uint64_t tx_seq = 0, rx_seq = 0;
     int outstanding = 0;
     bool bad = false;          // verification failed: stop checking
+    int close_code = 0;        // of the Close frame received, 1005: none
+    std::int64_t event = -1;   // its reconnect in the events, until open
+
+    // the state of one WebSocket connection, for a new one in this slot
+    void reset()
+    {
+        closing = reading_paused = bad = false;
+        std::string().swap(hs);
+        out.release();
+        in = FrameIn{};
+        tx_seq = rx_seq = 0;
+        outstanding = 0;
+        close_code = 0;
+    }
+};
+
+// a connection that ended and was opened again (--reconnect): when its end
+// was seen (Close frame or EOF), the Close code (0: EOF without one), and
+// when the new connection's handshake completed (0: not yet)
+struct Reconnect {
+    std::uint64_t closed_ns, open_ns;
+    int code;
 };
 
 struct ClientStats {
@@ -633,14 +667,19 @@ struct ClientStats {
     std::uint64_t connect_errors = 0, handshake_errors = 0, verify_errors = 0;
     std::uint64_t peer_closes = 0, disconnects = 0;
     std::uint64_t pings = 0, pongs_sent = 0, pongs_in = 0;
-    std::uint64_t opened = 0, late_sends = 0;
+    std::uint64_t opened = 0, late_sends = 0, reconnects = 0;
+    // Close frames whose reason is the number of messages the backend
+    // sent (wsbench server); those that found fewer (or more) received,
+    // and the messages missing
+    std::uint64_t closes_counted = 0, closes_short = 0, msgs_missing = 0;
     std::map<int, std::uint64_t> close_codes;
 
     using S = ClientStats;
     static constexpr std::uint64_t S::*counters[] = {
         &S::msgs, &S::bytes, &S::msgs_total, &S::sent_total, &S::connect_errors,
         &S::handshake_errors, &S::verify_errors, &S::peer_closes, &S::disconnects,
-        &S::pings, &S::pongs_sent, &S::pongs_in, &S::opened, &S::late_sends};
+        &S::pings, &S::pongs_sent, &S::pongs_in, &S::opened, &S::late_sends,
+        &S::reconnects, &S::closes_counted, &S::closes_short, &S::msgs_missing};
 
     void merge(const ClientStats& s)
     {
@@ -663,6 +702,21 @@ const std::vector<std::uint8_t>& pattern()
         return v;
     }();
     return p;
+}
+
+// A binary message of n >= 16 bytes: its sequence number and a timestamp
+// (ns, CLOCK_MONOTONIC), then the pattern from seq % 251; masked when a
+// key is given (client to server).
+void put_message(OutBuf& out, std::uint64_t seq, std::uint64_t ts, std::size_t n,
+                 const std::uint8_t* mask)
+{
+    std::uint8_t* p = out.frame(0x82, n, mask, n);
+    std::memcpy(p, &seq, 8);
+    std::memcpy(p + 8, &ts, 8);
+    std::memcpy(p + 16, pattern().data() + seq % 251, n - 16);
+    if (mask) {
+        xor_mask(p, n, mask, 0);
+    }
 }
 
 class ClientThread : Peer<ClientThread, ClientConn> {
@@ -694,14 +748,7 @@ public:
             while (pending_ < o_.burst && next < conns_.size()) {
                 start_connect(conns_[next++]);
             }
-            for (auto it = retry_.begin(); it != retry_.end();) {
-                if (now_ns() >= it->first && pending_ < o_.burst) {
-                    start_connect(conns_[it->second]);
-                    it = retry_.erase(it);
-                } else {
-                    ++it;
-                }
-            }
+            retry(o_.burst);
             if (next >= conns_.size() && pending_ == 0 && retry_.empty()) {
                 break;
             }
@@ -739,6 +786,7 @@ public:
             if (t_end != 0 && now >= t_end) {
                 break;
             }
+            retry(INT_MAX);
             std::int64_t timeout = 50000000;
             if (sending_ && period_ns_ > 0) {
                 // open loop: every message whose time has come
@@ -803,12 +851,30 @@ public:
 
     ClientStats& stats() { return st_; }
     Live& live() { return live_; }
+    const std::vector<Reconnect>& reconnects() const { return reconnects_; }
 
 private:
     friend Peer;
 
+    // the connections whose (re)connect is due, while fewer than `limit`
+    // handshakes are in progress
+    void retry(int limit)
+    {
+        std::uint64_t now = now_ns();
+        auto due = std::move(retry_);
+        retry_.clear();
+        for (auto& r : due) {
+            if (now >= r.first && pending_ < limit) {
+                start_connect(conns_[r.second]);  // may queue a retry
+            } else {
+                retry_.push_back(r);
+            }
+        }
+    }
+
     void start_connect(ClientConn& c)
     {
+        c.reset();
         c.tries++;
         c.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (c.fd < 0) {
@@ -908,8 +974,13 @@ private:
 
     void lost(ClientConn& c, bool peer_close)
     {
+        bool was_open = c.st == c_open;
         if (c.st == c_handshake || c.st == c_connecting) {
             st_.handshake_errors++;
+            if (c.event >= 0) {
+                fail_connect(c);  // a reconnect: tried again
+                return;
+            }
             pending_--;
         } else if (c.st == c_open) {
             live_.drop(live_.open);
@@ -926,6 +997,16 @@ private:
         }
         c.st = c_closed;
         c.out.release();
+        // reconnect at once, once this batch of events is done (the
+        // events may still hold the old socket's)
+        if (was_open && o_.reconnect && !g_stop.load()) {
+            std::uint64_t now = now_ns();
+            c.event = std::int64_t(reconnects_.size());
+            reconnects_.push_back({now, 0, peer_close ? c.close_code : 0});
+            st_.reconnects++;
+            c.tries = 0;
+            retry_.emplace_back(now, std::size_t(&c - conns_.data()));
+        }
     }
 
     // the bytes read: the handshake's response, then frames
@@ -946,6 +1027,10 @@ private:
             pending_--;
             st_.opened++;
             live_.bump(live_.open);
+            if (c.event >= 0) {
+                reconnects_[std::size_t(c.event)].open_ns = now_ns();
+                c.event = -1;
+            }
             if (sending_ && o_.rate <= 0) {
                 fill(c);
             }
@@ -999,6 +1084,14 @@ private:
         if (op == 0x8) {
             int code = len >= 2 ? (c.ctl[0] << 8) | c.ctl[1] : 1005;
             st_.close_codes[code]++;
+            c.close_code = code;
+            count_check(c, len);
+            // the answer (best effort), then the socket closed
+            std::uint8_t* d = c.out.frame(0x88, 2, c.key, 2);
+            d[0] = std::uint8_t(code >> 8);
+            d[1] = std::uint8_t(code);
+            xor_mask(d, 2, c.key, 0);
+            (void) ::send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL);
             lost(c, true);
             return;
         }
@@ -1026,15 +1119,30 @@ private:
         }
     }
 
+    // a Close whose reason is a number (the messages the wsbench server
+    // sent on this connection) against the messages received
+    void count_check(ClientConn& c, std::uint64_t len)
+    {
+        if (len <= 2 || len > 22) {
+            return;
+        }
+        std::uint64_t sent = 0;
+        for (std::uint64_t i = 2; i < len; i++) {
+            if (c.ctl[i] < '0' || c.ctl[i] > '9') {
+                return;
+            }
+            sent = sent * 10 + (c.ctl[i] - '0');
+        }
+        st_.closes_counted++;
+        if (sent != c.rx_seq) {
+            st_.closes_short++;
+            st_.msgs_missing += sent > c.rx_seq ? sent - c.rx_seq : 0;
+        }
+    }
+
     void send_msg(ClientConn& c, std::uint64_t ts)
     {
-        std::size_t n = o_.size;
-        std::uint8_t* p = c.out.frame(0x82, n, c.key, n);
-        std::uint64_t seq = c.tx_seq++;
-        std::memcpy(p, &seq, 8);
-        std::memcpy(p + 8, &ts, 8);
-        std::memcpy(p + 16, pattern().data() + seq % 251, n - 16);
-        xor_mask(p, n, c.key, 0);
+        put_message(c.out, c.tx_seq++, ts, o_.size, c.key);
         c.outstanding++;
         st_.sent_total++;
     }
@@ -1052,6 +1160,7 @@ private:
     std::mt19937 rng_;
     std::vector<ClientConn> conns_;
     std::vector<std::pair<std::uint64_t, std::size_t>> retry_;
+    std::vector<Reconnect> reconnects_;
     int pending_ = 0;
     ClientStats st_;
     Live live_;
@@ -1168,10 +1277,13 @@ int client_main(ClientOpts& o)
              ",\"peer_closes\":%" PRIu64 ",\"disconnects\":%" PRIu64
              ",\"close_codes\":{%s},\"pings\":%" PRIu64 ",\"pongs_sent\":%" PRIu64
              ",\"late_sends\":%" PRIu64 ",\"sent_total\":%" PRIu64
-             ",\"echoed_total\":%" PRIu64 "}\n",
+             ",\"echoed_total\":%" PRIu64 ",\"reconnects\":%" PRIu64
+             ",\"closes_counted\":%" PRIu64 ",\"closes_short\":%" PRIu64
+             ",\"msgs_missing\":%" PRIu64 "}\n",
              errors, tot.connect_errors, tot.handshake_errors, tot.verify_errors,
              tot.peer_closes, tot.disconnects, codes.c_str(), tot.pings,
-             tot.pongs_sent, tot.late_sends, tot.sent_total, tot.msgs_total);
+             tot.pongs_sent, tot.late_sends, tot.sent_total, tot.msgs_total,
+             tot.reconnects, tot.closes_counted, tot.closes_short, tot.msgs_missing);
     std::printf("%s%s%s conns=%d open=%" PRIu64 " alive=%zu size=%zu window=%.2fs\n"
                 "  %.0f msg/s  %.2f MB/s  latency us p50=%.1f p99=%.1f p999=%.1f max=%.1f\n"
                 "  errors=%" PRIu64 " (connect %" PRIu64 ", handshake %" PRIu64
@@ -1185,6 +1297,18 @@ int client_main(ClientOpts& o)
                 tot.peer_closes, tot.disconnects, tot.pings);
     std::fflush(stdout);
     write_file(o.json, j);
+    if (!o.events.empty()) {
+        // one line a reconnect: "closed_s open_s code" (CLOCK_MONOTONIC
+        // seconds; open_s 0: not open again; code 0: EOF without a Close)
+        std::string ev;
+        for (auto& t : th) {
+            for (const Reconnect& r : t->reconnects()) {
+                ev += fmt("%.6f %.6f %d\n", double(r.closed_ns) / 1e9,
+                          double(r.open_ns) / 1e9, r.code);
+            }
+        }
+        write_file(o.events, ev);
+    }
     return 0;
 }
 
@@ -1194,6 +1318,8 @@ struct ServerOpts {
     std::vector<Addr> listen;
     int threads = 1;
     int ping_interval_ms = 0;
+    int push_interval_ms = 0;  // a numbered message to each connection
+    std::size_t size = 64;     // of those messages
     std::string json, ready_file;
 };
 
@@ -1202,17 +1328,19 @@ struct SrvConn : Conn {
     bool dead = false;
     std::uint32_t slot = 0;
     std::uint64_t ping_seq = 0;
+    std::uint64_t push_seq = 0;  // messages pushed
 };
 
 struct ServerStats {
     std::uint64_t accepted = 0, frames = 0, bytes = 0, pings_in = 0;
-    std::uint64_t pings_sent = 0, pongs_in = 0, closes = 0, active = 0;
+    std::uint64_t pings_sent = 0, pongs_in = 0, closes = 0, pushed = 0;
+    std::uint64_t active = 0;
 
     // summed over the threads (active is not reported)
     using S = ServerStats;
     static constexpr std::uint64_t S::*counters[] = {
         &S::accepted, &S::frames, &S::bytes, &S::pings_in, &S::pings_sent,
-        &S::pongs_in, &S::closes};
+        &S::pongs_in, &S::closes, &S::pushed};
 };
 
 class ServerThread : Peer<ServerThread, SrvConn> {
@@ -1236,8 +1364,10 @@ public:
             epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
             lfds_.push_back(fd);
         }
-        if (o.ping_interval_ms > 0) {
-            slots_.resize(std::size_t(std::max(1, o.ping_interval_ms / 10)));
+        // one wheel of 10 ms slots turns once per interval
+        int every = std::max(o.ping_interval_ms, o.push_interval_ms);
+        if (every > 0) {
+            slots_.resize(std::size_t(std::max(1, every / 10)));
         }
     }
 
@@ -1301,12 +1431,20 @@ private:
                 continue;
             }
             v[w++] = c;
-            if (c->open && !c->closing && c->in.hlen == 0 && !c->in.in_payload) {
+            // not inside a frame being echoed
+            if (!c->open || c->closing || c->in.hlen != 0 || c->in.in_payload) {
+                continue;
+            }
+            if (o_.ping_interval_ms > 0) {
                 std::memcpy(c->out.frame(0x89, 8, nullptr, 8), &c->ping_seq, 8);
                 c->ping_seq++;
                 st_.pings_sent++;
-                flush(*c);
             }
+            if (o_.push_interval_ms > 0) {
+                put_message(c->out, c->push_seq++, now_ns(), o_.size, nullptr);
+                st_.pushed++;
+            }
+            flush(*c);
         }
         v.resize(w);
     }
@@ -1410,8 +1548,14 @@ private:
         } else if (op == 0x8) {
             st_.closes++;
             if (!c.closing) {
-                std::size_t code = len >= 2 ? 2 : 0;  // the status code only
-                std::memcpy(c.out.frame(0x88, code, nullptr, code), c.ctl, code);
+                // the status code, and as the reason the number of
+                // messages pushed, for the client to check
+                std::string why = len >= 2 ? std::to_string(c.push_seq) : "";
+                std::size_t code = len >= 2 ? 2 : 0;
+                std::uint8_t* d = c.out.frame(0x88, code + why.size(), nullptr,
+                                              code + why.size());
+                std::memcpy(d, c.ctl, code);
+                std::memcpy(d + code, why.data(), why.size());
                 c.closing = true;
             }
         }
@@ -1450,9 +1594,9 @@ int server_main(ServerOpts& o)
     std::string j = fmt("{\"accepted\":%" PRIu64 ",\"frames\":%" PRIu64
                         ",\"bytes\":%" PRIu64 ",\"pings_in\":%" PRIu64
                         ",\"pings_sent\":%" PRIu64 ",\"pongs_in\":%" PRIu64
-                        ",\"closes\":%" PRIu64 "}\n",
+                        ",\"closes\":%" PRIu64 ",\"pushed\":%" PRIu64 "}\n",
                         s.accepted, s.frames, s.bytes, s.pings_in, s.pings_sent,
-                        s.pongs_in, s.closes);
+                        s.pongs_in, s.closes, s.pushed);
     std::printf("server: %s", j.c_str());
     std::fflush(stdout);
     write_file(o.json, j);
@@ -1464,10 +1608,11 @@ void usage()
     std::fputs(
         "usage: wsbench client --url ws://IP:PORT/PATH [-c N] [-t T] [--size B]\n"
         "           [--rate MSG_PER_S | --inflight K] [--warmup S] [--duration S]\n"
-        "           [--idle] [--src IP,IP..] [--burst N] [--json F] [--ready-file F]\n"
-        "           [--label TEXT]\n"
+        "           [--idle] [--reconnect] [--events F] [--src IP,IP..] [--burst N]\n"
+        "           [--json F] [--ready-file F] [--label TEXT]\n"
         "       wsbench server --listen IP:PORT [--listen ..] [-t T]\n"
-        "           [--ping-interval MS] [--json F] [--ready-file F]\n",
+        "           [--ping-interval MS] [--push-interval MS] [--size B]\n"
+        "           [--json F] [--ready-file F]\n",
         stderr);
     std::exit(2);
 }
@@ -1509,6 +1654,8 @@ int main(int argc, char** argv)
             else if (a == "--warmup") o.warmup = std::atof(need(i).c_str());
             else if (a == "--duration") o.duration = std::atof(need(i).c_str());
             else if (a == "--idle") o.idle = true;
+            else if (a == "--reconnect") o.reconnect = true;
+            else if (a == "--events") o.events = need(i);
             else if (a == "--burst") o.burst = std::atoi(need(i).c_str());
             else if (a == "--json") o.json = need(i);
             else if (a == "--ready-file") o.ready_file = need(i);
@@ -1544,10 +1691,17 @@ int main(int argc, char** argv)
             if (a == "--listen") o.listen.push_back(parse_addr(need(i)));
             else if (a == "-t") o.threads = std::atoi(need(i).c_str());
             else if (a == "--ping-interval") o.ping_interval_ms = std::atoi(need(i).c_str());
+            else if (a == "--push-interval") o.push_interval_ms = std::atoi(need(i).c_str());
+            else if (a == "--size") o.size = std::size_t(std::atoll(need(i).c_str()));
             else if (a == "--json") o.json = need(i);
             else if (a == "--ready-file") o.ready_file = need(i);
             else usage();
         }
+        if (o.ping_interval_ms > 0 && o.push_interval_ms > 0
+            && o.ping_interval_ms != o.push_interval_ms) {
+            die("--ping-interval and --push-interval: one interval for both");
+        }
+        o.size = std::min<std::size_t>(std::max<std::size_t>(o.size, 16), 1 << 20);
         return server_main(o);
     }
     usage();

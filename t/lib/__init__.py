@@ -2,7 +2,8 @@
 once.
 
   wsproto   RFC 6455 frame codec, opening handshake, raw Client, Backend
-  nginx     a real nginx with the module (Nginx), proxy_server(), REASONS
+  nginx     a real nginx with the module (Nginx), proxy_server(), REASONS,
+            http_get()
   backend   a backend in its own process (BackendProcess), t/backends
   netns     network namespaces, veth pairs, TunLink (root)
   fixtures  the bodies of the factory fixtures of the conftests

@@ -88,6 +88,25 @@ def wait_port(port, timeout=10.0):
     wait_for(ok, timeout, what="port %s" % port)
 
 
+def http_get(address, path, host="localhost", timeout=10.0):
+    """GET path over HTTP/1.0 from a unix socket path or a (host, port):
+    the response's head and body (bytes)."""
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(address)
+        s.sendall(b"GET %s HTTP/1.0\r\nHost: %s\r\n\r\n"
+                  % (path.encode(), host.encode()))
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
 # the module's close reasons, in the order of its status output
 # (nginx_ws_heartbeat_closes_total{reason=...}, the JSON's "closes")
 REASONS = ("client_heartbeat_timeout", "upstream_heartbeat_timeout",

@@ -240,17 +240,8 @@ class RNginx(Nginx):
 
     def status(self):
         """The status endpoint's Prometheus text as {name{labels}: value}."""
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(slow(10))
-            s.connect(self.status_sock)
-            s.sendall(b"GET /status HTTP/1.0\r\nHost: status\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
+        head, body = nginx_lib.http_get(self.status_sock, "/status",
+                                        "status", slow(10))
         assert head.startswith(b"HTTP/1.1 200"), head
         out = {}
         for line in body.decode().splitlines():
