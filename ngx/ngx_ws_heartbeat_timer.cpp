@@ -145,7 +145,7 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
         return;
     }
 
-    deadline = ngx_http_ws_heartbeat_end_deadline(ctx);
+    deadline = 0;
 
     for (i = 0; i < 2; i++) {
         d = ngx_http_ws_heartbeat_deadline(ctx->side(i));
@@ -155,18 +155,11 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
         }
     }
 
-    if (deadline == 0) {
-        if (ngx_http_ws_heartbeat_timer(ctx)->timer_set) {
-            ngx_del_timer(ngx_http_ws_heartbeat_timer(ctx));
-        }
-
-        return;
-    }
-
     /*
-     * deadlines round up to a grain of about 1/64 of the interval (a power
-     * of two, 1 to 128 ms): the timers of a worker's connections fall on
-     * common instants, and one wake-up serves all that are due
+     * heartbeat deadlines round up to a grain of about 1/64 of the
+     * interval (a power of two, 1 to 128 ms): the timers of a worker's
+     * connections fall on common instants, and one wake-up serves all that
+     * are due
      */
 
     grain = ngx_http_ws_heartbeat_conf(ctx)->interval / 64;
@@ -176,8 +169,28 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
         grain &= grain - 1;
     }
 
-    if (grain > 1) {
+    if (deadline != 0 && grain > 1) {
         deadline = (deadline + grain - 1) & ~((std::uint64_t) grain - 1);
+    }
+
+    /*
+     * a drain's start and a max age are not rounded: each connection's own
+     * random moment, they are spread on purpose (rounded, the drains left
+     * in batches a grain apart, 1.28x the uniform rate at a 128 ms grain)
+     */
+
+    d = ngx_http_ws_heartbeat_end_deadline(ctx);
+
+    if (d != 0 && (deadline == 0 || d < deadline)) {
+        deadline = d;
+    }
+
+    if (deadline == 0) {
+        if (ngx_http_ws_heartbeat_timer(ctx)->timer_set) {
+            ngx_del_timer(ngx_http_ws_heartbeat_timer(ctx));
+        }
+
+        return;
     }
 
     ngx_add_timer(ngx_http_ws_heartbeat_timer(ctx), deadline > ngx_current_msec
