@@ -2,7 +2,9 @@
 
 import itertools
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -41,13 +43,30 @@ def procs(tmp_path):
 
 
 @pytest.fixture
-def ws_proxy(nginx_factory, backend):
-    """ws_proxy(extra=..., backend_kw=...) -> (nginx, port, backend)."""
+def sockdir():
+    """A directory for unix sockets, with a path short enough for one
+    (sun_path: 108 bytes; pytest's tmp_path can be longer)."""
+    d = tempfile.mkdtemp(prefix="wshb-")
+    os.chmod(d, 0o755)      # nginx's workers may run as "nobody"
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def ws_proxy(sockdir, nginx_factory, backend):
+    """ws_proxy(extra=..., backend_kw=...) -> (nginx, port, backend).
+    client="unix": nginx listens on a unix socket and port is its path;
+    upstream="unix": the backend listens on one (proxy_pass
+    http://unix:/path:) and its port is that path."""
 
     def make(extra="ws_heartbeat on;", backend_kw=None, http_extra="",
-             **kw):
-        b = backend(**(backend_kw or {}))
-        port = free_port()
+             client="tcp", upstream="tcp", **kw):
+        bkw = dict(backend_kw or {})
+        if upstream == "unix":
+            bkw["unix"] = os.path.join(sockdir, "backend.sock")
+        b = backend(**bkw)
+        port = os.path.join(sockdir, "nginx.sock") if client == "unix" \
+            else free_port()
         n = nginx_factory(http_extra + proxy_server(port, b.port, extra),
                           port=port, **kw)
         return n, port, b

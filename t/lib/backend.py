@@ -16,17 +16,21 @@ PY_ECHO = os.path.join(T, "backends", "py_echo.py")
 NODE_ECHO = os.path.join(T, "backends", "node_echo.js")
 
 
-def py_echo_argv(host=None):
-    """t/backends/py_echo.py (Debian's python3-websockets), on host."""
+def py_echo_argv(host=None, unix=None):
+    """t/backends/py_echo.py (Debian's python3-websockets), on host, or on
+    the unix socket at the path unix."""
     argv = [PYTHON, PY_ECHO]
     if host:
         argv += ["--host", host]
+    if unix:
+        argv += ["--unix", unix]
     return argv
 
 
 class BackendProcess:
     """A backend in its own process (and process group): the first line of
-    its stdout is the port it listens on; readline() reads the lines it
+    its stdout is the port it listens on, or the path of its unix socket
+    (self.port is then that path, a str); readline() reads the lines it
     prints after that. env: its environment (None: this one's); stdin:
     give it a pipe on stdin, for tell(). Its stderr goes to stderr_path,
     for the messages of a failed check."""
@@ -42,10 +46,10 @@ class BackendProcess:
                                      start_new_session=True)
         self.pid = self.proc.pid
         line = self.readline(start_timeout)
-        if not line.isdigit():
+        if not line.isdigit() and not line.startswith("/"):
             raise AssertionError("backend did not start (%r): %s"
                                  % (line, self.errors()))
-        self.port = int(line)
+        self.port = int(line) if line.isdigit() else line
 
     def readline(self, timeout=10.0):
         """The next line the process prints, stripped."""

@@ -1,5 +1,6 @@
 """Start a real nginx (Debian's /usr/sbin/nginx by default) with the real
-module, in its own prefix, on 127.0.0.1 ports; check its error log."""
+module, in its own prefix, on 127.0.0.1 ports or unix sockets; check its
+error log."""
 
 import os
 import re
@@ -7,6 +8,8 @@ import signal
 import socket
 import subprocess
 import time
+
+from .wsproto import connect
 
 NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
 MODULE = os.environ.get(
@@ -52,14 +55,19 @@ def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
 
 def proxy_server(port, backend, extra="", location="/", scheme="http",
                  listen_extra="", addr="127.0.0.1"):
-    """A server block on addr:port proxying WebSocket upgrades the
-    documented way, to backend: a port on 127.0.0.1, "host:port" or
-    "unix:/path"."""
+    """A server block on addr:port, or on the unix socket at the path port
+    (a str: "listen unix:"), proxying WebSocket upgrades the documented
+    way, to backend: a port on 127.0.0.1, "host:port", "unix:/path" or the
+    path of a unix socket ("/path": proxy_pass http://unix:/path:)."""
+    listen = "unix:" + port if isinstance(port, str) \
+        else "%s:%d" % (addr, port)
     if isinstance(backend, int):
         backend = "127.0.0.1:%d" % backend
+    elif backend.startswith("/"):
+        backend = "unix:%s:" % backend
     return """
     server {
-        listen %(addr)s:%(port)d %(listen_extra)s;
+        listen %(listen)s %(listen_extra)s;
         location %(location)s {
             proxy_pass %(scheme)s://%(backend)s;
             proxy_http_version 1.1;
@@ -68,21 +76,27 @@ def proxy_server(port, backend, extra="", location="/", scheme="http",
             %(extra)s
         }
     }
-""" % dict(port=port, backend=backend, extra=extra, location=location,
-           scheme=scheme, listen_extra=listen_extra, addr=addr)
+""" % dict(listen=listen, backend=backend, extra=extra, location=location,
+           scheme=scheme, listen_extra=listen_extra)
+
+
+def status_server(port):
+    """A server block on 127.0.0.1:port with the ws_heartbeat_status
+    endpoint at /status."""
+    return """
+    server {
+        listen 127.0.0.1:%d;
+        location = /status { ws_heartbeat_status; }
+    }
+""" % port
 
 
 def wait_port(port, timeout=10.0):
     """port: a TCP port on 127.0.0.1, or the path of a unix socket."""
     def ok():
         try:
-            if isinstance(port, str):
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.settimeout(0.2)
-                    s.connect(port)
-                return True
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return True
+            connect(port, timeout=0.2).close()
+            return True
         except OSError:
             return False
     wait_for(ok, timeout, what="port %s" % port)
@@ -105,6 +119,20 @@ def http_get(address, path, host="localhost", timeout=10.0):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return head, body
+
+
+def status_value(port, sample):
+    """One value of the Prometheus text of the status endpoint of
+    status_server(port), e.g. 'nginx_ws_heartbeat_pings_total{peer=
+    "client"}' (a sample as the text spells it); None if it is not
+    there."""
+    head, body = http_get(("127.0.0.1", port), "/status")
+    assert head.split()[1] == b"200", head
+    for line in body.decode().splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    return None
 
 
 # the module's close reasons, in the order of its status output

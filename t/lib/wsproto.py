@@ -4,9 +4,11 @@ tests must see every frame byte as it crossed nginx, including the Pings
 the module injects and the frames it must never alter."""
 
 import base64
+import contextlib
 import hashlib
 import os
 import queue
+import select
 import socket
 import ssl
 import struct
@@ -210,22 +212,87 @@ def _connected(sock):
         return False
 
 
+def connect(port, host="127.0.0.1", timeout=10.0, sock=None):
+    """A stream socket connected to host:port, or to the unix socket at the
+    path port (a str). sock: a socket made elsewhere (inside a network
+    namespace, with a small receive buffer...), connected here unless it
+    is connected already."""
+    unix = isinstance(port, str)
+    if sock is None and not unix:
+        return socket.create_connection((host, port), timeout)
+    made = sock is None
+    if made:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if not _connected(sock):
+        sock.settimeout(timeout)
+        try:
+            sock.connect(port if unix else (host, port))
+        except OSError:
+            if made:
+                sock.close()
+            raise
+    return sock
+
+
+def send_until(sock, data, stop):
+    """Send data on sock again and again until the event stop is set or
+    the connection breaks. What the peer does not take at once is sent
+    from where it stopped, so data is never cut but where stop comes in
+    the middle of it; stop is seen within 0.1s whatever the socket's
+    timeout (not for an SSL socket)."""
+    while not stop.is_set():
+        view = memoryview(data)
+        while view:
+            if stop.is_set():
+                return
+            if not select.select([], [sock], [], 0.1)[1]:
+                continue
+            try:
+                view = view[sock.send(view, socket.MSG_DONTWAIT):]
+            except (BlockingIOError, socket.timeout):
+                continue
+            except OSError:
+                return
+
+
+@contextlib.contextmanager
+def streaming(peer, size=65536):
+    """peer, a Client or a Backend's Conn, sends size-byte binary frames as
+    fast as nginx takes them, from a thread, for the duration of the block,
+    holding its writer's lock all along (a Client's Pongs and a Backend's
+    answers wait for it). A frame may be cut where the block ends: the
+    connection is then good for reading and closing only."""
+    frame = encode_frame(BINARY, b"s" * size, mask=peer.MASK)
+    stop = threading.Event()
+
+    def run():
+        with peer.lock:
+            send_until(peer.sock, frame, stop)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(5)
+
+
 class Client:
     """A raw WebSocket client. answer_pings: reply to the module's Pings
     (and the backend's) with a Pong echoing the payload, as browsers do.
-    sock: a socket made elsewhere (inside a network namespace, with a small
-    receive buffer...), connected here to (host, port) unless it is
-    connected already (an AF_UNIX socket to nginx, say)."""
+    port: nginx's TCP port on host, or the path of its unix socket (a str,
+    "listen unix:"); sock: see connect(). A slow reader: at most read_size
+    bytes a read, after a pause of read_pause seconds (both may be changed
+    at any time)."""
+
+    MASK = True                   # a client masks its frames
 
     def __init__(self, port, path="/", host="127.0.0.1", headers=None,
                  tls=False, timeout=10.0, answer_pings=True, extra=b"",
-                 upgrade="websocket", sock=None):
-        if sock is None:
-            sock = socket.create_connection((host, port), timeout)
-        elif not _connected(sock):
-            sock.settimeout(timeout)
-            sock.connect((host, port))
-        self.sock = sock
+                 upgrade="websocket", sock=None, read_size=1 << 20,
+                 read_pause=0.0):
+        self.sock = connect(port, host, timeout, sock)
         if tls:
             ctx = ssl.create_default_context()
             ctx.check_hostname = False
@@ -240,13 +307,18 @@ class Client:
         self.parser = Parser()
         self.frames = []          # received, not yet returned
         self.pings = []           # (monotonic time, Frame) of module Pings
+        self.read_size = read_size
+        self.read_pause = read_pause
+        authority = "localhost" if isinstance(port, str) \
+            else "%s:%d" % (host, port)
         self.head, self.status, self.headers, rest = client_handshake(
-            self.sock, path, "%s:%d" % (host, port), upgrade, headers, extra)
+            self.sock, path, authority, upgrade, headers, extra)
         self.frames += self.parser.feed(rest)
         self.closed = False
 
     def send_frame(self, opcode, payload=b"", fin=True, rsv=0, key=None):
-        self.send_raw(encode_frame(opcode, payload, fin, True, rsv, key))
+        self.send_raw(encode_frame(opcode, payload, fin, self.MASK, rsv,
+                                   key))
 
     def send_raw(self, data, module_pong=False):
         with self.lock:
@@ -276,9 +348,11 @@ class Client:
         self.send_frame(TEXT, text.encode())
 
     def _fill(self, timeout):
+        if self.read_pause:
+            time.sleep(min(self.read_pause, timeout))
         self.sock.settimeout(timeout)
         try:
-            data = self.sock.recv(1 << 20)
+            data = self.sock.recv(self.read_size)
         except socket.timeout:
             return False
         if not data:
@@ -339,7 +413,10 @@ class Client:
 
 
 class Conn:
-    """One backend-side connection: the frames it received, in order."""
+    """One backend-side connection: the frames it received, in order.
+    reading cleared: the backend reads nothing more until it is set."""
+
+    MASK = False                  # a server's frames are not masked
 
     def __init__(self, sock, path, headers):
         self.sock = sock
@@ -350,13 +427,15 @@ class Conn:
         self.raw = bytearray()        # every byte received after the 101
         self.closed = threading.Event()
         self.lock = threading.Lock()
+        self.reading = threading.Event()
+        self.reading.set()
 
     def send(self, data):
         with self.lock:
             self.sock.sendall(data)
 
     def send_frame(self, opcode, payload=b"", fin=True, rsv=0):
-        self.send(encode_frame(opcode, payload, fin, False, rsv))
+        self.send(encode_frame(opcode, payload, fin, self.MASK, rsv))
 
     def next_frame(self, timeout=10.0, skip_module_pings=True):
         deadline = time.monotonic() + timeout
@@ -382,20 +461,26 @@ class Conn:
 
 
 class Listener:
-    """A TCP server on 127.0.0.1, or on lsock, a socket bound elsewhere
-    (e.g. inside a network namespace): one thread accepts, and each
-    connection is served by self._serve(sock) in a thread of its own. A
-    subclass sets its attributes before calling __init__: a connection may
-    come at once."""
+    """A TCP server on 127.0.0.1, on the unix socket at the path unix
+    (self.port is then that path, a str), or on lsock, a socket bound
+    elsewhere (e.g. inside a network namespace): one thread accepts, and
+    each connection is served by self._serve(sock) in a thread of its own.
+    A subclass sets its attributes before calling __init__: a connection
+    may come at once."""
 
-    def __init__(self, lsock=None, backlog=512):
-        if lsock is None:
+    def __init__(self, lsock=None, backlog=512, unix=None):
+        if lsock is None and unix:
+            lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            lsock.bind(unix)
+            os.chmod(unix, 0o777)     # nginx's workers may run as "nobody"
+        elif lsock is None:
             lsock = socket.socket()
             lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             lsock.bind(("127.0.0.1", 0))
         lsock.listen(backlog)
         self.lsock = lsock
-        self.port = lsock.getsockname()[1]
+        name = lsock.getsockname()
+        self.port = name if isinstance(name, str) else name[1]
         self.stopping = False
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -411,17 +496,22 @@ class Listener:
 
 
 class Backend(Listener):
-    """A raw WebSocket backend on 127.0.0.1 (or on lsock, see Listener).
-    mode "echo": every frame comes back as received, unmasked (fragments
-    and control frames included); "silent": frames are only recorded. Pings
-    from nginx are answered with a Pong unless answer_pings is False. A
-    Close is answered with a Close and the TCP connection is then shut
-    down, unless answer_close is False."""
+    """A raw WebSocket backend on 127.0.0.1 (or on a unix socket, or on
+    lsock, see Listener). mode "echo": every frame comes back as received,
+    unmasked (fragments and control frames included); "silent": frames are
+    only recorded. Pings from nginx are answered with a Pong unless
+    answer_pings is False. A Close is answered with a Close and the
+    connection is then shut down, unless answer_close is False. A slow
+    reader: at most read_size bytes a read, with read_pause seconds
+    before each (and no reads while a Conn's reading is cleared)."""
 
     def __init__(self, mode="echo", answer_pings=True, extensions=None,
                  upgrade="websocket", status=101, tls_context=None,
-                 answer_close=True, lsock=None):
+                 answer_close=True, lsock=None, unix=None,
+                 read_size=1 << 20, read_pause=0.0):
         self.mode = mode
+        self.read_size = read_size
+        self.read_pause = read_pause
         self.answer_close = answer_close
         self.answer_pings = answer_pings
         self.extensions = extensions
@@ -430,7 +520,7 @@ class Backend(Listener):
         self.tls_context = tls_context
         self.conns = queue.Queue()
         self.all = []
-        super().__init__(lsock)
+        super().__init__(lsock, unix=unix)
 
     def _serve(self, s):
         try:
@@ -453,7 +543,10 @@ class Backend(Listener):
                     conn.raw += data
                     for f in parser.feed(data):
                         self._frame(conn, f)
-                data = s.recv(1 << 20)
+                conn.reading.wait()
+                if self.read_pause:
+                    time.sleep(self.read_pause)
+                data = s.recv(self.read_size)
                 if not data:
                     break
         except OSError:
@@ -491,6 +584,7 @@ class Backend(Listener):
         self.stopping = True
         self.lsock.close()
         for c in self.all:
+            c.reading.set()
             try:
                 c.close()
             except OSError:
