@@ -15,11 +15,9 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import struct
-import tempfile
+import subprocess
 import threading
 import time
 
@@ -28,8 +26,9 @@ import pytest
 from conftest import proxy_server
 from lib.backend import NODE_BIN, NODE_ECHO, NODE_PATH, py_echo_argv
 from lib.netns import NetLab, ip
-from lib.nginx import free_port, slow, wait_for
-from lib.wsproto import BINARY, CLOSE, PING, PONG, TEXT, Client
+from lib.nginx import free_port, slow, status_server, status_value, wait_for
+from lib.wsproto import (BINARY, CLOSE, PING, PONG, TEXT, Client,
+                         streaming)
 
 UPSTREAM_TIMEOUT_LOG = (r'\[info\].*ws heartbeat: closing, upstream heartbeat '
                         r'timeout in location "/"')
@@ -156,8 +155,15 @@ def expect_upstream_timeout_close(c, t0, interval, timeout):
     return took
 
 
-def test_frozen_backend_client_gets_1011(procs, nginx_factory):
-    bp = procs(py_echo_argv())
+def frozen_backend(sockdir, procs, nginx_factory, upstream):
+    """t/backends/py_echo.py on 127.0.0.1 or, upstream "unix", on a unix
+    socket (proxy_pass http://unix:/path:), behind nginx with FROZEN; a
+    client echoed once; then the backend frozen (SIGSTOP). Returns (nginx,
+    the backend's BackendProcess, the client, the time of the freeze)."""
+    if upstream == "unix":
+        bp = procs(py_echo_argv(unix=os.path.join(sockdir, "echo.sock")))
+    else:
+        bp = procs(py_echo_argv())
     port = free_port()
     n = nginx_factory(proxy_server(port, bp.port, FROZEN), port=port)
     c = Client(port, answer_pings=True)
@@ -165,9 +171,14 @@ def test_frozen_backend_client_gets_1011(procs, nginx_factory):
     c.send_text("before the freeze")
     f = c.recv_frame(timeout=5)
     assert f is not None and f.payload == b"before the freeze", f
-
     bp.signal(signal.SIGSTOP)
-    t0 = time.monotonic()
+    return n, bp, c, time.monotonic()
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_frozen_backend_client_gets_1011(sockdir, procs, nginx_factory,
+                                         upstream):
+    n, bp, c, t0 = frozen_backend(sockdir, procs, nginx_factory, upstream)
     took = expect_upstream_timeout_close(c, t0, FROZEN_INTERVAL,
                                          FROZEN_TIMEOUT)
     print("frozen backend: Close 1011 %.3fs after SIGSTOP" % took)
@@ -177,43 +188,56 @@ def test_frozen_backend_client_gets_1011(procs, nginx_factory):
         state = f.read().rsplit(")", 1)[1].split()[0]
     assert state == "T", "backend process state %s, not stopped" % state
     # ... and nginx closed its connection to it after writing what the
-    # frozen process never read: its socket is in CLOSE_WAIT with the
-    # masked Ping (2 + 4 + 16 bytes) and the masked Close 1001 "heartbeat
-    # timeout" (2 + 4 + 2 + 17) unread, and the FIN (1 in the kernel's
-    # count)
-    unread = 22 + 25 + 1
-    socks = wait_for(lambda: [q for st, q in backend_sockets(bp.port)
-                              if st == TCP_CLOSE_WAIT],
+    # frozen process never read: its socket is closed by the peer (TCP:
+    # in CLOSE_WAIT) with the masked Ping (2 + 4 + 16 bytes) and the
+    # masked Close 1001 "heartbeat timeout" (2 + 4 + 2 + 17) unread, and
+    # on TCP the FIN (1 in the kernel's count)
+    unread = 22 + 25 + (1 if upstream == "tcp" else 0)
+    socks = wait_for(lambda: [q for closed, q in backend_sockets(bp.port)
+                              if closed],
                      timeout=5, what="nginx to close the upstream connection")
     assert socks == [unread], (socks, backend_sockets(bp.port))
     c.close()
 
 
-TCP_CLOSE_WAIT = 0x08
+TCP_CLOSE_WAIT, TCP_LISTEN = 0x08, 0x0A
 
 
 def backend_sockets(port):
-    """(state, bytes unread) of the connections accepted on a local TCP
-    port, as /proc/net/tcp shows them."""
+    """(closed by the peer, bytes unread) of the connections accepted on a
+    local TCP port, as /proc/net/tcp shows them (closed: CLOSE_WAIT), or
+    on the unix socket at the path port, as ss -x shows them (closed: shut
+    down both ways, "---")."""
     out = []
+    if isinstance(port, str):
+        lines = subprocess.run(["ss", "-Hxane", "src", port],
+                               stdout=subprocess.PIPE, text=True,
+                               check=True).stdout.splitlines()
+        for fields in (line.split() for line in lines):
+            if fields[1] != "LISTEN":
+                out.append((fields[8] == "---", int(fields[2])))
+        return out
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:
             fields = line.split()
             local, state, queues = fields[1], int(fields[3], 16), fields[4]
-            if int(local.split(":")[1], 16) == port and state != 0x0A:
-                out.append((state, int(queues.split(":")[1], 16)))
+            if int(local.split(":")[1], 16) == port and state != TCP_LISTEN:
+                out.append((state == TCP_CLOSE_WAIT,
+                            int(queues.split(":")[1], 16)))
     return out
 
 
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
 @pytest.mark.parametrize("client", ["idle", "chatty"])
-def test_deaf_backend_gets_masked_close_1001(ws_proxy, client):
+def test_deaf_backend_gets_masked_close_1001(ws_proxy, client, upstream):
     """Beyond the frozen process: a raw backend that reads everything but
     never sends a byte shows what nginx writes to it. Its last frames are
     the unanswered Ping and a masked Close 1001 "heartbeat timeout"; a
     client sending data all along changes nothing (only the backend's bytes
     prove the backend alive)."""
     n, port, b = ws_proxy(FROZEN,
-                          backend_kw=dict(mode="silent", answer_pings=False))
+                          backend_kw=dict(mode="silent", answer_pings=False),
+                          upstream=upstream)
     c = Client(port, answer_pings=True)
     conn = b.accept()
     t0 = time.monotonic()
@@ -243,14 +267,65 @@ def test_deaf_backend_gets_masked_close_1001(ws_proxy, client):
     c.close()
 
 
+STREAMING_BOUND = slow(8.0)
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_frozen_backend_streaming_client_gets_1011(sockdir, procs,
+                                                   nginx_factory, upstream):
+    """The backend freezes while the client keeps sending: nginx's writes
+    to it soon block, and the module's Ping waits behind the client's
+    frames, never written, so no Pong can be missed. What tells a frozen
+    backend from a slow one is then whether it still takes bytes: ACKs on
+    TCP, the queue of unread bytes on a unix socket (which has no ACKs,
+    and once counted as alive whatever happened)."""
+    n, bp, c, t0 = frozen_backend(sockdir, procs, nginx_factory, upstream)
+    with streaming(c):
+        f = c.recv_frame(timeout=STREAMING_BOUND + 2)
+        took = time.monotonic() - t0
+    assert f is not None, "no Close %.1fs after SIGSTOP (closed=%s)" % (
+        took, c.closed)
+    assert f.opcode == CLOSE and f.close_code == 1011, (f, f.payload)
+    assert close_reason(f) == b"upstream timeout", f.payload
+    assert FROZEN_TIMEOUT - 0.1 <= took <= STREAMING_BOUND, took
+    print("frozen backend, streaming client: Close 1011 %.3fs after SIGSTOP"
+          % took)
+    n.wait_log(UPSTREAM_TIMEOUT_LOG, timeout=5)
+    assert c.wait_closed(5)
+    c.close()
+
+
+SLOW = """
+            ws_heartbeat on;
+            ws_heartbeat_upstream on;
+            ws_heartbeat_interval 200ms;
+            ws_heartbeat_timeout 1s;"""
+
+
+@pytest.mark.parametrize("upstream", ["tcp", "unix"])
+def test_slow_backend_is_not_declared_dead(ws_proxy, upstream):
+    """The other side of the frozen backend: one that reads slowly (16 KiB
+    every 150 ms) while the client streams. The writes to it block for
+    longer than the heartbeat timeout, again and again, with a Ping
+    waiting behind the frames; yet it takes bytes, so it is alive."""
+    sport = free_port()
+    n, port, b = ws_proxy(SLOW, upstream=upstream, backend_kw=dict(
+        mode="silent", read_size=16384, read_pause=0.15),
+        http_extra=status_server(sport))
+    c = Client(port, answer_pings=True)
+    b.accept()
+    with streaming(c, 8192):
+        c.pump(4.0)
+    assert not c.closed, n.log()[-2000:]
+    assert "heartbeat timeout" not in n.log()
+    assert not [f for f in c.frames if f.opcode == CLOSE]
+    # Pings were due (and waited behind the frames)
+    assert status_value(
+        sport, 'nginx_ws_heartbeat_pings_total{peer="upstream"}') >= 1
+    c.close()
+
+
 # -- 3. vanished backend -------------------------------------------------------
-
-def unix_socket(path):
-    """A socket connected to the unix socket at path."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    return s
-
 
 @contextlib.contextmanager
 def private_link():
@@ -275,62 +350,38 @@ def private_link():
 
 VANISHED_INTERVAL, VANISHED_TIMEOUT = 0.2, 0.5
 VANISHED = """
-    server {
-        listen unix:%(sock)s;
-        location / {
-            proxy_pass http://%(addr)s:%(bport)d;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
             proxy_connect_timeout 5s;
             ws_heartbeat on;
             ws_heartbeat_upstream on;
             ws_heartbeat_interval 200ms;
             ws_heartbeat_timeout 500ms;
-            proxy_read_timeout 60s;
-        }
-    }
-"""
+            proxy_read_timeout 60s;"""
 
 
-def test_vanished_backend_client_gets_1011(procs, nginx_factory):
-    sockdir = tempfile.mkdtemp(prefix="wshb-")
+def test_vanished_backend_client_gets_1011(sockdir, procs, nginx_factory):
     sock = os.path.join(sockdir, "nginx.sock")
-    try:
-        with private_link() as link:
-            bp = procs(["ip", "netns", "exec", link["ns_b"]]
-                       + py_echo_argv(link["addr_b"]))
-            n = nginx_factory(VANISHED % dict(sock=sock,
-                                              addr=link["addr_b"],
-                                              bport=bp.port), start=False)
-            # nginx runs in the proxy namespace; the client reaches it
-            # over a unix socket, which no network namespace confines
-            plain_cmd = n.cmd
-            n.cmd = lambda *extra: (["ip", "netns", "exec", link["ns_p"]]
-                                    + plain_cmd(*extra))
-            try:
-                vanish(n, bp, link, sock)
-            finally:
-                # stop both while their namespaces still exist
-                n.stop()
-                bp.stop()
-    finally:
-        shutil.rmtree(sockdir, ignore_errors=True)
+    with private_link() as link:
+        bp = procs(["ip", "netns", "exec", link["ns_b"]]
+                   + py_echo_argv(link["addr_b"]))
+        n = nginx_factory(proxy_server(sock, "%s:%d" % (link["addr_b"],
+                                                        bp.port),
+                                       VANISHED), start=False)
+        # nginx runs in the proxy namespace; the client reaches it over a
+        # unix socket, which no network namespace confines
+        plain_cmd = n.cmd
+        n.cmd = lambda *extra: (["ip", "netns", "exec", link["ns_p"]]
+                                + plain_cmd(*extra))
+        try:
+            vanish(n, bp, link, sock)
+        finally:
+            # stop both while their namespaces still exist
+            n.stop()
+            bp.stop()
 
 
 def vanish(n, bp, link, sock):
-    n.start()
-
-    def listening():
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(sock)
-            return True
-        except OSError:
-            return False
-    wait_for(listening, 10, what="nginx on " + sock)
-
-    c = Client(0, answer_pings=True, sock=unix_socket(sock))
+    n.start(sock)
+    c = Client(sock, answer_pings=True)
     assert c.status == 101, c.head + n.log()[-2000:]
     c.send_text("across the link")
     f = c.recv_frame(timeout=5)
