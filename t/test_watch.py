@@ -1,7 +1,10 @@
 """The worker-exit watch (ngx/ngx_ws_heartbeat_exit.cpp): each worker keeps
-one idle connection of its own to learn that it is exiting, but only where
-some location drains (ws_heartbeat on, ws_heartbeat_drain on), and a worker
-that cannot have it serves on without the drain instead of exiting.
+one idle connection of its own to learn that it is exiting, wherever some
+location has ws_heartbeat on, with ws_heartbeat_drain on or off (with it
+off the module steps aside at exit, and needs the watch for that), and
+none where no location has. A worker that cannot have it serves on instead
+of exiting, and learns of its exit late: its connections drain when their
+timers next wake.
 
 t/preload/watch_fail.c, compiled here and preloaded into nginx, makes the
 resources the watch may use fail in the workers (socket(AF_INET,
@@ -16,13 +19,15 @@ import subprocess
 import pytest
 
 from conftest import proxy_server
-from lib.nginx import PRELOAD, free_port, wait_for
-from lib.wsproto import PING, TEXT, Client
+from lib.nginx import PRELOAD, free_port, slow, wait_for
+from lib.wsproto import CLOSE, PING, TEXT, Client
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIM_C = os.path.join(HERE, "preload", "watch_fail.c")
 
-WATCH_ALERT = r"\[alert\] (\d+)#\d+: ws heartbeat: .*watch"
+WATCH_ALERT = (r"\[alert\] (\d+)#\d+: ws heartbeat: .*worker-exit watch.*, "
+               r"an exiting worker's connections drain when their timers "
+               r"next wake")
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +51,14 @@ def alerts(n):
     """[(pid, line)] of the watch's alert lines."""
     return [(int(m.group(1)), line) for line in n.log().splitlines()
             for m in [re.search(WATCH_ALERT, line)] if m]
+
+
+def alert_from_each(n, workers):
+    """Each of the workers (pids) logs the watch's alert, once."""
+    got = wait_for(lambda: len(alerts(n)) >= len(workers) and alerts(n), 5,
+                   what="an alert from each worker")
+    assert sorted(pid for pid, _ in got) == sorted(workers), (got, workers)
+    return got
 
 
 def check_only_watch_alerts(n):
@@ -86,19 +99,19 @@ def pinged(n, port):
 def test_no_watch_no_exit(nginx_factory, backend, shim):
     """Workers that cannot have the watch log it once each and serve on:
     the upgrade, the relay and the heartbeat work, and a reload brings up
-    new workers that do the same."""
+    new workers that do the same. An old worker learns of its exit late,
+    from its connection's timer, and drains the connection then."""
     b = backend()
     port = free_port()
     n = shimmed(nginx_factory, shim, proxy_server(port, b.port, """
             ws_heartbeat on;
-            ws_heartbeat_interval 200ms;"""), port)
+            ws_heartbeat_interval 200ms;
+            ws_heartbeat_drain_spread 0;"""), port)
     c = pinged(n, port)
 
     workers = set(n.worker_pids())
     assert len(workers) == 2, workers
-    got = wait_for(lambda: len(alerts(n)) >= 2 and alerts(n), 5,
-                   what="an alert from each worker")
-    assert sorted(pid for pid, _ in got) == sorted(workers), got
+    got = alert_from_each(n, workers)
     print(got[0][1])
 
     # a reload: new workers, each with its one alert, serving
@@ -106,34 +119,44 @@ def test_no_watch_no_exit(nginx_factory, backend, shim):
     new = wait_for(lambda: set(n.worker_pids()) - workers
                    if len(set(n.worker_pids()) - workers) == 2 else None,
                    10, what="two new workers")
-    wait_for(lambda: len(alerts(n)) >= 4, 5, what="the new workers' alerts")
-    c2 = pinged(n, port)
-    pids = [pid for pid, _ in alerts(n)]
-    assert sorted(pids) == sorted(workers | new), (pids, workers, new)
-    # without the drain the old worker keeps its connection, as stock
-    # nginx does, and the connection still relays
-    c.send_frame(TEXT, b"old worker")
-    f = c.recv_frame(timeout=5)
-    assert f is not None and f.payload == b"old worker", f
+    alert_from_each(n, workers | new)
+    # the old worker's connection drains when its timer next wakes (the
+    # interval; the spread is 0): the backend answers the Close 1001 the
+    # drain sent it, and the answer reaches the client
+    f = c.recv_frame(timeout=slow(5))
+    assert f is not None and f.opcode == CLOSE and f.close_code == 1001, f
+    assert c.wait_closed(5)
     c.close()
+    # and the old workers, their connections ended, exit (until they have
+    # their signal, 100ms after the new ones start, they still accept)
+    wait_for(lambda: not workers & set(n.worker_pids()), slow(5),
+             what="the old workers to exit")
+    c2 = pinged(n, port)
     c2.close()
     check_only_watch_alerts(n)
 
 
-@pytest.mark.parametrize("conf", [
-    "",                                         # module loaded, unused
-    "ws_heartbeat off; ws_heartbeat_drain on;",
-    "ws_heartbeat on; ws_heartbeat_drain off; ws_heartbeat_interval 200ms;",
+@pytest.mark.parametrize("conf, watched", [
+    ("", False),                                # module loaded, unused
+    ("ws_heartbeat off; ws_heartbeat_drain on;", False),
+    ("ws_heartbeat on; ws_heartbeat_drain off; ws_heartbeat_interval 200ms;",
+     True),
+    ("ws_heartbeat on; ws_heartbeat_drain on; ws_heartbeat_interval 200ms;",
+     True),
 ])
-def test_watch_only_where_a_location_drains(nginx_factory, backend, shim,
-                                            conf):
-    """No location drains: no worker tries to make the watch (the shim
-    would make it fail, and the failure would be logged)."""
+def test_watch_where_a_location_has_ws_heartbeat_on(nginx_factory, backend,
+                                                    shim, conf, watched):
+    """A location with ws_heartbeat on, draining or not: each worker tries
+    to make the watch (the shim makes it fail: one alert each). None has:
+    no worker tries (the failure would be logged)."""
     b = backend()
     port = free_port()
     n = shimmed(nginx_factory, shim, proxy_server(port, b.port, conf), port)
-    c = pinged(n, port) if "ws_heartbeat on" in conf else connect(n, port)
+    c = pinged(n, port) if watched else connect(n, port)
+    if watched:
+        alert_from_each(n, n.worker_pids())
     c.close()
     n.stop()
-    assert not alerts(n), alerts(n)
+    if not watched:
+        assert not alerts(n), alerts(n)
     check_only_watch_alerts(n)
