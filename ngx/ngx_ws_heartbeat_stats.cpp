@@ -199,44 +199,42 @@ ngx_http_ws_heartbeat_active(ngx_http_ws_heartbeat_stats_t *st) noexcept
 }
 
 
+/* the worker's active connections: in its slot, or without one */
+
+static void
+ngx_http_ws_heartbeat_count_active(ngx_http_ws_heartbeat_ctx_t *ctx,
+    ngx_atomic_int_t delta) noexcept
+{
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
+    hmcf = ngx_http_ws_heartbeat_main_conf(ctx->request);
+
+    if (hmcf->slot != NULL) {
+        (void) ngx_atomic_fetch_add(&hmcf->slot->active, delta);
+
+    } else if (hmcf->stats != NULL) {
+        (void) ngx_atomic_fetch_add(&hmcf->stats->unslotted, delta);
+    }
+}
+
+
 /* a connection the module manages from now on, and its end */
 
 void
 ngx_http_ws_heartbeat_count_start(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
-    ngx_http_ws_heartbeat_stats_t      *st;
-    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
-
-    hmcf = ngx_http_ws_heartbeat_main_conf(ctx->request);
-    st = hmcf->stats;
-
-    ngx_http_ws_heartbeat_count(st, connections);
-
-    if (hmcf->slot != NULL) {
-        (void) ngx_atomic_fetch_add(&hmcf->slot->active, 1);
-
-    } else {
-        ngx_http_ws_heartbeat_count(st, unslotted);
-    }
+    ngx_http_ws_heartbeat_count(ngx_http_ws_heartbeat_stats(ctx),
+                                connections);
+    ngx_http_ws_heartbeat_count_active(ctx, 1);
 }
 
 
 void
 ngx_http_ws_heartbeat_count_end(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
-    ngx_http_ws_heartbeat_stats_t      *st;
-    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
-
-    hmcf = ngx_http_ws_heartbeat_main_conf(ctx->request);
-    st = hmcf->stats;
-
-    if (st == NULL) {
-        return;
-    }
-
-    (void) ngx_atomic_fetch_add(hmcf->slot != NULL ? &hmcf->slot->active
-                                                   : &st->unslotted, -1);
-    (void) ngx_atomic_fetch_add(&st->ends[ngx_http_ws_heartbeat_end(ctx)], 1);
+    ngx_http_ws_heartbeat_count_active(ctx, -1);
+    ngx_http_ws_heartbeat_count(ngx_http_ws_heartbeat_stats(ctx),
+                                ends[ngx_http_ws_heartbeat_end(ctx)]);
 }
 
 

@@ -5,18 +5,15 @@ be had again. t/preload/rand_fail.c, compiled here and preloaded into
 nginx, makes the first WSHB_RAND_FAILS calls of RAND_bytes() in the worker
 fail."""
 
-import os
-import subprocess
 import time
 
 import pytest
 
 from conftest import proxy_server
+from lib import preload
 from lib.nginx import PRELOAD, free_port, slow, wait_for
 from lib.wsproto import PING, TEXT, Client
 
-SHIM_C = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "preload", "rand_fail.c")
 FAILS = 4
 INTERVAL = 0.2
 
@@ -29,10 +26,7 @@ def pings(conn):
 
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("shim") / "rand_fail.so")
-    subprocess.run(["cc", "-shared", "-fPIC", "-O", "-Wall", "-Werror",
-                    "-o", out, SHIM_C, "-ldl"], check=True)
-    return out
+    return preload.build("rand_fail", tmp_path_factory)
 
 
 def test_upstream_pings_resume_after_rand_bytes_fails(nginx_factory,

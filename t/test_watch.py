@@ -14,16 +14,14 @@ RestrictAddressFamilies=, a sandbox or the fd limit can."""
 import os
 import re
 import signal
-import subprocess
 
 import pytest
 
 from conftest import proxy_server
+from lib import preload
 from lib.nginx import PRELOAD, free_port, slow, wait_for
 from lib.wsproto import CLOSE, PING, TEXT, Client
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SHIM_C = os.path.join(HERE, "preload", "watch_fail.c")
 
 WATCH_ALERT = (r"\[alert\] (\d+)#\d+: ws heartbeat: .*worker-exit watch.*, "
                r"an exiting worker's connections drain when their timers "
@@ -32,10 +30,7 @@ WATCH_ALERT = (r"\[alert\] (\d+)#\d+: ws heartbeat: .*worker-exit watch.*, "
 
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("shim") / "watch_fail.so")
-    subprocess.run(["cc", "-shared", "-fPIC", "-O", "-Wall", "-Werror",
-                    "-o", out, SHIM_C, "-ldl"], check=True)
-    return out
+    return preload.build("watch_fail", tmp_path_factory)
 
 
 def shimmed(nginx_factory, shim, http, port, workers=2):
