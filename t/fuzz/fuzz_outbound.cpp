@@ -2,7 +2,9 @@
 //
 // Input: byte 0 = bit 0 role, bit 1 swallow, bit 2 allow RSV1, bits 3-5
 // Io behaviour (how often writes are short, io_again or 0), bits 6-7 how
-// often a frame is queued; bytes 1-2 = stream length L (little endian,
+// often a frame is queued (1 in 8 of them the last: a Close of the
+// module's, after which relay bytes are discarded); bytes 1-2 = stream
+// length L (little endian,
 // capped to what is left); then L stream bytes; the rest drives every
 // choice (buffer growth, write results, queue and flush points). The
 // output is checked against the reference as in the unit property test
@@ -69,6 +71,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
     opt.again_odds = (io & 2) != 0 ? 3 : 0;
     opt.zero_odds = (io & 4) != 0 ? 5 : 0;
     opt.queue_odds = (cf >> 6) == 0 ? 0 : 1u + (cf >> 6) * 2;
+    opt.last_odds = 8; // a queued frame is the last one (a module Close)
     opt.grow_max = 512;
     opt.flush_odds = 4;
 

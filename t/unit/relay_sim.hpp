@@ -97,6 +97,7 @@ struct options {
     std::uint32_t short_odds = 0;  // 1 in N writes is short
     std::uint32_t zero_odds = 0;   // 1 in N writes returns 0
     std::uint32_t queue_odds = 0;  // 1 in N steps queues a frame
+    std::uint32_t last_odds = 0;   // 1 in N queued frames is the last
     std::uint32_t flush_odds = 6;  // 1 in N steps calls flush()
 };
 
@@ -266,16 +267,20 @@ struct result {
     std::size_t swallowed = 0;
     std::size_t frames = 0;
     bool passthrough = false;
+    bool ended = false; // a last frame was written: the rest discarded
 };
 
 // Is out the relay frames (minus swallowed Pongs) with the injected
 // frames in order at frame boundaries, then the tail as it should be?
 // A search over (frames placed, injections placed): an input frame may be
 // byte-identical to an injected one, so a greedy match is not enough.
+// ended: the last injection was a last frame (queue(..., true)): the
+// output stops right after it, wherever the relay frames had got to.
 inline std::string check_output(const bytes& s, const reference& ref,
                                 const bytes& out,
                                 const std::vector<bytes>& injects, bool swallow,
-                                wshb::role r, bool inject_may_be_dropped)
+                                wshb::role r, bool inject_may_be_dropped,
+                                bool ended = false)
 {
     std::size_t n = ref.frames.size();
     std::size_t m = injects.size();
@@ -302,8 +307,16 @@ inline std::string check_output(const bytes& s, const reference& ref,
     (void)r;
 
     // all frames placed, j injections placed: does the rest fit?
-    auto finished = [&](std::size_t j) {
+    auto finished = [&](std::size_t i, std::size_t j) {
+        if (ended) {
+            return j == m && fo[i] + jo[j] == out.size();
+        }
+
         std::size_t o = fo[n] + jo[j];
+
+        if (i != n) {
+            return false;
+        }
 
         if (j != m && !(inject_may_be_dropped && j + 1 == m)) {
             return false;
@@ -341,7 +354,7 @@ inline std::string check_output(const bytes& s, const reference& ref,
             best_i = i;
         }
 
-        if (i == n && finished(j)) {
+        if (finished(i, j)) {
             return std::string();
         }
 
@@ -400,9 +413,11 @@ result run(const bytes& s, wshb::role r, bool swallow, bool rsv1, Chooser& ch,
         if (opt.queue_odds != 0 && !ob.queued() && ch.pick(opt.queue_odds) == 1)
         {
             bytes f = inject_frame(r, counter, ch.pick(1000));
-            bool ok = ob.queue(f.data(), f.size());
+            bool last = opt.last_odds != 0 && ch.pick(opt.last_odds) == 1;
+            bool open = !ob.passthrough() && !ob.discarding();
+            bool ok = ob.queue(f.data(), f.size(), last);
 
-            if (ok == ob.passthrough()) {
+            if (ok != open) {
                 io.fail("queue() refused or accepted wrongly");
                 break;
             }
@@ -536,7 +551,9 @@ result run(const bytes& s, wshb::role r, bool swallow, bool rsv1, Chooser& ch,
     }
 
     dropped = ref.end == reference::error;
-    res.problem = check_output(s, ref, io.out, injects, swallow, r, dropped);
+    res.ended = ob.discarding();
+    res.problem = check_output(s, ref, io.out, injects, swallow, r, dropped,
+                               res.ended);
 
     if (!res.problem.empty()) {
         return res;
@@ -575,7 +592,9 @@ result run(const bytes& s, wshb::role r, bool swallow, bool rsv1, Chooser& ch,
         want_claims += f.swallow ? 1 : 0;
     }
 
-    if (io.pongs_claimed != want_claims) {
+    // after a last frame the Pongs are consumed, not claimed
+    if (res.ended ? io.pongs_claimed > want_claims
+                  : io.pongs_claimed != want_claims) {
         res.problem = "swallowed " + std::to_string(io.pongs_claimed)
                       + " Pongs, expected " + std::to_string(want_claims);
         return res;

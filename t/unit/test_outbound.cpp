@@ -682,6 +682,43 @@ TEST_CASE("outbound: property: output is input minus swallowed Pongs plus "
     CHECK(agains > 100);
 }
 
+TEST_CASE("outbound: property: a last frame ends the written stream",
+          "[outbound][property]")
+{
+    std::size_t runs = 0;
+    std::size_t ended = 0;
+
+    for (role r : {role::client, role::server}) {
+        for (bool swallow : {true, false}) {
+            for (io_mode m : io_modes()) {
+                m.opt.last_odds = 3;
+                for (std::uint32_t seed = 1; seed <= 12; seed++) {
+                    std::mt19937 rng(seed * 7919 + (r == role::client));
+                    bool rsv1 = seed % 2 == 0;
+                    generated g = gen_stream(rng, r, rsv1, 10 + seed * 4);
+                    mt_chooser ch(seed * 31 + swallow);
+                    sim::result res =
+                        sim::run(g.s, r, swallow, rsv1, ch, m.opt);
+
+                    INFO("role " << (r == role::client ? "client" : "server")
+                                 << " swallow " << swallow << " mode " << m.name
+                                 << " seed " << seed << " size " << g.s.size());
+                    if (!res.problem.empty()) {
+                        FAIL(res.problem);
+                    }
+                    // the Io hears of every frame, written or discarded
+                    CHECK(res.frames == g.frames);
+                    runs++;
+                    ended += res.ended ? 1 : 0;
+                }
+            }
+        }
+    }
+
+    CHECK(runs == 2 * 2 * 4 * 12);
+    CHECK(ended > runs / 2);
+}
+
 TEST_CASE("outbound: property: a stream rejected midway is forwarded raw",
           "[outbound][property]")
 {
