@@ -4,6 +4,7 @@ left alone."""
 
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -216,7 +217,11 @@ def test_post_action_after_the_relay(ws_proxy):
             post_action @after;
         }
         location @after {
-            return 204;""", log_level="debug")
+            access_log %(after)s after;
+            return 204;""" % dict(after="logs/after.log"), http_extra="""
+    log_format after "after status=$status upstream=$upstream_status "
+                     "sent=$bytes_sent time=$request_time";""")
+    after_log = os.path.join(n.prefix, "logs", "after.log")
     c = Client(port)
     conn = b.accept()
     c.pump(0.2)
@@ -232,5 +237,20 @@ def test_post_action_after_the_relay(ws_proxy):
     c.close()
     n.stop()
     log = n.log()
-    assert "post action: \"@after\"" in log
     assert "exited on signal" not in log
+    # the post_action ran (the request is logged by @after's access_log,
+    # not by the relay location's) and after the relay: the upstream had
+    # answered 101, the Pings of the 0.2 s relayed to the client went out
+    # before, and the request lasted that long
+    with open(n.access_log) as f:
+        assert f.read() == ""
+    with open(after_log) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 1, lines
+    m = re.fullmatch(r"after status=(\d+) upstream=(\d+) sent=(\d+) "
+                     r"time=([\d.]+)", lines[0])
+    assert m, lines
+    assert m.group(2) == "101", lines
+    assert c.pings
+    assert int(m.group(3)) >= len(c.head) + 18 * len(c.pings), lines
+    assert float(m.group(4)) >= 0.2, lines

@@ -2,6 +2,7 @@
 module, in its own prefix, on 127.0.0.1 ports or unix sockets; check its
 error log."""
 
+import functools
 import os
 import re
 import signal
@@ -16,6 +17,30 @@ MODULE = os.environ.get(
     "NGX_WS_HEARTBEAT_MODULE",
     os.path.join(os.path.dirname(__file__), "..", "..", "build",
                  "ngx_ws_heartbeat_module.so"))
+
+
+@functools.lru_cache(maxsize=None)
+def nginx_v():
+    """The output of NGINX_BIN -V (version, build and configure
+    arguments)."""
+    r = subprocess.run([NGINX_BIN, "-V"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=30)
+    assert r.returncode == 0, r.stdout
+    return r.stdout
+
+
+def nginx_version():
+    """The version of NGINX_BIN, e.g. (1, 22, 1)."""
+    m = re.search(r"nginx version: [^/\s]+/(\d+)\.(\d+)\.(\d+)",
+                  nginx_v())
+    assert m, nginx_v()
+    return tuple(int(x) for x in m.groups())
+
+
+def built_with_debug():
+    """Whether NGINX_BIN is built --with-debug (logs at debug level)."""
+    return re.search(r"(^|\s)--with-debug(\s|$)", nginx_v(), re.M) \
+        is not None
 
 
 PRELOAD = os.environ.get("NGX_WS_HEARTBEAT_PRELOAD", "")
