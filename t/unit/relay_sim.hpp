@@ -552,8 +552,8 @@ result run(const bytes& s, wshb::role r, bool swallow, bool rsv1, Chooser& ch,
 
     dropped = ref.end == reference::error;
     res.ended = ob.discarding();
-    res.problem = check_output(s, ref, io.out, injects, swallow, r, dropped,
-                               res.ended);
+    res.problem =
+        check_output(s, ref, io.out, injects, swallow, r, dropped, res.ended);
 
     if (!res.problem.empty()) {
         return res;
@@ -594,7 +594,8 @@ result run(const bytes& s, wshb::role r, bool swallow, bool rsv1, Chooser& ch,
 
     // after a last frame the Pongs are consumed, not claimed
     if (res.ended ? io.pongs_claimed > want_claims
-                  : io.pongs_claimed != want_claims) {
+                  : io.pongs_claimed != want_claims)
+    {
         res.problem = "swallowed " + std::to_string(io.pongs_claimed)
                       + " Pongs, expected " + std::to_string(want_claims);
         return res;

@@ -635,20 +635,18 @@ std::vector<io_mode> io_modes()
     return v;
 }
 
-} // namespace
-
-TEST_CASE("outbound: property: output is input minus swallowed Pongs plus "
-          "injections at boundaries",
-          "[outbound][property]")
+// Every role, swallowing on and off, every Io mode with 1 in last_odds
+// queued frames the last (0: none), 12 seeds each: a run must report no
+// problem, then check(g, swallow, res). Returns the number of runs.
+template <class Check>
+std::size_t for_each_run(std::uint32_t last_odds, Check check)
 {
     std::size_t runs = 0;
-    std::size_t injected = 0;
-    std::size_t swallowed = 0;
-    std::size_t agains = 0;
 
     for (role r : {role::client, role::server}) {
         for (bool swallow : {true, false}) {
-            for (const io_mode& m : io_modes()) {
+            for (io_mode m : io_modes()) {
+                m.opt.last_odds = last_odds;
                 for (std::uint32_t seed = 1; seed <= 12; seed++) {
                     std::mt19937 rng(seed * 7919 + (r == role::client));
                     bool rsv1 = seed % 2 == 0;
@@ -663,18 +661,35 @@ TEST_CASE("outbound: property: output is input minus swallowed Pongs plus "
                     if (!res.problem.empty()) {
                         FAIL(res.problem);
                     }
-                    CHECK(res.frames == g.frames);
-                    CHECK(res.swallowed == (swallow ? g.our_pongs : 0));
-                    CHECK_FALSE(res.passthrough);
-
+                    check(g, swallow, res);
                     runs++;
-                    injected += res.injected;
-                    swallowed += res.swallowed;
-                    agains += res.agains;
                 }
             }
         }
     }
+
+    return runs;
+}
+
+} // namespace
+
+TEST_CASE("outbound: property: output is input minus swallowed Pongs plus "
+          "injections at boundaries",
+          "[outbound][property]")
+{
+    std::size_t injected = 0;
+    std::size_t swallowed = 0;
+    std::size_t agains = 0;
+
+    std::size_t runs = for_each_run(
+        0, [&](const generated& g, bool swallow, const sim::result& res) {
+            CHECK(res.frames == g.frames);
+            CHECK(res.swallowed == (swallow ? g.our_pongs : 0));
+            CHECK_FALSE(res.passthrough);
+            injected += res.injected;
+            swallowed += res.swallowed;
+            agains += res.agains;
+        });
 
     CHECK(runs == 2 * 2 * 4 * 12);
     CHECK(injected > 100);
@@ -685,35 +700,14 @@ TEST_CASE("outbound: property: output is input minus swallowed Pongs plus "
 TEST_CASE("outbound: property: a last frame ends the written stream",
           "[outbound][property]")
 {
-    std::size_t runs = 0;
     std::size_t ended = 0;
 
-    for (role r : {role::client, role::server}) {
-        for (bool swallow : {true, false}) {
-            for (io_mode m : io_modes()) {
-                m.opt.last_odds = 3;
-                for (std::uint32_t seed = 1; seed <= 12; seed++) {
-                    std::mt19937 rng(seed * 7919 + (r == role::client));
-                    bool rsv1 = seed % 2 == 0;
-                    generated g = gen_stream(rng, r, rsv1, 10 + seed * 4);
-                    mt_chooser ch(seed * 31 + swallow);
-                    sim::result res =
-                        sim::run(g.s, r, swallow, rsv1, ch, m.opt);
-
-                    INFO("role " << (r == role::client ? "client" : "server")
-                                 << " swallow " << swallow << " mode " << m.name
-                                 << " seed " << seed << " size " << g.s.size());
-                    if (!res.problem.empty()) {
-                        FAIL(res.problem);
-                    }
-                    // the Io hears of every frame, written or discarded
-                    CHECK(res.frames == g.frames);
-                    runs++;
-                    ended += res.ended ? 1 : 0;
-                }
-            }
-        }
-    }
+    std::size_t runs =
+        for_each_run(3, [&](const generated& g, bool, const sim::result& res) {
+            // the Io hears of every frame, written or discarded
+            CHECK(res.frames == g.frames);
+            ended += res.ended ? 1 : 0;
+        });
 
     CHECK(runs == 2 * 2 * 4 * 12);
     CHECK(ended > runs / 2);
