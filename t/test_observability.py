@@ -207,6 +207,18 @@ def server_conf(port, bport, log, extra="", listen="", locations=""):
            locations=locations)
 
 
+def logged_proxy(nginx_factory, b, tmp_path, extra, locations="",
+                 http_extra="", **kw):
+    """nginx with server_conf() toward backend b, logging to tmp_path (and
+    http_extra after it): (nginx, its port, the access log's path)."""
+    port = free_port()
+    log = str(tmp_path / "ws.log")
+    n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, extra,
+                                                    locations=locations)
+                      + http_extra, port=port, **kw)
+    return n, port, log
+
+
 def status_conf(port, listen=""):
     return """
     server {
@@ -508,14 +520,13 @@ def test_prometheus_and_json_agree(nginx_factory, backend, tmp_path):
     cumulative up to +Inf == _count, and the JSON carries the same values
     one to one."""
     b = backend()
-    port = free_port()
-    log = str(tmp_path / "ws.log")
-    nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+    _, port, _ = logged_proxy(nginx_factory, b, tmp_path, """
         ws_heartbeat on;
         ws_heartbeat_upstream on;
         ws_heartbeat_interval 100ms;
-        ws_heartbeat_timeout 300ms;""", locations="""
-        location = /status { ws_heartbeat_status; }"""), port=port)
+        ws_heartbeat_timeout 300ms;""",
+                                locations="""
+        location = /status { ws_heartbeat_status; }""")
     status = Status(port)
 
     # a fresh nginx: every sample there, all 0
@@ -595,14 +606,13 @@ def test_variables_in_access_log(nginx_factory, backend, tmp_path):
     with the upstream heartbeat on, and of a request the module does not
     manage."""
     b = backend()
-    port = free_port()
-    log = str(tmp_path / "ws.log")
-    nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+    _, port, log = logged_proxy(nginx_factory, b, tmp_path, """
         ws_heartbeat on;
         ws_heartbeat_upstream on;
         ws_heartbeat_interval 100ms;
-        ws_heartbeat_timeout 400ms;""", locations="""
-        location = /status { ws_heartbeat_status; }"""), port=port)
+        ws_heartbeat_timeout 400ms;""",
+                                locations="""
+        location = /status { ws_heartbeat_status; }""")
 
     dead = Client(port, "/ws/dead", answer_pings=False)
     live = Client(port, "/ws/live")
@@ -660,15 +670,13 @@ def test_counters_survive_reload(nginx_factory, backend, tmp_path):
     """nginx -s reload keeps the counters (the old worker's drain included),
     a restart resets them; the status handler answers GET and HEAD only."""
     b = backend()
-    port = free_port()
-    log = str(tmp_path / "ws.log")
-    n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+    n, port, log = logged_proxy(nginx_factory, b, tmp_path, """
         ws_heartbeat on;
         ws_heartbeat_interval 10s;
         ws_heartbeat_drain_timeout 3s;
-        ws_heartbeat_drain_spread 0;""", locations="""
-        location = /status { ws_heartbeat_status; }"""), port=port,
-                      workers=2)
+        ws_heartbeat_drain_spread 0;""",
+                                locations="""
+        location = /status { ws_heartbeat_status; }""", workers=2)
     status = Status(port)
 
     c = Client(port, "/ws/before")
@@ -748,12 +756,11 @@ def test_invalid_frames_both_ways_count_one_end(nginx_factory, backend,
     """One connection with an invalid frame from each side is one end,
     not one per direction."""
     b = backend(answer_close=False)
-    port = free_port()
-    log = str(tmp_path / "ws.log")
-    n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+    n, port, log = logged_proxy(nginx_factory, b, tmp_path, """
         ws_heartbeat on;
-        ws_heartbeat_interval 10s;""", locations="""
-        location = /status { ws_heartbeat_status; }"""), port=port)
+        ws_heartbeat_interval 10s;""",
+                                locations="""
+        location = /status { ws_heartbeat_status; }""")
     status = Status(port)
     c = Client(port, "/ws/x")
     try:
@@ -782,14 +789,13 @@ def invalid_frame_while_draining(nginx_factory, backend, tmp_path):
     Close 1001, the client sends an unmasked frame.
     -> (nginx, status, client, log)."""
     b = backend(answer_close=False, mode="silent")
-    port = free_port()
-    log = str(tmp_path / "ws.log")
-    n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+    n, port, log = logged_proxy(nginx_factory, b, tmp_path, """
         ws_heartbeat on;
         ws_heartbeat_interval 10s;
         ws_heartbeat_drain_timeout 1s;
-        ws_heartbeat_drain_spread 0;""", locations="""
-        location = /status { ws_heartbeat_status; }"""), port=port)
+        ws_heartbeat_drain_spread 0;""",
+                                locations="""
+        location = /status { ws_heartbeat_status; }""")
     status = Status(port)
     c = Client(port, "/ws/x")
     try:
@@ -846,14 +852,13 @@ def test_send_timeout_counted_and_logged(nginx_factory, backend, tmp_path):
     closes it at ws_heartbeat_send_timeout, and the counters and
     $ws_heartbeat_close_reason say send_timeout."""
     b = backend(mode="silent")
-    port = free_port()
-    log = str(tmp_path / "ws.log")
-    n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+    n, port, log = logged_proxy(nginx_factory, b, tmp_path, """
         ws_heartbeat on;
         ws_heartbeat_interval 10s;
         ws_heartbeat_send_timeout 500ms;
-        send_timeout 30s;""", locations="""
-        location = /status { ws_heartbeat_status; }"""), port=port)
+        send_timeout 30s;""",
+                                locations="""
+        location = /status { ws_heartbeat_status; }""")
     status = Status(port)
     c = Client(port, "/ws/slow")
     try:
@@ -889,16 +894,15 @@ def test_status_at_server_level(nginx_factory, backend, tmp_path):
     is answered with the counters, which count the other server's
     WebSocket connections."""
     b = backend(answer_close=False)
-    port, sport = free_port(), free_port()
-    log = str(tmp_path / "ws.log")
-    n = nginx_factory(LOG_FORMAT_CONF + server_conf(port, b.port, log, """
+    sport = free_port()
+    _, port, _ = logged_proxy(nginx_factory, b, tmp_path, """
         ws_heartbeat on;
-        ws_heartbeat_interval 10s;""") + """
+        ws_heartbeat_interval 10s;""", http_extra="""
     server {
         listen 127.0.0.1:%d;
         ws_heartbeat_status;
     }
-""" % sport, port=port)
+""" % sport)
     wait_port(sport)
     paths = ("/", "/status", "/any/where")
     for path in paths:
