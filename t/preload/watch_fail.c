@@ -77,26 +77,6 @@ socket(int domain, int type, int protocol)
     } while (0)
 
 
-#define WATCH_FAIL_OPEN(name)                                                \
-int                                                                          \
-name(const char *path, int flags, ...)                                       \
-{                                                                            \
-    static int  (*real)(const char *, int, ...);                             \
-    mode_t        mode;                                                      \
-                                                                             \
-    WATCH_FAIL_MODE(flags, mode);                                            \
-                                                                             \
-    if (watch_fail_open(path)) {                                             \
-        return -1;                                                           \
-    }                                                                        \
-                                                                             \
-    if (real == NULL) {                                                      \
-        real = (int (*)(const char *, int, ...)) dlsym(RTLD_NEXT, #name);    \
-    }                                                                        \
-                                                                             \
-    return real(path, flags, mode);                                          \
-}
-
 #define WATCH_FAIL_OPENAT(name)                                              \
 int                                                                          \
 name(int dirfd, const char *path, int flags, ...)                            \
@@ -118,7 +98,20 @@ name(int dirfd, const char *path, int flags, ...)                            \
     return real(dirfd, path, flags, mode);                                   \
 }
 
-WATCH_FAIL_OPEN(open)
-WATCH_FAIL_OPEN(open64)
+/* open(path) is openat(AT_FDCWD, path): one check for the four */
+
+#define WATCH_FAIL_OPEN(name, at)                                            \
+int                                                                          \
+name(const char *path, int flags, ...)                                       \
+{                                                                            \
+    mode_t  mode;                                                            \
+                                                                             \
+    WATCH_FAIL_MODE(flags, mode);                                            \
+                                                                             \
+    return at(AT_FDCWD, path, flags, mode);                                  \
+}
+
 WATCH_FAIL_OPENAT(openat)
 WATCH_FAIL_OPENAT(openat64)
+WATCH_FAIL_OPEN(open, openat)
+WATCH_FAIL_OPEN(open64, openat64)
