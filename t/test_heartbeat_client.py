@@ -9,7 +9,8 @@ import time
 import pytest
 
 from lib import wsproto
-from lib.nginx import free_port, slow, status_server, status_value
+from lib.nginx import (built_with, free_port, slow, status_server,
+                       status_value)
 from lib.wsproto import BINARY, CLOSE, PONG, TEXT, Client, streaming
 
 # the client-side tests run with the client on TCP and on a unix socket
@@ -121,6 +122,8 @@ def test_slow_client_is_not_declared_dead(ws_proxy, client):
     address; its socket is still a unix one."""
     sport = free_port()
     realip = client == "unix-realip"
+    if realip and not built_with("--with-http_realip_module"):
+        pytest.skip("nginx is built without the realip module")
     n, port, b = ws_proxy("""
             ws_heartbeat on;
             ws_heartbeat_interval 200ms;

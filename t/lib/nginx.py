@@ -37,10 +37,11 @@ def nginx_version():
     return tuple(int(x) for x in m.groups())
 
 
-def built_with_debug():
-    """Whether NGINX_BIN is built --with-debug (logs at debug level)."""
-    return re.search(r"(^|\s)--with-debug(\s|$)", nginx_v(), re.M) \
-        is not None
+def built_with(option):
+    """Whether NGINX_BIN was configured with option, e.g. "--with-debug"
+    (logs at debug level), "--with-http_realip_module"."""
+    return re.search(r"(^|\s)%s(\s|$)" % re.escape(option), nginx_v(),
+                     re.M) is not None
 
 
 PRELOAD = os.environ.get("NGX_WS_HEARTBEAT_PRELOAD", "")
