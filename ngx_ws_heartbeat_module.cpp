@@ -113,6 +113,13 @@ static ngx_command_t  ngx_http_ws_heartbeat_commands[] = {
       offsetof(ngx_http_ws_heartbeat_loc_conf_t, max_age),
       NULL },
 
+    { ngx_string("ws_heartbeat_metrics_group"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_ws_heartbeat_metrics_group,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("ws_heartbeat_status"),
       NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_ws_heartbeat_status,
@@ -320,6 +327,7 @@ ngx_http_ws_heartbeat_create_loc_conf(ngx_conf_t *cf) noexcept
     conf->drain_spread = NGX_CONF_UNSET_MSEC;
     conf->max_age = NGX_CONF_UNSET_MSEC;
     conf->max_age_jitter = NGX_CONF_UNSET_MSEC;
+    conf->group = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -360,6 +368,10 @@ ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf, void *parent,
     if (conf->max_age_jitter == NGX_CONF_UNSET_MSEC) {
         conf->max_age_jitter = conf->max_age / 10;
     }
+
+    /* 0: the connections of locations without a group, group="" */
+
+    ngx_conf_merge_uint_value(conf->group, prev->group, 0);
 
     if (!conf->enable) {
         return NGX_CONF_OK;

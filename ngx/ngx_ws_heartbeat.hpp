@@ -50,6 +50,8 @@ typedef struct {
     ngx_msec_t                      drain_spread;
     ngx_msec_t                      max_age;        /* 0: off */
     ngx_msec_t                      max_age_jitter;
+    ngx_uint_t                      group;  /* ws_heartbeat_metrics_group:
+                                               index in main conf groups */
 } ngx_http_ws_heartbeat_loc_conf_t;
 
 
@@ -73,6 +75,17 @@ typedef enum {
 
 #define NGX_HTTP_WS_HB_CODES        17      /* 1000..1015, other */
 #define NGX_HTTP_WS_HB_RTT_BUCKETS  14      /* 1ms .. 10s, +Inf */
+#define NGX_HTTP_WS_HB_AGE_BUCKETS  11      /* 1s .. 1d, +Inf */
+
+
+/*
+ * ws_heartbeat_metrics_group: at most 64 names in a configuration, and
+ * the connections of locations without one (group "", index 0). A name:
+ * 1 to 32 of [A-Za-z0-9_.-], safe as a label value and a JSON key as is.
+ */
+
+#define NGX_HTTP_WS_HB_GROUPS       65
+#define NGX_HTTP_WS_HB_GROUP_LEN    32
 
 
 /*
@@ -86,26 +99,25 @@ typedef struct {
     ngx_atomic_t                    count;
 } ngx_http_ws_heartbeat_histogram_t;
 
+/* how long connections lived: the same shape, other buckets */
+
+typedef struct {
+    ngx_atomic_t                    buckets[NGX_HTTP_WS_HB_AGE_BUCKETS];
+    ngx_atomic_t                    sum_us;
+    ngx_atomic_t                    count;
+} ngx_http_ws_heartbeat_ages_t;
+
 /*
- * the connections a worker manages now, in a slot of its own: the gauge is
- * the sum over the workers that are alive, so that the connections of a
- * worker that crashed drop out of it (a new worker takes its slot over)
+ * The counters of one group (what the relay path counts into: the other
+ * glue files see only this). The table of groups in the zone has a fixed
+ * size (NGX_HTTP_WS_HB_GROUPS) and a group keeps its entry, found by its
+ * name, across reloads: see ngx_http_ws_heartbeat_init_zone().
  */
 
-#define NGX_HTTP_WS_HB_WORKERS  NGX_MAX_PROCESSES
-
 typedef struct {
-    ngx_atomic_t                    pid;            /* 0: free */
-    ngx_atomic_t                    active;
-} ngx_http_ws_heartbeat_worker_t;
-
-/* what a zone holds: a reload of another layout starts anew */
-
-#define NGX_HTTP_WS_HB_LAYOUT                                                \
-    (0x77736862UL ^ sizeof(ngx_http_ws_heartbeat_stats_t))
-
-typedef struct {
-    ngx_atomic_t                    layout;         /* _LAYOUT */
+    u_char                          name[NGX_HTTP_WS_HB_GROUP_LEN + 1];
+    ngx_atomic_t                    generation;     /* last in a config;
+                                                       0: never used */
     ngx_atomic_t                    connections;
     ngx_atomic_t                    unslotted;      /* active, no slot */
     ngx_atomic_t                    pings[2];       /* by side */
@@ -114,16 +126,55 @@ typedef struct {
     ngx_atomic_t                    close_frames[2][NGX_HTTP_WS_HB_CODES];
     ngx_atomic_t                    discarded[2];   /* by sender */
     ngx_http_ws_heartbeat_histogram_t  rtt[2];
-    ngx_http_ws_heartbeat_worker_t  workers[NGX_HTTP_WS_HB_WORKERS];
+    ngx_http_ws_heartbeat_ages_t    ages;           /* connection duration */
 } ngx_http_ws_heartbeat_stats_t;
+
+/*
+ * the connections a worker manages now, by group, in a slot of its own:
+ * the gauge is the sum over the workers that are alive, so that the
+ * connections of a worker that crashed drop out of it (a new worker takes
+ * its slot over). By group in the slot, not opened/ended counters per
+ * group: those would keep a crashed worker's connections forever. The
+ * cost is bounded: NGX_MAX_PROCESSES slots of 66 words, 528 KB of the zone.
+ */
+
+#define NGX_HTTP_WS_HB_WORKERS  NGX_MAX_PROCESSES
+
+typedef struct {
+    ngx_atomic_t                    pid;            /* 0: free */
+    ngx_atomic_t                    active[NGX_HTTP_WS_HB_GROUPS];
+} ngx_http_ws_heartbeat_worker_t;
+
+/* what a zone holds: a reload of another layout starts anew */
+
+#define NGX_HTTP_WS_HB_LAYOUT                                                \
+    (0x77736863UL ^ sizeof(ngx_http_ws_heartbeat_shm_t))
+
+typedef struct {
+    ngx_atomic_t                    layout;         /* _LAYOUT */
+    ngx_atomic_t                    generation;     /* configurations */
+    ngx_http_ws_heartbeat_stats_t   groups[NGX_HTTP_WS_HB_GROUPS];
+    ngx_http_ws_heartbeat_worker_t  workers[NGX_HTTP_WS_HB_WORKERS];
+} ngx_http_ws_heartbeat_shm_t;
 
 
 typedef struct {
     ngx_connection_t               *watch;  /* per worker: exit signal */
     ngx_uint_t                      watched; /* ws_heartbeat somewhere */
     ngx_shm_zone_t                 *zone;
-    ngx_http_ws_heartbeat_stats_t  *stats;
+    ngx_http_ws_heartbeat_shm_t    *shm;
     ngx_http_ws_heartbeat_worker_t *slot;   /* per worker: its own */
+
+    /*
+     * the names of ws_heartbeat_metrics_group (ngx_str_t), in the order
+     * they first appear; a location's group is 0 (none) or 1 + its index
+     * here. stats[g]: group g's counters in the zone (NULL until
+     * init_zone), at index stats_slot[g] of the zone's table.
+     */
+    ngx_array_t                    *groups;
+    ngx_uint_t                      ngroups;        /* 1 + groups->nelts */
+    ngx_http_ws_heartbeat_stats_t  *stats[NGX_HTTP_WS_HB_GROUPS];
+    ngx_uint_t                      stats_slot[NGX_HTTP_WS_HB_GROUPS];
 
     /* the worker began to exit at exit_msec (ngx_current_msec) */
     ngx_flag_t                      exiting;
@@ -362,10 +413,13 @@ ngx_http_ws_heartbeat_conf(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 }
 
 
+/* the counters of the connection's group: its location's */
+
 static inline ngx_http_ws_heartbeat_stats_t *
 ngx_http_ws_heartbeat_stats(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
-    return ngx_http_ws_heartbeat_main_conf(ctx->request)->stats;
+    return ngx_http_ws_heartbeat_main_conf(ctx->request)
+               ->stats[ngx_http_ws_heartbeat_conf(ctx)->group];
 }
 
 
@@ -585,7 +639,12 @@ void ngx_http_ws_heartbeat_stats_init_process(
 void ngx_http_ws_heartbeat_stats_exit_process(
     ngx_http_ws_heartbeat_main_conf_t *hmcf) noexcept;
 ngx_atomic_uint_t ngx_http_ws_heartbeat_active(
-    ngx_http_ws_heartbeat_stats_t *st) noexcept;
+    ngx_http_ws_heartbeat_shm_t *shm, ngx_uint_t slot) noexcept;
+char *ngx_http_ws_heartbeat_metrics_group(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf) noexcept;
+ngx_int_t ngx_http_ws_heartbeat_find_group(
+    ngx_http_ws_heartbeat_main_conf_t *hmcf, ngx_str_t *name) noexcept;
+extern const std::uint64_t  ngx_http_ws_heartbeat_age_le[];
 void ngx_http_ws_heartbeat_count_rtt(ngx_http_ws_heartbeat_stats_t *st,
     ngx_uint_t side, std::uint64_t us) noexcept;
 void ngx_http_ws_heartbeat_count_close_frame(

@@ -3,7 +3,9 @@
  * ngx_ws_heartbeat_module: the ws_heartbeat_status endpoint. Prints the
  * shared counters (ngx_ws_heartbeat_stats.cpp) as Prometheus text or as
  * JSON, both from one table of metric families: a metric of a known shape
- * is one line of that table.
+ * is one line of that table. Every value is by group
+ * (ws_heartbeat_metrics_group): the group label in Prometheus; in the JSON
+ * the sum over the groups at the top, and each group under "groups".
  */
 
 
@@ -18,8 +20,14 @@ typedef enum {
     NGX_HTTP_WS_HB_BY_SIDE,         /* [2]: side */
     NGX_HTTP_WS_HB_BY_REASON,       /* [END_N]: reason, "open" left out */
     NGX_HTTP_WS_HB_BY_SIDE_CODE,    /* [2][CODES]: side, code */
-    NGX_HTTP_WS_HB_BY_SIDE_RTT      /* histogram_t[2]: side, le */
+    NGX_HTTP_WS_HB_BY_SIDE_HIST,    /* histogram[2]: side, le */
+    NGX_HTTP_WS_HB_BY_HIST          /* histogram: le */
 } ngx_http_ws_heartbeat_by_e;
+
+
+/* the version of the JSON document (docs/status.schema.json) */
+
+#define NGX_HTTP_WS_HB_JSON_VERSION  2
 
 
 typedef struct {
@@ -30,6 +38,13 @@ typedef struct {
     ngx_http_ws_heartbeat_by_e  by;
     const char                 *side;   /* the label of a side: peer, from */
     size_t                      offset; /* in ngx_http_ws_heartbeat_stats_t */
+
+    /*
+     * a histogram's bucket bounds (microseconds) but +Inf; its counters:
+     * buckets[nle + 1], sum_us, count, one after the other
+     */
+    const std::uint64_t        *le;
+    ngx_uint_t                  nle;
 } ngx_http_ws_heartbeat_family_t;
 
 
@@ -43,44 +58,62 @@ static const ngx_http_ws_heartbeat_family_t  ngx_http_ws_heartbeat_families[]
     { "connections_total", "counter",
       "WebSocket connections the module has managed.",
       "connections.total", NGX_HTTP_WS_HB_BY_NONE, NULL,
-      ngx_http_ws_heartbeat_at(connections) },
+      ngx_http_ws_heartbeat_at(connections), NULL, 0 },
 
     { "connections_active", "gauge",
       "WebSocket connections the module manages now.",
-      "connections.active", NGX_HTTP_WS_HB_BY_WORKERS, NULL, 0 },
+      "connections.active", NGX_HTTP_WS_HB_BY_WORKERS, NULL, 0, NULL, 0 },
 
     { "pings_total", "counter",
       "Pings the module sent, by peer.",
       "pings", NGX_HTTP_WS_HB_BY_SIDE, "peer",
-      ngx_http_ws_heartbeat_at(pings) },
+      ngx_http_ws_heartbeat_at(pings), NULL, 0 },
 
     { "pongs_total", "counter",
       "Pongs to the module's Pings, by peer.",
       "pongs", NGX_HTTP_WS_HB_BY_SIDE, "peer",
-      ngx_http_ws_heartbeat_at(pongs) },
+      ngx_http_ws_heartbeat_at(pongs), NULL, 0 },
 
     { "closes_total", "counter",
       "WebSocket connections ended, by reason.",
       "closes", NGX_HTTP_WS_HB_BY_REASON, NULL,
-      ngx_http_ws_heartbeat_at(ends) },
+      ngx_http_ws_heartbeat_at(ends), NULL, 0 },
 
     { "close_frames_total", "counter",
       "Close frames the endpoints sent, by sender and status code.",
       "close_frames", NGX_HTTP_WS_HB_BY_SIDE_CODE, "from",
-      ngx_http_ws_heartbeat_at(close_frames) },
+      ngx_http_ws_heartbeat_at(close_frames), NULL, 0 },
 
     { "discarded_frames_total", "counter",
       "Frames an endpoint sent after the module had closed the stream "
       "toward the other one on its behalf, consumed and not relayed, "
       "by sender.",
       "discarded_frames", NGX_HTTP_WS_HB_BY_SIDE, "from",
-      ngx_http_ws_heartbeat_at(discarded) },
+      ngx_http_ws_heartbeat_at(discarded), NULL, 0 },
 
     { "rtt_seconds", "histogram",
       "Round trip of the module's Pings, by peer.",
-      "rtt_seconds", NGX_HTTP_WS_HB_BY_SIDE_RTT, "peer",
-      ngx_http_ws_heartbeat_at(rtt) }
+      "rtt_seconds", NGX_HTTP_WS_HB_BY_SIDE_HIST, "peer",
+      ngx_http_ws_heartbeat_at(rtt), ngx_http_ws_heartbeat_rtt_le,
+      NGX_HTTP_WS_HB_RTT_BUCKETS - 1 },
+
+    { "connection_duration_seconds", "histogram",
+      "How long the WebSocket connections the module managed lived, "
+      "from the request to the end.",
+      "connection_duration_seconds", NGX_HTTP_WS_HB_BY_HIST, NULL,
+      ngx_http_ws_heartbeat_at(ages), ngx_http_ws_heartbeat_age_le,
+      NGX_HTTP_WS_HB_AGE_BUCKETS - 1 }
 };
+
+#define NGX_HTTP_WS_HB_FAMILIES                                              \
+    (sizeof(ngx_http_ws_heartbeat_families)                                 \
+     / sizeof(ngx_http_ws_heartbeat_families[0]))
+
+static_assert(sizeof(ngx_http_ws_heartbeat_histogram_t)
+              == (NGX_HTTP_WS_HB_RTT_BUCKETS + 2) * sizeof(ngx_atomic_t)
+              && sizeof(ngx_http_ws_heartbeat_ages_t)
+              == (NGX_HTTP_WS_HB_AGE_BUCKETS + 2) * sizeof(ngx_atomic_t),
+              "a histogram: buckets, sum, count, nothing between");
 
 
 /*
@@ -89,7 +122,7 @@ static const ngx_http_ws_heartbeat_family_t  ngx_http_ws_heartbeat_families[]
  * keys below it (the label values, and for a histogram its parts).
  */
 
-#define NGX_HTTP_WS_HB_KEY_LEN  32
+#define NGX_HTTP_WS_HB_KEY_LEN  (NGX_HTTP_WS_HB_GROUP_LEN + 8)
 
 typedef struct {
     const char                 *suffix;
@@ -103,9 +136,23 @@ typedef struct {
 } ngx_http_ws_heartbeat_sample_t;
 
 
+/*
+ * the groups a value is the sum of: all those printed (the JSON's top) or
+ * one (name: its label, its place under the JSON's "groups")
+ */
+
+typedef struct {
+    ngx_http_ws_heartbeat_shm_t    *shm;
+    ngx_uint_t                      n;
+    ngx_http_ws_heartbeat_stats_t  *stats[NGX_HTTP_WS_HB_GROUPS];
+    ngx_uint_t                      slot[NGX_HTTP_WS_HB_GROUPS];
+    ngx_str_t                      *name;
+} ngx_http_ws_heartbeat_view_t;
+
+
 /* where the JSON printer is: the objects open, below the document's */
 
-#define NGX_HTTP_WS_HB_DEPTH  5
+#define NGX_HTTP_WS_HB_DEPTH  7     /* groups.<name>.<place a.b>.<3 keys> */
 
 typedef struct {
     u_char                     *p;
@@ -114,6 +161,7 @@ typedef struct {
     ngx_uint_t                  open;
     u_char                      path[NGX_HTTP_WS_HB_DEPTH]
                                     [NGX_HTTP_WS_HB_KEY_LEN];
+    ngx_http_ws_heartbeat_view_t  *view;
 } ngx_http_ws_heartbeat_printer_t;
 
 
@@ -209,15 +257,15 @@ ngx_http_ws_heartbeat_prometheus(ngx_http_ws_heartbeat_printer_t *pr,
 {
     ngx_uint_t  i;
 
-    pr->p = ngx_sprintf(pr->p, "nginx_ws_heartbeat_%s%s", f->name,
-                        s->suffix);
+    pr->p = ngx_sprintf(pr->p, "nginx_ws_heartbeat_%s%s{group=\"%V\"",
+                        f->name, s->suffix, pr->view->name);
 
     for (i = 0; i < s->nlabels; i++) {
-        pr->p = ngx_sprintf(pr->p, "%c%s=\"%s\"", i ? ',' : '{',
+        pr->p = ngx_sprintf(pr->p, ",%s=\"%s\"",
                             s->label[i], s->key[s->label_key[i]]);
     }
 
-    pr->p = ngx_sprintf(pr->p, "%s ", s->nlabels ? "}" : "");
+    pr->p = ngx_cpymem(pr->p, "} ", 2);
     pr->p = ngx_http_ws_heartbeat_value(pr->p, s);
     *pr->p++ = '\n';
 }
@@ -240,6 +288,12 @@ ngx_http_ws_heartbeat_json(ngx_http_ws_heartbeat_printer_t *pr,
     u_char       path[NGX_HTTP_WS_HB_DEPTH + 1][NGX_HTTP_WS_HB_KEY_LEN];
 
     depth = 0;
+
+    if (pr->view->name != NULL) {
+        ngx_memcpy(path[depth++], "groups", sizeof("groups"));
+        *ngx_cpymem(path[depth++], pr->view->name->data,
+                    pr->view->name->len) = '\0';
+    }
 
     for (place = f->json; *place; depth++) {
         for (k = path[depth]; *place && *place != '.'; place++) {
@@ -283,15 +337,38 @@ ngx_http_ws_heartbeat_json(ngx_http_ws_heartbeat_printer_t *pr,
 }
 
 
+/*
+ * a counter of the groups of the view, at offset in their stats, summed;
+ * each read once: workers keep adding while we print
+ */
+
+static ngx_atomic_uint_t
+ngx_http_ws_heartbeat_sum(ngx_http_ws_heartbeat_view_t *v, size_t offset)
+    noexcept
+{
+    ngx_uint_t         g;
+    ngx_atomic_uint_t  sum;
+
+    sum = 0;
+
+    for (g = 0; g < v->n; g++) {
+        sum += *reinterpret_cast<ngx_atomic_t *>(
+                   reinterpret_cast<u_char *>(v->stats[g]) + offset);
+    }
+
+    return sum;
+}
+
+
 static void
 ngx_http_ws_heartbeat_emit(ngx_http_ws_heartbeat_printer_t *pr,
     const ngx_http_ws_heartbeat_family_t *f,
-    ngx_http_ws_heartbeat_sample_t *s, ngx_atomic_t *counter) noexcept
+    ngx_http_ws_heartbeat_sample_t *s, size_t offset) noexcept
 {
-    /* a counter read once: workers keep adding while we print */
+    /* offset 0 (the name of a group, no counter): the caller set it */
 
-    if (counter != NULL) {
-        s->value = *counter;
+    if (offset != 0) {
+        s->value = ngx_http_ws_heartbeat_sum(pr->view, offset);
     }
 
     if (pr->json) {
@@ -303,56 +380,75 @@ ngx_http_ws_heartbeat_emit(ngx_http_ws_heartbeat_printer_t *pr,
 }
 
 
-/* a histogram of each peer: cumulative buckets, the sum, the count */
+/*
+ * a histogram, of each peer (BY_SIDE_HIST) or one: cumulative buckets, the
+ * sum, the count
+ */
 
 static void
 ngx_http_ws_heartbeat_histograms(ngx_http_ws_heartbeat_printer_t *pr,
-    const ngx_http_ws_heartbeat_family_t *f,
-    ngx_http_ws_heartbeat_histogram_t *h) noexcept
+    const ngx_http_ws_heartbeat_family_t *f) noexcept
 {
     u_char                          le[NGX_HTTP_WS_HB_KEY_LEN];
-    ngx_uint_t                      side, i;
+    size_t                          base;
+    ngx_uint_t                      side, sides, i, k;
     ngx_atomic_uint_t               cum;
     ngx_http_ws_heartbeat_sample_t  s;
 
-    for (side = 0; side < 2; side++) {
+    sides = f->by == NGX_HTTP_WS_HB_BY_SIDE_HIST ? 2 : 1;
+
+    for (side = 0; side < sides; side++) {
+        base = f->offset + side * (f->nle + 3) * sizeof(ngx_atomic_t);
         cum = 0;
 
-        for (i = 0; i < NGX_HTTP_WS_HB_RTT_BUCKETS; i++) {
-            cum += h[side].buckets[i];
+        for (i = 0; i <= f->nle; i++) {
+            cum += ngx_http_ws_heartbeat_sum(pr->view,
+                                             base + i * sizeof(ngx_atomic_t));
 
-            if (i == NGX_HTTP_WS_HB_RTT_BUCKETS - 1) {
+            if (i == f->nle) {
                 ngx_memcpy(le, "+Inf", sizeof("+Inf"));
 
             } else {
-                *ngx_http_ws_heartbeat_seconds(le,
-                     ngx_http_ws_heartbeat_rtt_le[i]) = '\0';
+                *ngx_http_ws_heartbeat_seconds(le, f->le[i]) = '\0';
             }
 
             s = {};
             s.suffix = "_bucket";
-            ngx_http_ws_heartbeat_key(&s, 0,
+            k = 0;
+
+            if (sides == 2) {
+                ngx_http_ws_heartbeat_key(&s, k++,
                                       ngx_http_ws_heartbeat_side_name(side));
-            ngx_http_ws_heartbeat_key(&s, 1, "buckets");
-            ngx_http_ws_heartbeat_key(&s, 2, (const char *) le);
-            ngx_http_ws_heartbeat_label(&s, f->side, 0);
-            ngx_http_ws_heartbeat_label(&s, "le", 2);
+                ngx_http_ws_heartbeat_label(&s, f->side, 0);
+            }
+
+            ngx_http_ws_heartbeat_key(&s, k++, "buckets");
+            ngx_http_ws_heartbeat_key(&s, k, (const char *) le);
+            ngx_http_ws_heartbeat_label(&s, "le", k);
             s.value = cum;
-            ngx_http_ws_heartbeat_emit(pr, f, &s, NULL);
+            ngx_http_ws_heartbeat_emit(pr, f, &s, 0);
         }
 
         s = {};
         s.suffix = "_sum";
-        ngx_http_ws_heartbeat_key(&s, 0, ngx_http_ws_heartbeat_side_name(side));
-        ngx_http_ws_heartbeat_key(&s, 1, "sum");
-        ngx_http_ws_heartbeat_label(&s, f->side, 0);
+        k = 0;
+
+        if (sides == 2) {
+            ngx_http_ws_heartbeat_key(&s, k++,
+                                      ngx_http_ws_heartbeat_side_name(side));
+            ngx_http_ws_heartbeat_label(&s, f->side, 0);
+        }
+
+        ngx_http_ws_heartbeat_key(&s, k, "sum");
         s.seconds = true;
-        ngx_http_ws_heartbeat_emit(pr, f, &s, &h[side].sum_us);
+        ngx_http_ws_heartbeat_emit(pr, f, &s,
+                                   base + (f->nle + 1) * sizeof(ngx_atomic_t));
 
         s.suffix = "_count";
-        ngx_http_ws_heartbeat_key(&s, 1, "count");
+        ngx_http_ws_heartbeat_key(&s, k, "count");
         s.seconds = false;
-        ngx_http_ws_heartbeat_emit(pr, f, &s, &h[side].count);
+        ngx_http_ws_heartbeat_emit(pr, f, &s,
+                                   base + (f->nle + 2) * sizeof(ngx_atomic_t));
     }
 }
 
@@ -361,16 +457,18 @@ ngx_http_ws_heartbeat_histograms(ngx_http_ws_heartbeat_printer_t *pr,
 
 static void
 ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
-    const ngx_http_ws_heartbeat_family_t *f, ngx_http_ws_heartbeat_stats_t *st)
-    noexcept
+    const ngx_http_ws_heartbeat_family_t *f) noexcept
 {
-    u_char                          code[NGX_HTTP_WS_HB_KEY_LEN], *base;
+    u_char                          code[NGX_HTTP_WS_HB_KEY_LEN];
+    size_t                          a;
     ngx_uint_t                      side, i;
-    ngx_atomic_t                   *a;
     ngx_http_ws_heartbeat_sample_t  s;
 
-    base = reinterpret_cast<u_char *>(st) + f->offset;
-    a = reinterpret_cast<ngx_atomic_t *>(base);
+    /* the i-th counter of the family's array */
+
+#define ngx_http_ws_heartbeat_nth(i)  (a + (i) * sizeof(ngx_atomic_t))
+
+    a = f->offset;
 
     switch (f->by) {
 
@@ -383,8 +481,13 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
     case NGX_HTTP_WS_HB_BY_WORKERS:
         s = {};
         s.suffix = "";
-        s.value = ngx_http_ws_heartbeat_active(st);
-        ngx_http_ws_heartbeat_emit(pr, f, &s, NULL);
+
+        for (i = 0; i < pr->view->n; i++) {
+            s.value += ngx_http_ws_heartbeat_active(pr->view->shm,
+                                                    pr->view->slot[i]);
+        }
+
+        ngx_http_ws_heartbeat_emit(pr, f, &s, 0);
         break;
 
     case NGX_HTTP_WS_HB_BY_SIDE:
@@ -394,7 +497,8 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
             ngx_http_ws_heartbeat_key(&s, 0,
                                       ngx_http_ws_heartbeat_side_name(side));
             ngx_http_ws_heartbeat_label(&s, f->side, 0);
-            ngx_http_ws_heartbeat_emit(pr, f, &s, &a[side]);
+            ngx_http_ws_heartbeat_emit(pr, f, &s,
+                                       ngx_http_ws_heartbeat_nth(side));
         }
         break;
 
@@ -405,7 +509,7 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
             ngx_http_ws_heartbeat_key(&s, 0,
                                       ngx_http_ws_heartbeat_end_names[i]);
             ngx_http_ws_heartbeat_label(&s, "reason", 0);
-            ngx_http_ws_heartbeat_emit(pr, f, &s, &a[i]);
+            ngx_http_ws_heartbeat_emit(pr, f, &s, ngx_http_ws_heartbeat_nth(i));
         }
         break;
 
@@ -430,29 +534,32 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
                 ngx_http_ws_heartbeat_label(&s, f->side, 0);
                 ngx_http_ws_heartbeat_label(&s, "code", 1);
                 ngx_http_ws_heartbeat_emit(pr, f, &s,
-                                    &a[side * NGX_HTTP_WS_HB_CODES + i]);
+                    ngx_http_ws_heartbeat_nth(side * NGX_HTTP_WS_HB_CODES + i));
             }
         }
         break;
 
-    case NGX_HTTP_WS_HB_BY_SIDE_RTT:
-        ngx_http_ws_heartbeat_histograms(pr, f,
-            reinterpret_cast<ngx_http_ws_heartbeat_histogram_t *>(base));
+    case NGX_HTTP_WS_HB_BY_SIDE_HIST:
+    case NGX_HTTP_WS_HB_BY_HIST:
+        ngx_http_ws_heartbeat_histograms(pr, f);
         break;
     }
+
+#undef ngx_http_ws_heartbeat_nth
 }
 
 
 /*
  * the most the printers write: a family's HELP and TYPE lines, and for
- * each value a line or JSON member of at most NGX_HTTP_WS_HB_LINE bytes
- * (a name, 3 keys or 2 labels of at most NGX_HTTP_WS_HB_KEY_LEN, a number)
+ * each value of each group (and the JSON's sums) a line or JSON member of
+ * at most NGX_HTTP_WS_HB_LINE bytes (a name, the group, 3 keys or 2
+ * labels of at most NGX_HTTP_WS_HB_KEY_LEN, a number)
  */
 
-#define NGX_HTTP_WS_HB_LINE  (64 + 4 * NGX_HTTP_WS_HB_KEY_LEN + NGX_INT64_LEN)
+#define NGX_HTTP_WS_HB_LINE  (64 + 6 * NGX_HTTP_WS_HB_KEY_LEN + NGX_INT64_LEN)
 
 static size_t
-ngx_http_ws_heartbeat_print_size() noexcept
+ngx_http_ws_heartbeat_print_size(ngx_uint_t ngroups) noexcept
 {
     size_t                                 size, n;
     ngx_uint_t                             i;
@@ -484,25 +591,38 @@ ngx_http_ws_heartbeat_print_size() noexcept
             n = 2 * NGX_HTTP_WS_HB_CODES;
             break;
 
-        default: /* NGX_HTTP_WS_HB_BY_SIDE_RTT */
-            n = 2 * (NGX_HTTP_WS_HB_RTT_BUCKETS + 2);
+        case NGX_HTTP_WS_HB_BY_SIDE_HIST:
+            n = 2 * (f->nle + 3);
+            break;
+
+        default: /* NGX_HTTP_WS_HB_BY_HIST */
+            n = f->nle + 3;
             break;
         }
 
         size += 64 + 2 * ngx_strlen(f->name) + ngx_strlen(f->help)
-                + ngx_strlen(f->type) + n * NGX_HTTP_WS_HB_LINE;
+                + ngx_strlen(f->type)
+                + (ngroups + 1) * n * NGX_HTTP_WS_HB_LINE;
     }
 
     return size;
 }
 
 
+/*
+ * the groups of the view all (names: their labels): Prometheus prints
+ * each family group by group; the JSON its version, every family summed
+ * over the groups, then each group's under "groups" (the JSON printer
+ * opens and closes the objects)
+ */
+
 static u_char *
-ngx_http_ws_heartbeat_print(u_char *p, ngx_http_ws_heartbeat_stats_t *st,
-    bool json) noexcept
+ngx_http_ws_heartbeat_print(u_char *p, ngx_http_ws_heartbeat_view_t *all,
+    ngx_str_t *names, bool json) noexcept
 {
-    ngx_uint_t                        i;
-    ngx_http_ws_heartbeat_printer_t   pr;
+    ngx_uint_t                             i, g;
+    ngx_http_ws_heartbeat_view_t           one;
+    ngx_http_ws_heartbeat_printer_t        pr;
     const ngx_http_ws_heartbeat_family_t  *f;
 
     pr.p = p;
@@ -510,33 +630,54 @@ ngx_http_ws_heartbeat_print(u_char *p, ngx_http_ws_heartbeat_stats_t *st,
     pr.first = true;
     pr.open = 0;
 
-    if (json) {
-        *pr.p++ = '{';
-    }
+    one.shm = all->shm;
+    one.n = 1;
 
-    for (i = 0; i < sizeof(ngx_http_ws_heartbeat_families)
-                    / sizeof(ngx_http_ws_heartbeat_families[0]); i++)
-    {
-        f = &ngx_http_ws_heartbeat_families[i];
+    if (!json) {
+        for (i = 0; i < NGX_HTTP_WS_HB_FAMILIES; i++) {
+            f = &ngx_http_ws_heartbeat_families[i];
 
-        if (!json) {
             pr.p = ngx_sprintf(pr.p, "# HELP nginx_ws_heartbeat_%s %s\n"
                                "# TYPE nginx_ws_heartbeat_%s %s\n",
                                f->name, f->help, f->name, f->type);
+
+            for (g = 0; g < all->n; g++) {
+                one.stats[0] = all->stats[g];
+                one.slot[0] = all->slot[g];
+                one.name = &names[g];
+                pr.view = &one;
+                ngx_http_ws_heartbeat_family(&pr, f);
+            }
         }
 
-        ngx_http_ws_heartbeat_family(&pr, f, st);
+        return pr.p;
     }
 
-    if (json) {
-        for ( /* void */ ; pr.open; pr.open--) {
-            *pr.p++ = '}';
+    pr.p = ngx_sprintf(pr.p, "{\"version\":%d", NGX_HTTP_WS_HB_JSON_VERSION);
+    pr.first = false;
+
+    for (g = 0; g <= all->n; g++) {
+        if (g == 0) {
+            pr.view = all;
+
+        } else {
+            one.stats[0] = all->stats[g - 1];
+            one.slot[0] = all->slot[g - 1];
+            one.name = &names[g - 1];
+            pr.view = &one;
         }
 
-        pr.p = ngx_cpymem(pr.p, "}\n", 2);
+        for (i = 0; i < NGX_HTTP_WS_HB_FAMILIES; i++) {
+            ngx_http_ws_heartbeat_family(&pr,
+                                         &ngx_http_ws_heartbeat_families[i]);
+        }
     }
 
-    return pr.p;
+    for ( /* void */ ; pr.open; pr.open--) {
+        *pr.p++ = '}';
+    }
+
+    return ngx_cpymem(pr.p, "}\n", 2);
 }
 
 
@@ -545,10 +686,14 @@ ngx_http_ws_heartbeat_status_handler(ngx_http_request_t *r) noexcept
 {
     bool                                json;
     size_t                              size;
-    ngx_int_t                           rc;
+    ngx_int_t                           rc, g;
+    ngx_str_t                           names[NGX_HTTP_WS_HB_GROUPS], arg;
+    ngx_str_t                          *conf_names;
     ngx_buf_t                          *b;
+    ngx_uint_t                          i;
     ngx_chain_t                         out;
-    ngx_http_ws_heartbeat_stats_t      *st;
+    ngx_http_ws_heartbeat_view_t        all;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -560,10 +705,50 @@ ngx_http_ws_heartbeat_status_handler(ngx_http_request_t *r) noexcept
         return rc;
     }
 
-    st = ngx_http_ws_heartbeat_main_conf(r)->stats;
+    hmcf = ngx_http_ws_heartbeat_main_conf(r);
 
-    if (st == NULL) {
+    if (hmcf->shm == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* the groups of the configuration, "" first */
+
+    conf_names = hmcf->groups != NULL
+                 ? static_cast<ngx_str_t *>(hmcf->groups->elts) : NULL;
+
+    all.shm = hmcf->shm;
+    all.n = hmcf->ngroups;
+    all.name = NULL;
+
+    for (i = 0; i < hmcf->ngroups; i++) {
+        all.stats[i] = hmcf->stats[i];
+        all.slot[i] = hmcf->stats_slot[i];
+
+        if (i == 0) {
+            ngx_str_null(&names[0]);
+
+        } else {
+            names[i] = conf_names[i - 1];
+        }
+    }
+
+    /*
+     * ?group=name: that group alone ("group=": the unnamed one); a name
+     * the configuration does not have is 404, as a scrape of a group that
+     * was removed should fail (up == 0) rather than look empty
+     */
+
+    if (ngx_http_arg(r, (u_char *) "group", 5, &arg) == NGX_OK) {
+        g = ngx_http_ws_heartbeat_find_group(hmcf, &arg);
+
+        if (g == NGX_DECLINED) {
+            return NGX_HTTP_NOT_FOUND;
+        }
+
+        all.n = 1;
+        all.stats[0] = hmcf->stats[g];
+        all.slot[0] = hmcf->stats_slot[g];
+        names[0] = names[g];
     }
 
     json = ngx_http_ws_heartbeat_wants_json(r);
@@ -579,14 +764,14 @@ ngx_http_ws_heartbeat_status_handler(ngx_http_request_t *r) noexcept
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
 
-    size = ngx_http_ws_heartbeat_print_size();
+    size = ngx_http_ws_heartbeat_print_size(all.n);
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    b->last = ngx_http_ws_heartbeat_print(b->last, st, json);
+    b->last = ngx_http_ws_heartbeat_print(b->last, &all, names, json);
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 

@@ -14,6 +14,9 @@ pkgs=(
     python3-pytest python3-websockets   # integration harness, backends, clients
     python3-h2         # an HTTP/2 client: h2 upgrades must be left alone
     python3-prometheus-client   # parses the status endpoint's exposition
+    prometheus         # a real Prometheus scrapes the status endpoint; promtool
+                       # checks the exposition and tests the example alert rules
+    python3-jsonschema # validates the status JSON against docs/status.schema.json
     node-ws            # an independent client (Node.js ws)
     chromium           # a real browser client, headless over DevTools
     openssl            # test certificates
