@@ -125,6 +125,7 @@ typedef struct {
     ngx_atomic_t                    ends[NGX_HTTP_WS_HB_END_N];
     ngx_atomic_t                    close_frames[2][NGX_HTTP_WS_HB_CODES];
     ngx_atomic_t                    discarded[2];   /* by sender */
+    ngx_atomic_t                    closing_timeouts[2]; /* drain, max age */
     ngx_http_ws_heartbeat_histogram_t  rtt[2];
     ngx_http_ws_heartbeat_ages_t    ages;           /* connection duration */
 } ngx_http_ws_heartbeat_stats_t;

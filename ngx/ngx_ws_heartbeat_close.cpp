@@ -202,6 +202,9 @@ ngx_http_ws_heartbeat_closing_expired(ngx_http_ws_heartbeat_ctx_t *ctx)
     ngx_log_error(NGX_LOG_INFO, ctx->request->connection->log, 0,
                   "ws heartbeat: closing, drain timeout");
 
+    ngx_http_ws_heartbeat_count(ngx_http_ws_heartbeat_stats(ctx),
+        closing_timeouts[ctx->end == NGX_HTTP_WS_HB_END_MAX_AGE]);
+
     /* a message still unfinished is cut: a Close may come between frames */
 
     if (ctx->is(&ctx->upstream, NGX_HTTP_WS_HB_S_CLOSE_PENDING)) {

@@ -20,6 +20,7 @@ typedef enum {
     NGX_HTTP_WS_HB_BY_SIDE,         /* [2]: side */
     NGX_HTTP_WS_HB_BY_REASON,       /* [END_N]: reason, "open" left out */
     NGX_HTTP_WS_HB_BY_SIDE_CODE,    /* [2][CODES]: side, code */
+    NGX_HTTP_WS_HB_BY_CLOSING,      /* [2]: reason drain, max_age */
     NGX_HTTP_WS_HB_BY_SIDE_HIST,    /* histogram[2]: side, le */
     NGX_HTTP_WS_HB_BY_HIST          /* histogram: le */
 } ngx_http_ws_heartbeat_by_e;
@@ -90,6 +91,12 @@ static const ngx_http_ws_heartbeat_family_t  ngx_http_ws_heartbeat_families[]
       "by sender.",
       "discarded_frames", NGX_HTTP_WS_HB_BY_SIDE, "from",
       ngx_http_ws_heartbeat_at(discarded), NULL, 0 },
+
+    { "closing_timeouts_total", "counter",
+      "Connections the module was closing (drain, max age) that were "
+      "still open at ws_heartbeat_drain_timeout and were cut, by reason.",
+      "closing_timeouts", NGX_HTTP_WS_HB_BY_CLOSING, NULL,
+      ngx_http_ws_heartbeat_at(closing_timeouts), NULL, 0 },
 
     { "rtt_seconds", "histogram",
       "Round trip of the module's Pings, by peer.",
@@ -513,6 +520,18 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
         }
         break;
 
+    case NGX_HTTP_WS_HB_BY_CLOSING:
+        for (i = 0; i < 2; i++) {
+            s = {};
+            s.suffix = "";
+            ngx_http_ws_heartbeat_key(&s, 0,
+                ngx_http_ws_heartbeat_end_names[i ? NGX_HTTP_WS_HB_END_MAX_AGE
+                                                  : NGX_HTTP_WS_HB_END_DRAIN]);
+            ngx_http_ws_heartbeat_label(&s, "reason", 0);
+            ngx_http_ws_heartbeat_emit(pr, f, &s, ngx_http_ws_heartbeat_nth(i));
+        }
+        break;
+
     case NGX_HTTP_WS_HB_BY_SIDE_CODE:
 
         /* 1000..1015 by code; application codes and an empty Close: other */
@@ -580,6 +599,7 @@ ngx_http_ws_heartbeat_print_size(ngx_uint_t ngroups) noexcept
             break;
 
         case NGX_HTTP_WS_HB_BY_SIDE:
+        case NGX_HTTP_WS_HB_BY_CLOSING:
             n = 2;
             break;
 

@@ -479,7 +479,7 @@ def test_example_works(nginx_factory, backend, cert, tmp_path):
 
     status, body = https(https_port, "/ws-heartbeat-status")
     assert status == 200
-    assert "nginx_ws_heartbeat_connections_active 1" in body, body
+    assert 'nginx_ws_heartbeat_connections_active{group=""} 1' in body, body
     status, _ = https(https_port, "/ws-heartbeat-status", "127.0.0.2")
     assert status == 403
     ws.close()

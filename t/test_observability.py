@@ -32,7 +32,9 @@ FAMILIES = {
     P + "closes_total": "counter",
     P + "close_frames_total": "counter",
     P + "discarded_frames_total": "counter",
+    P + "closing_timeouts_total": "counter",
     P + "rtt_seconds": "histogram",
+    P + "connection_duration_seconds": "histogram",
 }
 
 PEERS = ("client", "upstream")
@@ -40,6 +42,9 @@ CODES = tuple(str(c) for c in range(1000, 1016)) + ("other",)
 LE = ("0.001000", "0.002500", "0.005000", "0.010000", "0.025000",
       "0.050000", "0.100000", "0.250000", "0.500000", "1.000000",
       "2.500000", "5.000000", "10.000000", "+Inf")
+AGE_LE = ("1.000000", "5.000000", "30.000000", "60.000000", "300.000000",
+          "900.000000", "3600.000000", "14400.000000", "43200.000000",
+          "86400.000000", "+Inf")
 
 PROM_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -73,15 +78,22 @@ def key(name, **labels):
     return name, frozenset(labels.items())
 
 
-def parse_prom(text):
+def parse_prom(text, by_group=False):
     """{(sample name, frozenset(labels)): value}; also checks that no sample
-    appears twice."""
-    out = {}
+    appears twice and that each has a group label. Without by_group the
+    group label is left out and the values summed over the groups."""
+    out, seen = {}, set()
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             k = key(s.name, **s.labels)
-            assert k not in out, "duplicate sample %r" % (k,)
-            out[k] = s.value
+            assert k not in seen, "duplicate sample %r" % (k,)
+            seen.add(k)
+            assert "group" in s.labels, k
+            if not by_group:
+                labels = dict(s.labels)
+                del labels["group"]
+                k = key(s.name, **labels)
+            out[k] = out.get(k, 0) + s.value
     return out
 
 
@@ -106,6 +118,13 @@ def json_to_samples(doc):
             out[key(P + "close_frames_total", code=code, **{"from": frm})] = v
     for frm, v in doc["discarded_frames"].items():
         out[key(P + "discarded_frames_total", **{"from": frm})] = v
+    for reason, v in doc["closing_timeouts"].items():
+        out[key(P + "closing_timeouts_total", reason=reason)] = v
+    h = doc["connection_duration_seconds"]
+    for le, v in h["buckets"].items():
+        out[key(P + "connection_duration_seconds_bucket", le=le)] = v
+    out[key(P + "connection_duration_seconds_sum")] = h["sum"]
+    out[key(P + "connection_duration_seconds_count")] = h["count"]
     return out
 
 
@@ -535,7 +554,7 @@ def test_prometheus_and_json_agree(nginx_factory, backend, tmp_path):
     s = parse_prom(text)
     assert set(s.values()) == {0}, dump(s)
     assert len(s) == 2 + 2 * 2 + len(REASONS) + 2 * len(CODES) + 2 \
-        + 2 * (len(LE) + 2)
+        + 2 + 2 * (len(LE) + 2) + len(AGE_LE) + 2
 
     # some activity on both peers, then nothing open: the values hold still
     c = Client(port, "/ws/live")
@@ -573,6 +592,12 @@ def test_prometheus_and_json_agree(nginx_factory, backend, tmp_path):
         {(f, c) for f in PEERS for c in CODES}
     assert closes(s)["client_close"] == 1
     assert closes(s)["client_heartbeat_timeout"] == 1
+    # how long they lived: both counted, cumulative, in seconds
+    ages = [val(s, "connection_duration_seconds_bucket", le=le)
+            for le in AGE_LE]
+    assert ages == sorted(ages) and ages[-1] == 2, ages
+    assert val(s, "connection_duration_seconds_count") == 2
+    assert 0.2 < val(s, "connection_duration_seconds_sum") < 20
 
     # JSON, however asked for, is one document with the same values
     docs = [status.json("?format=json"), status.json("?format=JSON"),
@@ -581,8 +606,14 @@ def test_prometheus_and_json_agree(nginx_factory, backend, tmp_path):
     for doc in docs[1:]:
         assert doc == docs[0]
     doc = docs[0]
-    assert set(doc) == {"connections", "pings", "pongs", "closes",
-                        "close_frames", "discarded_frames", "rtt_seconds"}
+    assert set(doc) == {"version", "connections", "pings", "pongs", "closes",
+                        "close_frames", "discarded_frames",
+                        "closing_timeouts", "rtt_seconds",
+                        "connection_duration_seconds", "groups"}
+    assert doc["version"] == 2 and list(doc["groups"]) == [""]
+    assert json_to_samples(doc["groups"][""]) == s
+    assert list(doc["connection_duration_seconds"]["buckets"]) == \
+        list(AGE_LE)
     assert list(doc["closes"]) == list(REASONS)
     assert list(doc["close_frames"]["client"]) == list(CODES)
     assert list(doc["rtt_seconds"]["upstream"]["buckets"]) == list(LE)

@@ -147,18 +147,32 @@ def http_get(address, path, host="localhost", timeout=10.0):
     return head, body
 
 
-def status_value(port, sample):
+GROUP_LABEL = re.compile(r'(?<=[{,])group="[^"]*",?')
+
+
+def without_group(sample):
+    """A sample of the status endpoint's Prometheus text without its group
+    label: 'x{group="chat",peer="client"}' -> 'x{peer="client"}',
+    'x{group=""}' -> 'x'."""
+    name = GROUP_LABEL.sub("", sample).replace(",}", "}")
+    return name[:-2] if name.endswith("{}") else name
+
+
+def status_value(port, sample, path="/status"):
     """One value of the Prometheus text of the status endpoint of
     status_server(port), e.g. 'nginx_ws_heartbeat_pings_total{peer=
-    "client"}' (a sample as the text spells it); None if it is not
-    there."""
-    head, body = http_get(("127.0.0.1", port), "/status")
+    "client"}' (a sample as the text spells it, without the group label:
+    the sum over the groups); None if it is not there."""
+    head, body = http_get(("127.0.0.1", port), path)
     assert head.split()[1] == b"200", head
+    total = None
     for line in body.decode().splitlines():
+        if line.startswith("#"):
+            continue
         name, _, value = line.rpartition(" ")
-        if name == sample:
-            return float(value)
-    return None
+        if without_group(name) == sample:
+            total = (total or 0) + float(value)
+    return total
 
 
 # the module's close reasons, in the order of its status output

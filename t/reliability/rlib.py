@@ -239,7 +239,8 @@ class RNginx(Nginx):
     # -- observability
 
     def status(self):
-        """The status endpoint's Prometheus text as {name{labels}: value}."""
+        """The status endpoint's Prometheus text as {name{labels}: value},
+        summed over the groups (labels without group)."""
         head, body = nginx_lib.http_get(self.status_sock, "/status",
                                         "status", slow(10))
         assert head.startswith(b"HTTP/1.1 200"), head
@@ -248,7 +249,8 @@ class RNginx(Nginx):
             if not line or line.startswith("#"):
                 continue
             name, _, value = line.rpartition(" ")
-            out[name] = float(value)
+            name = nginx_lib.without_group(name)
+            out[name] = out.get(name, 0) + float(value)
         return out
 
     def fds(self, pid):
