@@ -19,6 +19,7 @@ ALL = """
     ws_heartbeat_drain_timeout 3s;
     ws_heartbeat_drain_spread 4s;
     ws_heartbeat_max_age 1h 5m;
+    ws_heartbeat_metrics_group chat;
 """
 
 
@@ -100,6 +101,17 @@ def test_every_directive_in_every_context(nginx_factory, where):
      'invalid number of arguments in "ws_heartbeat_max_age" directive'),
     ("ws_heartbeat_status", "json",
      'invalid number of arguments in "ws_heartbeat_status" directive'),
+    ("ws_heartbeat_metrics_group", "'chat room'",
+     'invalid value "chat room" in "ws_heartbeat_metrics_group" directive, '
+     'a group name has only letters, digits, "_", "." and "-"'),
+    ("ws_heartbeat_metrics_group", "'a\\\"b'",
+     'in "ws_heartbeat_metrics_group" directive, a group name has only'),
+    ("ws_heartbeat_metrics_group", "x" * 33,
+     'invalid value "%s" in "ws_heartbeat_metrics_group" directive, a group '
+     'name has at most 32 characters' % ("x" * 33)),
+    ("ws_heartbeat_metrics_group", "chat feed",
+     'invalid number of arguments in "ws_heartbeat_metrics_group" '
+     'directive'),
     ("ws_heartbeat", "on off",
      'invalid number of arguments in "ws_heartbeat" directive'),
     ("ws_heartbeat_interval", "",
@@ -128,6 +140,7 @@ def test_bad_value_is_rejected(nginx_factory, directive, value, message):
     ("ws_heartbeat_drain_spread", "1s"),
     ("ws_heartbeat_max_age", "off"),
     ("ws_heartbeat_status", ""),
+    ("ws_heartbeat_metrics_group", "chat"),
 ])
 def test_duplicate_is_rejected(nginx_factory, directive, value):
     rc, out = conf_t(nginx_factory, """
@@ -138,6 +151,35 @@ def test_duplicate_is_rejected(nginx_factory, directive, value):
 """ % (directive, value, directive, value))
     assert rc != 0, out
     assert '"%s" directive is duplicate' % directive in out, out
+
+
+def groups_conf(n, extra=""):
+    """n locations, each with a group of its own (and the server with
+    "shared", also the name of the first location's group)."""
+    return """
+    ws_heartbeat_metrics_group shared;
+    server {
+        listen 127.0.0.1:1;
+        %s
+        %s
+    }
+""" % (extra, "\n        ".join(
+        "location /%d { ws_heartbeat_metrics_group %s; }"
+        % (i, "shared" if i == 0 else "g%d" % i) for i in range(n)))
+
+
+def test_64_groups_and_not_one_more(nginx_factory):
+    """Bounded cardinality: 64 distinct names (a name used twice counts
+    once, "" is not one of them); the 65th fails nginx -t naming it."""
+    rc, out = conf_t(nginx_factory, groups_conf(64, """
+        location /again { ws_heartbeat_metrics_group g1; }
+        location /none { ws_heartbeat_metrics_group ""; }"""))
+    assert rc == 0, out
+    rc, out = conf_t(nginx_factory, groups_conf(65))
+    assert rc != 0, out
+    assert '[emerg]' in out and 'invalid value "g64" in ' \
+        '"ws_heartbeat_metrics_group" directive, at most 64 groups in a ' \
+        'configuration' in out, out
 
 
 def test_zero_turns_optional_timeouts_off(nginx_factory):
