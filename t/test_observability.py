@@ -93,7 +93,8 @@ def parse_prom(text, by_group=False):
                 labels = dict(s.labels)
                 del labels["group"]
                 k = key(s.name, **labels)
-            out[k] = out.get(k, 0) + s.value
+            # the values have microseconds at most: a sum of floats, rounded
+            out[k] = round(out.get(k, 0) + s.value, 6)
     return out
 
 
@@ -1084,3 +1085,207 @@ def test_close_frames_count_once_a_direction(nginx_factory, backend):
                if name == P + "close_frames_total"
                and dict(labels)["from"] == "client")
     assert sent == 1, dump(s)
+
+
+# -- 8. groups (ws_heartbeat_metrics_group) -----------------------------------
+
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "docs", "status.schema.json")
+
+
+def check_schema(doc):
+    """The JSON document against docs/status.schema.json (Debian's
+    python3-jsonschema)."""
+    import jsonschema
+    with open(SCHEMA_PATH) as f:
+        schema = json.load(f)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator(schema).validate(doc)
+
+
+def by_group(s):
+    """{group: {(name, labels without group): value}} of parse_prom(...,
+    by_group=True)."""
+    out = collections.defaultdict(dict)
+    for (name, labels), v in s.items():
+        d = dict(labels)
+        g = d.pop("group")
+        out[g][key(name, **d)] = v
+    return dict(out)
+
+
+def group_locations(bport, groups=("chat", "feed")):
+    """/<group>/ locations with their group, toward bport."""
+    return "".join("""
+        location /%s/ {
+            ws_heartbeat_metrics_group %s;
+            proxy_pass http://127.0.0.1:%d;
+        }""" % (g, g, bport) for g in groups) + """
+        location = /status { ws_heartbeat_status; }"""
+
+
+def test_groups_count_apart(nginx_factory, backend, tmp_path):
+    """Each group of ws_heartbeat_metrics_group counts its own connections
+    (the locations without one under group=""), in both workers; the JSON
+    has the same values per group, and their sum at its top; ?group=
+    serves one group, a group the configuration lacks is 404; the JSON
+    matches docs/status.schema.json."""
+    b = backend()
+    _, port, _ = logged_proxy(nginx_factory, b, tmp_path, """
+        ws_heartbeat on;
+        ws_heartbeat_interval 100ms;
+        ws_heartbeat_timeout 300ms;""",
+                              locations=group_locations(b.port), workers=2)
+    status = Status(port)
+
+    fresh = status.json()
+    check_schema(fresh)
+    assert list(fresh["groups"]) == ["", "chat", "feed"]
+
+    chat = [Client(port, "/chat/a"), Client(port, "/chat/b")]
+    dead = Client(port, "/chat/dead", answer_pings=False)
+    feed = Client(port, "/feed/a")
+    plain = Client(port, "/ws/a")
+    try:
+        with pumping(chat + [feed, plain]):
+            status.wait(lambda s: val(s, "rtt_seconds_count", peer="client")
+                        >= 4 and val(s, "closes_total",
+                                     reason="client_heartbeat_timeout") == 1,
+                        "RTTs and the dead client's end")
+        for c in (chat[0], feed, plain):
+            c.send_frame(CLOSE, close_payload(1000))
+            assert c.wait_closed(5)
+        s = status.wait(lambda s: val(s, "connections_active") == 1
+                        and val(s, "connections_total") == 5,
+                        "one connection left open")
+        g = by_group(parse_prom(status.text(), by_group=True))
+        assert set(g) == {"", "chat", "feed"}
+        assert val(g["chat"], "connections_active") == 1
+        assert val(g["feed"], "connections_active") == 0
+        assert val(g[""], "connections_active") == 0
+    finally:
+        for c in chat + [dead, feed, plain]:
+            c.close()
+    s = status.wait(lambda s: val(s, "connections_active") == 0,
+                    "every connection ended")
+
+    g = by_group(parse_prom(status.text(), by_group=True))
+    assert {k: val(g[k], "connections_total") for k in g} == \
+        {"": 1, "chat": 3, "feed": 1}
+    # the dead one, then one Close, one hang-up
+    assert closes(g["chat"])["client_heartbeat_timeout"] == 1
+    assert closes(g["chat"])["client_close"] == 2
+    assert sum(closes(g["chat"]).values()) == 3
+    assert closes(g["feed"]) == dict(dict.fromkeys(REASONS, 0),
+                                     client_close=1)
+    assert closes(g[""]) == dict(dict.fromkeys(REASONS, 0), client_close=1)
+    assert val(g[""], "pings_total", peer="client") == 0 or \
+        val(g[""], "rtt_seconds_count", peer="client") <= \
+        val(g[""], "pongs_total", peer="client")
+    for name in ("chat", "feed"):
+        assert val(g[name], "rtt_seconds_count", peer="client") >= 1, name
+    for name, n in (("", 1), ("chat", 3), ("feed", 1)):
+        assert val(g[name], "connection_duration_seconds_count") == n
+        assert val(g[name], "connection_duration_seconds_bucket",
+                   le="+Inf") == n
+    # the parts add up to the whole
+    assert sum(g[k][key(P + "connections_total")] for k in g) == \
+        val(s, "connections_total")
+
+    # the JSON: the same values per group, the sum at the top
+    doc = status.json()
+    check_schema(doc)
+    assert doc["version"] == 2
+    assert list(doc["groups"]) == ["", "chat", "feed"]
+    for name, d in doc["groups"].items():
+        assert json_to_samples(d) == g[name], name
+    assert json_to_samples(doc) == parse_prom(status.text())
+
+    # one group
+    st, _, body = fetch(port, "/status?group=chat")
+    assert st == 200
+    one = parse_prom(body.decode(), by_group=True)
+    assert {dict(k[1])["group"] for k in one} == {"chat"}
+    assert by_group(one)["chat"] == g["chat"]
+    doc = status.json("?group=chat&format=json")
+    check_schema(doc)
+    assert list(doc["groups"]) == ["chat"]
+    assert json_to_samples(doc) == json_to_samples(doc["groups"]["chat"]) \
+        == g["chat"]
+    st, _, body = fetch(port, "/status?group=")
+    assert st == 200
+    assert by_group(parse_prom(body.decode(), by_group=True)) == {"": g[""]}
+    for unknown in ("nope", "Chat", "chat2"):
+        st, _, _ = fetch(port, "/status?group=" + unknown)
+        assert st == 404, unknown
+
+
+def reload_to(n, conf):
+    """Write conf, SIGHUP, wait until only new workers are left."""
+    old = set(n.worker_pids())
+    with open(n.conf, "w") as f:
+        f.write(conf)
+    n.signal(signal.SIGHUP)
+    wait_for(lambda: not any(os.path.exists("/proc/%d" % p) for p in old)
+             and n.worker_pids(), timeout=slow(15),
+             what="the old workers to exit")
+
+
+def test_groups_across_reloads(nginx_factory, backend, tmp_path):
+    """A reload keeps the counters of the groups that remain; a group the
+    new configuration drops is not shown (its name is 404), one it adds
+    starts at 0; the old worker counts the drain of a dropped group's
+    connection in that group's own counters, which come back with its
+    name."""
+    b = backend()
+    n, port, _ = logged_proxy(nginx_factory, b, tmp_path, """
+        ws_heartbeat on;
+        ws_heartbeat_interval 10s;
+        ws_heartbeat_drain_timeout 2s;
+        ws_heartbeat_drain_spread 0;""",
+                              locations=group_locations(b.port))
+    status = Status(port)
+    with open(n.conf) as f:
+        conf_a = f.read()
+
+    for path in ("/chat/1", "/feed/1"):
+        c = Client(port, path)
+        c.send_frame(CLOSE, close_payload(1000))
+        assert c.wait_closed(5)
+        c.close()
+    live = Client(port, "/feed/live")
+    try:
+        status.wait(lambda s: val(s, "connections_total") == 3
+                    and val(s, "connections_active") == 1, "one open")
+        before = by_group(parse_prom(status.text(), by_group=True))
+
+        # feed goes, news comes: the old worker drains the feed connection
+        reload_to(n, conf_a.replace("feed", "news"))
+        f = live.recv_frame(timeout=5)
+        assert f is not None and f.close_code == 1001, f
+        reply(live, f)
+        assert live.wait_closed(5)
+    finally:
+        live.close()
+    reload_to(n, conf_a.replace("feed", "news"))   # old workers gone, surely
+
+    after = by_group(parse_prom(status.text(), by_group=True))
+    assert set(after) == {"", "chat", "news"}
+    assert after["chat"] == before["chat"]
+    assert after[""] == before[""]
+    assert set(after["news"].values()) == {0}
+    st, _, _ = fetch(port, "/status?group=feed")
+    assert st == 404
+    assert list(status.json()["groups"]) == ["", "chat", "news"]
+
+    # feed is back, with its counters and the drain counted meanwhile
+    reload_to(n, conf_a)
+    again = by_group(parse_prom(status.text(), by_group=True))
+    assert set(again) == {"", "chat", "feed"}
+    assert again["chat"] == before["chat"]
+    feed = again["feed"]
+    assert val(feed, "connections_total") == 2
+    assert val(feed, "connections_active") == 0
+    assert closes(feed) == dict(dict.fromkeys(REASONS, 0), client_close=1,
+                                drain=1)
+    assert val(feed, "connection_duration_seconds_count") == 2
