@@ -134,7 +134,8 @@ def close_reason_texts():
 def doc_files():
     files = glob.glob(os.path.join(DOCS, "*.md"))
     files.append(os.path.join(ROOT, "README.md"))
-    files += glob.glob(os.path.join(ROOT, "examples", "*"))
+    files += [p for p in glob.glob(os.path.join(ROOT, "examples", "**", "*"),
+                                   recursive=True) if os.path.isfile(p)]
     return sorted(files)
 
 
