@@ -12,14 +12,18 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
+import urllib.parse
+
+import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from lib.nginx import (REASONS, free_port, proxy_server, slow, wait_for,
-                       wait_port)
-from lib.wsproto import (CLOSE, PONG, TEXT, Client, close_payload,
+from lib.nginx import (REASONS, Nginx, free_port, proxy_server, slow,
+                       wait_for, wait_port)
+from lib.wsproto import (CLOSE, PONG, TEXT, Backend, Client, close_payload,
                          encode_frame)
 
 P = "nginx_ws_heartbeat_"
@@ -1289,3 +1293,531 @@ def test_groups_across_reloads(nginx_factory, backend, tmp_path):
     assert closes(feed) == dict(dict.fromkeys(REASONS, 0), client_close=1,
                                 drain=1)
     assert val(feed, "connection_duration_seconds_count") == 2
+
+
+# -- 9. a real Prometheus: the docs' queries, the dashboard, the alerts ------
+#
+# One Prometheus (Debian's) for the module: it scrapes a real nginx every
+# second while a scenario runs (two groups and the unnamed one, RTTs, a
+# dead client, a reload whose drain is cut at its deadline in one group),
+# with the example alert rules loaded; the tests then ask it, through its
+# HTTP API, what docs/metrics.md and the Grafana dashboard ask.
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMETHEUS = "/usr/bin/prometheus"
+PROMTOOL = "/usr/bin/promtool"
+RULES = os.path.join(ROOT, "examples", "prometheus", "ws-heartbeat-alerts.yml")
+RULE_TESTS = os.path.join(ROOT, "examples", "prometheus",
+                          "ws-heartbeat-alerts.test.yml")
+DASHBOARD = os.path.join(ROOT, "examples", "grafana",
+                         "ws-heartbeat-dashboard.json")
+METRICS_MD = os.path.join(ROOT, "docs", "metrics.md")
+
+needs_prometheus = pytest.mark.skipif(
+    not (os.access(PROMETHEUS, os.X_OK) and os.access(PROMTOOL, os.X_OK)),
+    reason="Debian's prometheus (prometheus, promtool) is not installed: "
+           "t/deps.sh installs it")
+
+
+def doc_queries():
+    """{check name: PromQL} of docs/metrics.md: each ```promql block with
+    the <!-- check: name --> comment above it."""
+    with open(METRICS_MD) as f:
+        text = f.read()
+    found = re.findall(r"<!-- check: (\w+) -->\s*```promql\n(.*?)```", text,
+                       re.S)
+    assert len(found) == text.count("```promql"), \
+        "a promql block in docs/metrics.md without its check comment"
+    out = dict(found)
+    assert len(out) == len(found), "a check name used twice"
+    return out
+
+
+class Prometheus:
+    """Debian's prometheus with a config and data dir of its own under
+    workdir, on 127.0.0.1, scraping target (host:port) at path every
+    second, the example alert rules loaded."""
+
+    def __init__(self, workdir, target, path):
+        os.makedirs(workdir, exist_ok=True)
+        self.port = free_port()
+        conf = os.path.join(workdir, "prometheus.yml")
+        with open(conf, "w") as f:
+            f.write("""
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - %s
+scrape_configs:
+  - job_name: nginx
+    metrics_path: %s
+    static_configs:
+      - targets: ['%s']
+""" % (RULES, path, target))
+        self.log_path = os.path.join(workdir, "prometheus.log")
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [PROMETHEUS, "--config.file=" + conf,
+             "--storage.tsdb.path=" + os.path.join(workdir, "data"),
+             "--web.listen-address=127.0.0.1:%d" % self.port,
+             "--log.level=warn"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        try:
+            wait_for(self.ready, slow(30), interval=0.1,
+                     what="prometheus to be ready")
+        except BaseException:
+            self.stop()
+            raise
+
+    def errors(self):
+        self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")[-4000:]
+
+    def get(self, path):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def ready(self):
+        assert self.proc.poll() is None, \
+            "prometheus exited: %s" % self.errors()
+        try:
+            return self.get("/-/ready")[0] == 200
+        except OSError:
+            return False
+
+    def api(self, path, **params):
+        st, body = self.get("/api/v1/" + path + "?"
+                            + urllib.parse.urlencode(params))
+        doc = json.loads(body)
+        assert st == 200 and doc["status"] == "success", (path, params, doc)
+        return doc["data"]
+
+    def query(self, expr):
+        """An instant vector as {frozenset(labels): value}."""
+        data = self.api("query", query=expr)
+        assert data["resultType"] == "vector", (expr, data)
+        return {frozenset(r["metric"].items()): float(r["value"][1])
+                for r in data["result"]}
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def by(result, *labels):
+    """{tuple of label values: value}; a label Prometheus left out (the
+    empty group) is ""."""
+    return {tuple(dict(k).get(n, "") for n in labels): v
+            for k, v in result.items()}
+
+
+class Scenario:
+    pass
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory):
+    """nginx (2 workers: groups chat and feed, and the unnamed /ws/) and
+    the Prometheus that scrapes it, after:
+    - chat: two clients that answer Pings, one dead one (heartbeat timeout);
+      feed: one client that answers; unnamed: one that closes with 4000;
+    - a reload: the old workers drain chat's two (their backend answers
+      the Close) and feed's one, whose backend does not answer: cut at
+      ws_heartbeat_drain_timeout;
+    - then one chat client, open until the end of the module.
+    Prometheus has scraped the state before the first connection and after
+    the last change."""
+    if not (os.access(PROMETHEUS, os.X_OK) and os.access(PROMTOOL, os.X_OK)):
+        pytest.skip("Debian's prometheus is not installed: t/deps.sh "
+                    "installs it")
+    tmp = tmp_path_factory.mktemp("prometheus")
+    sc = Scenario()
+    stops = []
+    n = None
+    try:
+        echo = Backend()
+        stops.append(echo.stop)
+        mute = Backend(answer_close=False)
+        stops.append(mute.stop)
+        port, sport = free_port(), free_port()
+        http = """
+    ws_heartbeat on;
+    ws_heartbeat_interval 200ms;
+    ws_heartbeat_timeout 400ms;
+    ws_heartbeat_drain_timeout 600ms;
+    ws_heartbeat_drain_spread 0;
+    server {
+        listen 127.0.0.1:%(port)d;
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection "upgrade";
+        location /chat/ {
+            ws_heartbeat_metrics_group chat;
+            proxy_pass http://127.0.0.1:%(echo)d;
+        }
+        location /feed/ {
+            ws_heartbeat_metrics_group feed;
+            proxy_pass http://127.0.0.1:%(mute)d;
+        }
+        location /ws/ {
+            proxy_pass http://127.0.0.1:%(echo)d;
+        }
+    }
+    server {
+        listen 127.0.0.1:%(sport)d;
+        location = /metrics { ws_heartbeat_status; }
+    }
+""" % dict(port=port, sport=sport, echo=echo.port, mute=mute.port)
+        n = Nginx(tmp / "nginx", http, workers=2)
+        stops.append(n.stop)
+        n.start(port)
+        wait_port(sport)
+        sc.nginx, sc.sport = n, sport
+        status = Status(sport, "/metrics")
+
+        prom = Prometheus(str(tmp / "prom"), "127.0.0.1:%d" % sport,
+                          "/metrics")
+        stops.append(prom.stop)
+        sc.prom = prom
+
+        # Prometheus has the zeros: rate() sees every event that follows
+        wait_for(lambda: set(by(prom.query(
+            "count_over_time(nginx_ws_heartbeat_connections_total[1m]) >= 2"),
+            "group")) == {(g,) for g in GROUPS},
+            slow(30), interval=0.2, what="two scrapes of the fresh nginx")
+
+        chat = [Client(port, "/chat/a"), Client(port, "/chat/b")]
+        dead = Client(port, "/chat/dead", answer_pings=False)
+        feed = Client(port, "/feed/a")
+        plain = Client(port, "/ws/a")
+        clients = chat + [dead, feed, plain]
+        stops.extend(c.close for c in clients)
+        with pumping(chat + [feed, plain]):
+            status.wait(lambda s: val(s, "closes_total",
+                                      reason="client_heartbeat_timeout") == 1
+                        and val(s, "rtt_seconds_count", peer="client") >= 8,
+                        "RTTs and the dead client's end", slow(10))
+        plain.send_frame(CLOSE, close_payload(4000))
+        assert plain.wait_closed(5)
+
+        with open(n.conf) as f:
+            conf = f.read()
+        reload_to(n, conf.replace("ws_heartbeat_interval 200ms",
+                                  "ws_heartbeat_interval 250ms"))
+
+        last = Client(port, "/chat/last")
+        stops.append(last.close)
+        sc.pumping = pumping([last])
+        sc.pumping.__enter__()
+        stops.append(lambda: sc.pumping.__exit__(None, None, None))
+
+        s = status.wait(lambda s: val(s, "connections_active") == 1
+                        and sum(closes(s).values()) == 5, "one left open")
+        assert closes(s)["drain"] == 3 and \
+            val(s, "closing_timeouts_total", reason="drain") == 1, dump(s)
+
+        # Prometheus has the end state
+        def scraped():
+            ends = prom.query("sum(nginx_ws_heartbeat_closes_total)")
+            cut = prom.query(
+                "sum(nginx_ws_heartbeat_closing_timeouts_total)")
+            active = by(prom.query("nginx_ws_heartbeat_connections_active"),
+                        "group")
+            return list(ends.values()) == [5] and list(cut.values()) == [1] \
+                and active == {("",): 0, ("chat",): 1, ("feed",): 0}
+        wait_for(scraped, slow(30), interval=0.2,
+                 what="Prometheus to scrape the end state")
+        yield sc
+    finally:
+        for stop in reversed(stops):
+            stop()
+    if n is not None:
+        n.check_log()
+
+
+QUERY_CHECKS = {}
+
+
+def query_check(f):
+    QUERY_CHECKS[f.__name__[len("q_"):]] = f
+    return f
+
+
+GROUPS = {"", "chat", "feed"}
+
+
+def finite(v):
+    return v == v and v not in (float("inf"), float("-inf"))
+
+
+@query_check
+def q_new_connections(r):
+    r = by(r, "group")
+    assert set(r) == {(g,) for g in GROUPS}
+    assert all(v > 0 for v in r.values())
+
+
+@query_check
+def q_open_connections(r):
+    assert by(r, "group") == {("",): 0, ("chat",): 1, ("feed",): 0}
+
+
+@query_check
+def q_dead_share(r):
+    r = by(r, "group")
+    # chat: one dead client out of three ends
+    assert 0.15 < r["chat", ] < 0.6
+    assert r["feed", ] == 0 and r["", ] == 0
+
+
+@query_check
+def q_heartbeat_closes(r):
+    r = by(r, "group", "reason")
+    assert set(r) == {(g, x) for g in GROUPS for x in
+                      ("client_heartbeat_timeout",
+                       "upstream_heartbeat_timeout")}
+    assert r["chat", "client_heartbeat_timeout"] > 0
+    assert all(v == 0 for k, v in r.items()
+               if k != ("chat", "client_heartbeat_timeout"))
+
+
+@query_check
+def q_rtt_p99(r):
+    r = by(r, "group")
+    assert set(r) == {(g,) for g in GROUPS}
+    for g in GROUPS:
+        assert finite(r[g, ]) and 0 < r[g, ] <= 10, (g, r)
+
+
+@query_check
+def q_rtt_mean(r):
+    r = by(r, "group")
+    for g in GROUPS:
+        assert 0 < r[g, ] < 1, (g, r)
+
+
+@query_check
+def q_pong_ratio(r):
+    r = by(r, "group")
+    # chat: the dead client had a Ping and never answered
+    assert 0 < r["chat", ] < 1
+    assert 0 < r["feed", ] <= 1 and 0 < r["", ] <= 1
+
+
+@query_check
+def q_ends_by_reason(r):
+    r = by(r, "group", "reason")
+    assert set(r) == {(g, x) for g in GROUPS for x in REASONS}
+    ended = {k for k, v in r.items() if v > 0}
+    assert ended == {("chat", "client_heartbeat_timeout"), ("chat", "drain"),
+                     ("feed", "drain"), ("", "client_close")}, ended
+    assert all(v == 0 for k, v in r.items() if k not in ended)
+
+
+@query_check
+def q_unusual_close_frames(r):
+    r = by(r, "group", "from", "code")
+    codes = [c for c in CODES if c not in ("1000", "1001")]
+    assert set(r) == {(g, f, c) for g in GROUPS for f in PEERS
+                      for c in codes}
+    # the 4000 of the unnamed client, and the backend's echo of it
+    assert r["", "client", "other"] > 0
+    assert all(v == 0 for k, v in r.items()
+               if k not in (("", "client", "other"), ("", "upstream", "other")))
+
+
+@query_check
+def q_duration_p50(r):
+    r = by(r, "group")
+    for g in GROUPS:
+        assert finite(r[g, ]) and 0 < r[g, ] <= 86400, (g, r)
+
+
+@query_check
+def q_duration_mean(r):
+    r = by(r, "group")
+    for g in GROUPS:
+        assert 0 < r[g, ] < 60, (g, r)
+    # feed's lived through the scenario and the drain's 600ms
+    assert r["feed", ] > 0.6
+
+
+@query_check
+def q_closing_timeouts(r):
+    r = by(r, "group", "reason")
+    assert set(r) == {(g, x) for g in GROUPS for x in ("drain", "max_age")}
+    assert r["feed", "drain"] > 0
+    assert all(v == 0 for k, v in r.items() if k != ("feed", "drain"))
+
+
+def test_every_query_in_the_docs_is_checked():
+    assert set(doc_queries()) == set(QUERY_CHECKS)
+
+
+@needs_prometheus
+@pytest.mark.parametrize("name", sorted(QUERY_CHECKS))
+def test_query_in_docs_returns_what_they_say(scenario, name):
+    """Each PromQL expression of docs/metrics.md, as written there, on the
+    real Prometheus, returns what the text above it says."""
+    expr = doc_queries()[name]
+    result = scenario.prom.query(expr)
+    try:
+        QUERY_CHECKS[name](result)
+    except (AssertionError, KeyError) as e:
+        raise AssertionError("%s\n%s\nreturned %s: %r"
+                             % (name, expr, sorted(by(result, "group")
+                                                   .items()), e))
+
+
+@needs_prometheus
+def test_exposition_passes_promtool(scenario):
+    """promtool check metrics on the status endpoint's text, with groups
+    and after the scenario: no error, no lint finding."""
+    _, _, body = fetch(scenario.sport, "/metrics")
+    r = subprocess.run([PROMTOOL, "check", "metrics"], input=body,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=30)
+    assert r.returncode == 0 and not r.stdout.strip(), r.stdout.decode()
+
+
+@needs_prometheus
+def test_status_json_of_the_scenario_matches_schema(scenario):
+    """The JSON after drains, cuts and RTTs, whole and by group, against
+    docs/status.schema.json; its top is the sum of its groups."""
+    for path in ("/metrics?format=json", "/metrics?format=json&group=feed"):
+        st, _, body = fetch(scenario.sport, path)
+        assert st == 200
+        doc = json.loads(body)
+        check_schema(doc)
+        total = collections.Counter()
+        for g in doc["groups"].values():
+            total.update(json_to_samples(g))
+        assert {k: round(v, 6) for k, v in total.items()} == \
+            json_to_samples(doc), path
+    assert doc["closing_timeouts"] == {"drain": 1, "max_age": 0}
+
+
+@needs_prometheus
+def test_alert_rules_run_in_prometheus(scenario):
+    """The example rules load and evaluate without error in the real
+    Prometheus; the drain cut at its deadline fires for feed alone."""
+    def rules():
+        groups = scenario.prom.api("rules")["groups"]
+        assert [g["name"] for g in groups] == ["ws-heartbeat"], groups
+        rs = groups[0]["rules"]
+        return rs if all(r["health"] == "ok" for r in rs) else None
+    rs = wait_for(rules, slow(20), interval=0.2, what="rules evaluated")
+    assert [r["name"] for r in rs] == [
+        "WsHeartbeatDeadClientSurge", "WsHeartbeatRttP99High",
+        "WsHeartbeatGroupNoConnections", "WsHeartbeatDrainDeadlineHit"]
+    assert not any(r.get("lastError") for r in rs), rs
+
+    def firing():
+        alerts = scenario.prom.api("alerts")["alerts"]
+        return [a for a in alerts if a["state"] == "firing"] or None
+    alerts = wait_for(firing, slow(20), interval=0.2, what="an alert")
+    assert [(a["labels"]["alertname"], a["labels"]["group"])
+            for a in alerts] == [("WsHeartbeatDrainDeadlineHit", "feed")]
+
+
+@needs_prometheus
+def test_alert_rules_unit_tests():
+    """promtool check rules and promtool test rules on the examples; the
+    unit tests fail on a rule with another threshold."""
+    r = subprocess.run([PROMTOOL, "check", "rules", RULES],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=60)
+    assert r.returncode == 0 and b"SUCCESS: 4 rules found" in r.stdout, \
+        r.stdout.decode()
+    r = subprocess.run([PROMTOOL, "test", "rules", RULE_TESTS],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=60, cwd=os.path.dirname(RULE_TESTS))
+    assert r.returncode == 0 and b"SUCCESS" in r.stdout, r.stdout.decode()
+
+
+@needs_prometheus
+def test_alert_rules_unit_tests_can_fail(tmp_path):
+    """The same unit tests against rules with other thresholds fail: they
+    test the thresholds."""
+    with open(RULES) as f:
+        rules = f.read()
+    for old, new in ((") > 0.1", ") > 0.9"), ("> 1\n", "> 5\n"),
+                     ("[1h])) > 0", "[10m])) > 0"),
+                     ("[10m])) > 0", "[1m])) > 1")):
+        assert old in rules, old
+        (tmp_path / "ws-heartbeat-alerts.yml").write_text(
+            rules.replace(old, new, 1))
+        with open(RULE_TESTS) as f:
+            (tmp_path / "t.yml").write_text(f.read())
+        r = subprocess.run([PROMTOOL, "test", "rules", "t.yml"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=60, cwd=str(tmp_path))
+        assert r.returncode != 0 and b"FAILED" in r.stdout, \
+            (old, new, r.stdout.decode())
+
+
+def grafana_expr(expr, group):
+    """A panel's expr with Grafana's variables as Grafana substitutes
+    them for a range of a few minutes."""
+    expr = expr.replace("$__rate_interval", "1m")
+    expr = re.sub(r"\$\{group(?::regex)?\}|\$group\b", group, expr)
+    assert "$" not in expr, expr
+    return expr
+
+
+@needs_prometheus
+def test_grafana_dashboard_panels_have_data(scenario):
+    """The dashboard imports into Grafana 10+ (a datasource input, the
+    datasource and group variables); every panel's query, variables
+    substituted, returns data from the real Prometheus, for one group and
+    for All."""
+    with open(DASHBOARD) as f:
+        dash = json.load(f)
+    assert [(i["name"], i["type"], i["pluginId"]) for i in dash["__inputs"]] \
+        == [("DS_PROMETHEUS", "datasource", "prometheus")]
+    assert any(r["id"] == "grafana" and int(r["version"].split(".")[0]) >= 10
+               for r in dash["__requires"])
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert set(variables) == {"datasource", "group"}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["datasource"]["current"]["value"] == "${DS_PROMETHEUS}"
+    group = variables["group"]
+    assert group["type"] == "query" and group["includeAll"] \
+        and group["allValue"] == ".*"
+    assert group["datasource"]["uid"] == "${datasource}"
+    m = re.fullmatch(r"label_values\((\w+), group\)", group["definition"])
+    assert m and group["query"]["query"] == group["definition"]
+    values = scenario.prom.api("label/group/values",
+                               **{"match[]": m.group(1)})
+    assert set(values) >= {"chat", "feed"}, values
+
+    panels = dash["panels"]
+    assert len(panels) >= 9
+    for p in panels:
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == "${datasource}", p["title"]
+            for g in ("chat", ".*"):
+                expr = grafana_expr(t["expr"], g)
+                result = scenario.prom.query(expr)
+                assert result, "%s: no data for %s:\n%s" % (p["title"], g,
+                                                             expr)
+                assert any(finite(v) for v in result.values()), \
+                    "%s: only NaN for %s:\n%s" % (p["title"], g, expr)
