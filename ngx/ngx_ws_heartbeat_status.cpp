@@ -516,7 +516,8 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
             ngx_http_ws_heartbeat_key(&s, 0,
                                       ngx_http_ws_heartbeat_end_names[i]);
             ngx_http_ws_heartbeat_label(&s, "reason", 0);
-            ngx_http_ws_heartbeat_emit(pr, f, &s, ngx_http_ws_heartbeat_nth(i));
+            ngx_http_ws_heartbeat_emit(pr, f, &s,
+                                       ngx_http_ws_heartbeat_nth(i));
         }
         break;
 
@@ -528,7 +529,8 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
                 ngx_http_ws_heartbeat_end_names[i ? NGX_HTTP_WS_HB_END_MAX_AGE
                                                   : NGX_HTTP_WS_HB_END_DRAIN]);
             ngx_http_ws_heartbeat_label(&s, "reason", 0);
-            ngx_http_ws_heartbeat_emit(pr, f, &s, ngx_http_ws_heartbeat_nth(i));
+            ngx_http_ws_heartbeat_emit(pr, f, &s,
+                                       ngx_http_ws_heartbeat_nth(i));
         }
         break;
 
@@ -553,7 +555,8 @@ ngx_http_ws_heartbeat_family(ngx_http_ws_heartbeat_printer_t *pr,
                 ngx_http_ws_heartbeat_label(&s, f->side, 0);
                 ngx_http_ws_heartbeat_label(&s, "code", 1);
                 ngx_http_ws_heartbeat_emit(pr, f, &s,
-                    ngx_http_ws_heartbeat_nth(side * NGX_HTTP_WS_HB_CODES + i));
+                    ngx_http_ws_heartbeat_nth(side * NGX_HTTP_WS_HB_CODES
+                                              + i));
             }
         }
         break;

@@ -1638,7 +1638,8 @@ def q_unusual_close_frames(r):
     # the 4000 of the unnamed client, and the backend's echo of it
     assert r["", "client", "other"] > 0
     assert all(v == 0 for k, v in r.items()
-               if k not in (("", "client", "other"), ("", "upstream", "other")))
+               if k not in (("", "client", "other"),
+                            ("", "upstream", "other")))
 
 
 @query_check
