@@ -748,7 +748,7 @@ ngx_http_ws_heartbeat_status_handler(ngx_http_request_t *r) noexcept
         all.slot[i] = hmcf->stats_slot[i];
 
         if (i == 0) {
-            ngx_str_null(&names[0]);
+            ngx_str_set(&names[0], "");     /* not NULL: it is copied */
 
         } else {
             names[i] = conf_names[i - 1];
