@@ -17,6 +17,8 @@ static char *ngx_http_ws_heartbeat_set_time(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf) noexcept;
 static char *ngx_http_ws_heartbeat_set_max_age(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf) noexcept;
+static char *ngx_http_ws_heartbeat_set_idle_buffers(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf) noexcept;
 static void *ngx_http_ws_heartbeat_create_main_conf(ngx_conf_t *cf) noexcept;
 static void *ngx_http_ws_heartbeat_create_loc_conf(ngx_conf_t *cf) noexcept;
 static char *ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf,
@@ -118,6 +120,13 @@ static ngx_command_t  ngx_http_ws_heartbeat_commands[] = {
       ngx_http_ws_heartbeat_metrics_group,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("ws_heartbeat_idle_buffers"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_ws_heartbeat_set_idle_buffers,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ws_heartbeat_loc_conf_t, idle_buffers),
       NULL },
 
     { ngx_string("ws_heartbeat_status"),
@@ -292,6 +301,41 @@ ngx_http_ws_heartbeat_set_max_age(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
+/* "release" or "keep", with nginx's wording for a flag (no enum slot's) */
+
+static char *
+ngx_http_ws_heartbeat_set_idle_buffers(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf) noexcept
+{
+    ngx_http_ws_heartbeat_loc_conf_t *lcf =
+        static_cast<ngx_http_ws_heartbeat_loc_conf_t *>(conf);
+
+    ngx_str_t  *value;
+
+    if (lcf->idle_buffers != NGX_CONF_UNSET_UINT) {
+        return const_cast<char *>("is duplicate");
+    }
+
+    value = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (ngx_strcmp(value[1].data, "release") == 0) {
+        lcf->idle_buffers = NGX_HTTP_WS_HB_BUFFERS_RELEASE;
+
+    } else if (ngx_strcmp(value[1].data, "keep") == 0) {
+        lcf->idle_buffers = NGX_HTTP_WS_HB_BUFFERS_KEEP;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be \"release\" or \"keep\"",
+                           &value[1], &cmd->name);
+        return static_cast<char *>(NGX_CONF_ERROR);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 static void *
 ngx_http_ws_heartbeat_create_main_conf(ngx_conf_t *cf) noexcept
 {
@@ -328,6 +372,7 @@ ngx_http_ws_heartbeat_create_loc_conf(ngx_conf_t *cf) noexcept
     conf->max_age = NGX_CONF_UNSET_MSEC;
     conf->max_age_jitter = NGX_CONF_UNSET_MSEC;
     conf->group = NGX_CONF_UNSET_UINT;
+    conf->idle_buffers = NGX_CONF_UNSET_UINT;
 
     return conf;
 }
@@ -356,6 +401,8 @@ ngx_http_ws_heartbeat_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_msec_value(conf->drain_timeout, prev->drain_timeout,
                               5000);
     ngx_conf_merge_msec_value(conf->drain_spread, prev->drain_spread, 10000);
+    ngx_conf_merge_uint_value(conf->idle_buffers, prev->idle_buffers,
+                              NGX_HTTP_WS_HB_BUFFERS_RELEASE);
 
     /* the jitter goes with the age it was given with; else 10% of it */
 

@@ -66,6 +66,11 @@ CONFIGS = [
      dict(module=True, loc=HB_FAST + " ws_heartbeat_upstream on;")),
     ("L", "Lua frame proxy with Pings (50ms)", dict(lua=True)),
 ]
+# not in the relay table: C with the relay buffers kept for the whole
+# connection (ws_heartbeat_idle_buffers keep), the base that isolates what
+# releasing them costs (--pair-base K)
+KEEP = ("K", "as C, ws_heartbeat_idle_buffers keep",
+        dict(module=True, loc=HB_FAST + " ws_heartbeat_idle_buffers keep;"))
 
 WORK = None   # set in main(): build/bench/run
 LOG = None
@@ -632,20 +637,22 @@ def section_pairs(args, results):
     n_pairs = 4 if args.quick else args.pairs
     warm, dur = 0.5, 1.0
     scenarios = [("64B x100", 100, 64, 4), ("64KiB x100", 100, 65536, 1)]
-    cfgs = {c[0]: c[2] for c in CONFIGS}
+    cfgs = {c[0]: c[2] for c in CONFIGS + [KEEP]}
+    base = args.pair_base
     bports = [free_port()]
     be = Backend("pairs-backend", bports)
     ngx = {}
-    out = dict(pairs=n_pairs, warmup_s=warm, duration_s=dur, scenarios={})
+    out = dict(pairs=n_pairs, warmup_s=warm, duration_s=dur, scenarios={},
+               base=base)
     try:
-        for name in ("A", "C"):
+        for name in (base, "C"):
             ngx[name] = Nginx("pairs-" + name, cfgs[name], bports,
                               free_port())
         for sname, conns, size, inflight in scenarios:
             rows = []
             for i in range(n_pairs):
                 pair = {}
-                for cfg in (("A", "C") if i % 2 == 0 else ("C", "A")):
+                for cfg in ((base, "C") if i % 2 == 0 else ("C", base)):
                     r = measure(ngx[cfg], "pair %s %s %d" % (sname, cfg, i),
                                 conns, size, 0, inflight, warm, dur)
                     if not r["messages"] or r["errors"]:
@@ -655,19 +662,19 @@ def section_pairs(args, results):
                                                        r["errors"]))
                     pair[cfg] = dict(msgs_per_s=r["msgs_per_s"],
                                      cpu_us_per_msg=r["cpu_us_per_msg"])
-                rows.append(dict(
-                    A=pair["A"], C=pair["C"],
-                    thr_ratio=pair["C"]["msgs_per_s"]
-                    / pair["A"]["msgs_per_s"],
-                    cpu_ratio=pair["C"]["cpu_us_per_msg"]
-                    / pair["A"]["cpu_us_per_msg"]))
+                rows.append({
+                    base: pair[base], "C": pair["C"],
+                    "thr_ratio": pair["C"]["msgs_per_s"]
+                    / pair[base]["msgs_per_s"],
+                    "cpu_ratio": pair["C"]["cpu_us_per_msg"]
+                    / pair[base]["cpu_us_per_msg"]})
             thr = median_ci([r["thr_ratio"] for r in rows])
             cpu = median_ci([r["cpu_ratio"] for r in rows])
             out["scenarios"][sname] = dict(rows=rows, thr_ratio=thr,
                                            cpu_ratio=cpu)
-            say("  %-10s C/A over %d pairs: throughput %.3f [%.3f-%.3f], "
+            say("  %-10s C/%s over %d pairs: throughput %.3f [%.3f-%.3f], "
                 "nginx CPU per message %.3f [%.3f-%.3f] (median, 95%% CI)"
-                % ((sname, n_pairs) + thr + cpu))
+                % ((sname, base, n_pairs) + thr + cpu))
     finally:
         for n in ngx.values():
             n.stop()
@@ -685,16 +692,24 @@ def section_idle(args, results):
     settle = interval + 2
     rounds = 1 if q else args.idle_rounds
     kinds = [("A", "stock nginx, no heartbeat", dict(module=False)),
-             ("C", "module, ws_heartbeat_interval %ds" % interval,
+             ("C", "module, ws_heartbeat_interval %ds (idle buffers "
+                   "released, the default)" % interval,
               dict(module=True,
                    loc="ws_heartbeat on; ws_heartbeat_interval %ds; "
                        "ws_heartbeat_timeout 10s;" % interval)),
+             ("K", "module, ws_heartbeat_interval %ds, "
+                   "ws_heartbeat_idle_buffers keep" % interval,
+              dict(module=True,
+                   loc="ws_heartbeat on; ws_heartbeat_interval %ds; "
+                       "ws_heartbeat_timeout 10s; "
+                       "ws_heartbeat_idle_buffers keep;" % interval)),
              ("P", "stock nginx, backend Pings every %ds" % interval,
               dict(module=False))]
+    kinds = [k for k in kinds if k[0] in args.idle_kinds.split(",")]
     runs = []
     for n_conns in sizes:
         for rnd in range(rounds if n_conns <= 10000 else 1):
-            order = kinds[rnd % 3:] + kinds[:rnd % 3]
+            order = kinds[rnd % len(kinds):] + kinds[:rnd % len(kinds)]
             for kind, _, cfg in order:
                 res = idle_run(kind, cfg, n_conns, interval, window, settle,
                                rnd)
@@ -776,7 +791,7 @@ def summarize_idle(results):
     for n_conns in sorted(set(r["conns"] for r in runs)):
         rs = [r for r in runs if r["conns"] == n_conns]
         by = {}
-        for k in ("A", "C", "P"):
+        for k in ("A", "C", "K", "P"):
             ks = [r for r in rs if r["kind"] == k]
             if not ks:
                 continue
@@ -788,7 +803,7 @@ def summarize_idle(results):
                 lost=sum(r["lost"] for r in ks),
                 opened=min(r["opened"] for r in ks))
         if "A" in by:
-            for k in ("C", "P"):
+            for k in ("C", "K", "P"):
                 if k in by:
                     b = by[k]
                     b["extra_rss_per_conn_b"] = (b["rss_per_conn_b"]
@@ -1137,11 +1152,14 @@ def section_profile(args, results):
     stock nginx (P). QUICK: the same with a shorter window."""
     window = 2 if args.quick else 6     # seconds of callgrind counts
     out = dict(window_s=window)
-    for cfg_name in ("A", "C"):
+    for cfg_name in ("A", "C", "K"):
         # C here: ws_heartbeat on with its default interval (30s), so that
-        # the window holds the per-frame relay path only
+        # the window holds the per-frame relay path only; K: the same with
+        # the relay buffers kept (what releasing them costs per message)
         cfg = (dict(module=True, loc="ws_heartbeat on;") if cfg_name == "C"
-               else dict(module=False))
+               else dict(module=True, loc="ws_heartbeat on; "
+                         "ws_heartbeat_idle_buffers keep;")
+               if cfg_name == "K" else dict(module=False))
         p, echoed, r = callgrind_run(
             args, cfg_name, cfg, settle=1.5, window=window,
             client=dict(conns=10, size=64, rate=400, warmup=1.5,
@@ -1351,10 +1369,14 @@ def report(results, out_dir):
     md.append("")
     if "pairs" in results:
         pr = results["pairs"]
+        base = pr.get("base", "A")
         md += table(
-            "### Paired A/C: heartbeat on against stock nginx, %d pairs of "
-            "%.1f s windows back to back" % (pr["pairs"], pr["duration_s"]),
-            ["scenario", "throughput C/A", "nginx CPU per message C/A"],
+            "### Paired %s/C: heartbeat on against %s, %d pairs of "
+            "%.1f s windows back to back"
+            % (base, "stock nginx" if base == "A" else KEEP[1], pr["pairs"],
+               pr["duration_s"]),
+            ["scenario", "throughput C/%s" % base,
+             "nginx CPU per message C/%s" % base],
             "lrr", [(scen, rt(v["thr_ratio"]), rt(v["cpu_ratio"]))
                     for scen, v in pr["scenarios"].items()])
         md.append("Median of the per-pair ratios [95% bootstrap interval "
@@ -1596,6 +1618,11 @@ def main():
                          "bottleneck)")
     ap.add_argument("--idle-rounds", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=24)
+    ap.add_argument("--pair-base", default="A", choices=["A", "K"],
+                    help="what C is paired with: A (stock nginx) or K (C "
+                         "with ws_heartbeat_idle_buffers keep)")
+    ap.add_argument("--idle-kinds", default="A,C,K,P",
+                    help="idle section: which of A, C, K, P to run")
     ap.add_argument("--only",
                     default="relay,pairs,idle,deadpeer,reload,profile,"
                             "sizeof")

@@ -52,7 +52,14 @@ typedef struct {
     ngx_msec_t                      max_age_jitter;
     ngx_uint_t                      group;  /* ws_heartbeat_metrics_group:
                                                index in main conf groups */
+    ngx_uint_t                      idle_buffers;   /* _BUFFERS_* */
 } ngx_http_ws_heartbeat_loc_conf_t;
+
+
+/* ws_heartbeat_idle_buffers */
+
+#define NGX_HTTP_WS_HB_BUFFERS_KEEP     0
+#define NGX_HTTP_WS_HB_BUFFERS_RELEASE  1
 
 
 /* why a managed connection ended: $ws_heartbeat_close_reason, counters */
@@ -159,6 +166,11 @@ typedef struct {
 } ngx_http_ws_heartbeat_shm_t;
 
 
+/* relay buffers a worker keeps for reuse: 16 pages by default */
+
+#define NGX_HTTP_WS_HB_SPARE  16
+
+
 typedef struct {
     ngx_connection_t               *watch;  /* per worker: exit signal */
     ngx_uint_t                      watched; /* ws_heartbeat somewhere */
@@ -191,6 +203,15 @@ typedef struct {
     ngx_http_event_handler_pt       read_handler;
     ngx_http_event_handler_pt       write_handler;
     ngx_http_upstream_handler_pt    upstream_write_handler;
+    ngx_http_upstream_handler_pt    upstream_read_handler;
+
+    /*
+     * per worker: relay buffers released by idle connections, kept for
+     * the next connection that wakes up (ngx_ws_heartbeat_buffers.cpp)
+     */
+    size_t                          spare_size;
+    ngx_uint_t                      nspare;
+    void                           *spare[NGX_HTTP_WS_HB_SPARE];
 } ngx_http_ws_heartbeat_main_conf_t;
 
 
@@ -586,6 +607,12 @@ bool ngx_http_ws_heartbeat_queue_frame(ngx_http_ws_heartbeat_side_t *s,
     std::size_t len, bool replace) noexcept;
 void ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept;
 void ngx_http_ws_heartbeat_unhook(ngx_connection_t *c) noexcept;
+
+
+/* ngx/ngx_ws_heartbeat_buffers.cpp: the relay's buffers while idle */
+
+void ngx_http_ws_heartbeat_buffers_hook(ngx_http_request_t *r,
+    ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
 
 
 /* ngx/ngx_ws_heartbeat_timer.cpp: deadlines, Pings, timeouts */

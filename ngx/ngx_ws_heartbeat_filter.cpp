@@ -292,12 +292,14 @@ ngx_http_ws_heartbeat_same_handlers(ngx_http_request_t *r,
         hmcf->read_handler = r->read_event_handler;
         hmcf->write_handler = r->write_event_handler;
         hmcf->upstream_write_handler = u->write_event_handler;
+        hmcf->upstream_read_handler = u->read_event_handler;
         return true;
     }
 
     return hmcf->read_handler == r->read_event_handler
            && hmcf->write_handler == r->write_event_handler
-           && hmcf->upstream_write_handler == u->write_event_handler;
+           && hmcf->upstream_write_handler == u->write_event_handler
+           && hmcf->upstream_read_handler == u->read_event_handler;
 }
 
 
@@ -364,6 +366,10 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
     c->recv = ngx_http_ws_heartbeat_recv;
     uc->send = ngx_http_ws_heartbeat_send;
     uc->recv = ngx_http_ws_heartbeat_recv;
+
+    /* ws_heartbeat_idle_buffers release: its handlers go around these */
+
+    ngx_http_ws_heartbeat_buffers_hook(r, ctx);
 
     ngx_http_ws_heartbeat_start(ctx);
 

@@ -20,6 +20,7 @@ ALL = """
     ws_heartbeat_drain_spread 4s;
     ws_heartbeat_max_age 1h 5m;
     ws_heartbeat_metrics_group chat;
+    ws_heartbeat_idle_buffers keep;
 """
 
 
@@ -99,6 +100,12 @@ def test_every_directive_in_every_context(nginx_factory, where):
      'no jitter'),
     ("ws_heartbeat_max_age", "1h 1m 1s",
      'invalid number of arguments in "ws_heartbeat_max_age" directive'),
+    ("ws_heartbeat_idle_buffers", "free",
+     'invalid value "free" in "ws_heartbeat_idle_buffers" directive, it '
+     'must be "release" or "keep"'),
+    ("ws_heartbeat_idle_buffers", "release keep",
+     'invalid number of arguments in "ws_heartbeat_idle_buffers" '
+     'directive'),
     ("ws_heartbeat_status", "json",
      'invalid number of arguments in "ws_heartbeat_status" directive'),
     ("ws_heartbeat_metrics_group", "'chat room'",
@@ -139,6 +146,7 @@ def test_bad_value_is_rejected(nginx_factory, directive, value, message):
     ("ws_heartbeat_drain_timeout", "1s"),
     ("ws_heartbeat_drain_spread", "1s"),
     ("ws_heartbeat_max_age", "off"),
+    ("ws_heartbeat_idle_buffers", "keep"),
     ("ws_heartbeat_status", ""),
     ("ws_heartbeat_metrics_group", "chat"),
 ])

@@ -74,10 +74,16 @@ def directives():
 def merge_defaults():
     """{conf field: default} from the merge function."""
     text = read(MODULE_CPP)
-    return {m.group(2): (m.group(1), int(m.group(3)))
-            for m in re.finditer(
-                r'ngx_conf_merge_(value|msec_value)\(conf->(\w+),\s*'
-                r'prev->\w+,\s*(\d+)\)', text)}
+    out = {m.group(2): (m.group(1), int(m.group(3)))
+           for m in re.finditer(
+               r'ngx_conf_merge_(value|msec_value)\(conf->(\w+),\s*'
+               r'prev->\w+,\s*(\d+)\)', text)}
+    # a keyword: NGX_HTTP_WS_HB_<WHAT>_<KEYWORD>, e.g. ..._BUFFERS_RELEASE
+    out.update({m.group(1): ("keyword", m.group(2).lower())
+                for m in re.finditer(
+                    r'ngx_conf_merge_uint_value\(conf->(\w+),\s*'
+                    r'prev->\w+,\s*NGX_HTTP_WS_HB_[A-Z]+_([A-Z]+)\)', text)})
+    return out
 
 
 def variables():
@@ -205,6 +211,10 @@ def test_every_directive_is_documented_with_syntax_default_context():
             if not m:
                 problems.append("%s: Default is not `%s ...;`: %s"
                                 % (name, name, default))
+            elif how == "keyword":
+                if m.group(1).strip() != value:
+                    problems.append("%s: Default %s, code has %s"
+                                    % (name, m.group(1), value))
             elif how == "value":
                 if m.group(1).strip() != ("on" if value else "off"):
                     problems.append("%s: Default %s, code has %s"

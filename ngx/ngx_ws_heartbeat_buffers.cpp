@@ -1,0 +1,461 @@
+
+/*
+ * ngx_ws_heartbeat_module: the relay's buffers while a connection is idle
+ * (ws_heartbeat_idle_buffers release). nginx keeps the two buffers of
+ * ngx_http_upstream_process_upgraded(), u->buffer (upstream to client)
+ * and u->from_client (client to upstream), proxy_buffer_size each, for
+ * the whole life of an upgraded connection; most of the time they are
+ * empty. Two entry points around every pass of the relay: before it, the
+ * buffer of the direction it runs is there again (reacquire); after it,
+ * both go back to the request's pool when nothing is in them
+ * (release-if-idle). Also TLS's write buffers of both connections
+ * (ssl_buffer_size, 16k each), used only for the 101 header and the
+ * request to the upstream.
+ *
+ * What is read here of nginx, the same text in every release from 1.22.0
+ * to 1.31.4 (ngx_http_upstream_upgrade() through
+ * ngx_http_upstream_process_upgraded(), ngx_palloc_large(), ngx_pfree(),
+ * ngx_ssl_free_buffer(): identical in all 47 tags):
+ *
+ * - the relay's pass of one direction reads and writes only that
+ *   direction's buffer b: it sends b->pos..b->last, receives into
+ *   b->last..b->end, and resets pos = last = start when it has sent
+ *   everything; of the other buffer it only compares pos and last (the
+ *   "upgraded done" test). A pass with pos = last = end (NULL) sends and
+ *   receives nothing. For the client's direction a NULL b->start is
+ *   allocated by the relay itself (u->from_client is allocated lazily).
+ *   While the client's pipelined bytes are left in r->header_in the
+ *   relay sends those instead (b = r->header_in).
+ *
+ * - both buffers are ngx_palloc(r->pool, u->conf->buffer_size), a large
+ *   allocation (a page, above the pool's max) that ngx_pfree() returns to
+ *   malloc; a smaller proxy_buffer_size comes from a pool block, which
+ *   ngx_pfree() declines: such a buffer is kept. No other code reads them
+ *   after the upgrade: proxy, scgi and uwsgi copy the response's status
+ *   line and headers into the pool as they parse them.
+ *
+ * - ngx_palloc_large() puts a new allocation in the first free record of
+ *   the first five of the pool's list; the relay's two are the last
+ *   large allocations of r->pool (the response, then the upgrade), so
+ *   their freed records are found again and a wake-up does not grow the
+ *   pool.
+ *
+ * - ngx_ssl_free_buffer() is what ngx_http_set_keepalive() calls for an
+ *   idle keepalive connection; ngx_ssl_send_chain() allocates the buffer
+ *   again when it finds buf->start NULL. The relay uses c->send only.
+ *
+ * A worker's spare buffers. Giving a buffer back to malloc() after every
+ * pass of a busy connection and taking one again before the next cost
+ * 1,786 instructions per relayed 64 B message (callgrind, bench/run.py
+ * --only profile: 4,759 against 2,973 with the buffers kept), most of it
+ * glibc's malloc() and free() of a page-sized chunk. So a released buffer
+ * leaves its pool without being freed (its ngx_pool_large_t record is
+ * cleared, as ngx_pfree() would, ngx_palloc.h's layout being the same in
+ * all those releases) and waits in the worker's list of spares, up to
+ * NGX_HTTP_WS_HB_SPARE of one size; a wake-up takes the last one back
+ * into its own pool as ngx_palloc_large() would have (the first free
+ * record of the first five, or a new record). Beyond that the buffers go
+ * to free(): a worker keeps at most 16 spare pages whatever number of
+ * idle connections it holds.
+ *
+ * The invariant, with no byte of the ctx spent on it: a relay buffer is
+ * released exactly when its start is NULL (pos, last and end are NULL
+ * too). u->buffer is allocated before the 101 is parsed, so only the
+ * module sets its start to NULL; u->from_client may also be NULL because
+ * the relay has not run the client's direction yet, and then allocating
+ * it is what the relay would do.
+ *
+ * r is known alive after a pass of the relay while its client connection
+ * is (c->destroyed clear, nginx's own test in
+ * ngx_http_run_posted_requests()): an upgraded request has keepalive off
+ * and HTTP/2 is not hooked, so r is freed only together with c, or after
+ * a lingering close, which is no longer the relay (u->peer.connection is
+ * NULL once ngx_http_upstream_finalize_request() has run).
+ */
+
+
+#include "ngx_ws_heartbeat.hpp"
+
+
+static void ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r)
+    noexcept;
+static void ngx_http_ws_heartbeat_buffers_write_handler(
+    ngx_http_request_t *r) noexcept;
+static void ngx_http_ws_heartbeat_buffers_upstream_read_handler(
+    ngx_http_request_t *r, ngx_http_upstream_t *u) noexcept;
+static void ngx_http_ws_heartbeat_buffers_upstream_write_handler(
+    ngx_http_request_t *r, ngx_http_upstream_t *u) noexcept;
+static ngx_int_t ngx_http_ws_heartbeat_reacquire(ngx_http_request_t *r,
+    ngx_buf_t *b) noexcept;
+static void *ngx_http_ws_heartbeat_alloc(ngx_http_request_t *r, size_t size)
+    noexcept;
+static void ngx_http_ws_heartbeat_release(ngx_http_request_t *r,
+    ngx_buf_t *b) noexcept;
+static void ngx_http_ws_heartbeat_release_if_idle(ngx_http_request_t *r,
+    ngx_connection_t *c) noexcept;
+
+
+/*
+ * the relay's four handlers go through the ones here (around the module's
+ * own wrappers); and a pass of the relay is posted: the first one, in
+ * ngx_http_upstream_upgrade(), ran without them, and an idle connection
+ * may see no other event for a long time
+ */
+
+void
+ngx_http_ws_heartbeat_buffers_hook(ngx_http_request_t *r,
+    ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
+{
+    ngx_http_upstream_t  *u;
+
+    if (ngx_http_ws_heartbeat_conf(ctx)->idle_buffers
+        != NGX_HTTP_WS_HB_BUFFERS_RELEASE)
+    {
+        return;
+    }
+
+    u = r->upstream;
+
+    r->read_event_handler = ngx_http_ws_heartbeat_buffers_read_handler;
+    r->write_event_handler = ngx_http_ws_heartbeat_buffers_write_handler;
+    u->read_event_handler = ngx_http_ws_heartbeat_buffers_upstream_read_handler;
+    u->write_event_handler =
+                        ngx_http_ws_heartbeat_buffers_upstream_write_handler;
+
+    /* no record to spare: the first release waits for the first event */
+
+    (void) ngx_http_post_request(r, NULL);
+}
+
+
+/*
+ * the client connection's read event: the client's bytes (the client's
+ * direction), or the module's timer, which needs no relay buffer
+ */
+
+static void
+ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r) noexcept
+{
+    ngx_connection_t             *c;
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    c = r->connection;
+    ctx = ngx_http_ws_heartbeat_get_ctx(r);
+
+    if (!(c->read->timedout && ctx != NULL && ctx->hooked)
+        && ngx_http_ws_heartbeat_reacquire(r, &r->upstream->from_client)
+           != NGX_OK)
+    {
+        return;
+    }
+
+    ngx_http_ws_heartbeat_read_handler(r);
+
+    ngx_http_ws_heartbeat_release_if_idle(r, c);
+}
+
+
+/* the client is writable: the upstream's direction */
+
+static void
+ngx_http_ws_heartbeat_buffers_write_handler(ngx_http_request_t *r) noexcept
+{
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    if (ngx_http_ws_heartbeat_reacquire(r, &r->upstream->buffer) != NGX_OK) {
+        return;
+    }
+
+    ngx_http_ws_heartbeat_write_handler(r);
+
+    ngx_http_ws_heartbeat_release_if_idle(r, c);
+}
+
+
+/* the upstream is readable: the upstream's direction */
+
+static void
+ngx_http_ws_heartbeat_buffers_upstream_read_handler(ngx_http_request_t *r,
+    ngx_http_upstream_t *u) noexcept
+{
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    if (ngx_http_ws_heartbeat_reacquire(r, &u->buffer) != NGX_OK) {
+        return;
+    }
+
+    ngx_http_ws_heartbeat_main_conf(r)->upstream_read_handler(r, u);
+
+    ngx_http_ws_heartbeat_release_if_idle(r, c);
+}
+
+
+/* the upstream is writable: the client's direction */
+
+static void
+ngx_http_ws_heartbeat_buffers_upstream_write_handler(ngx_http_request_t *r,
+    ngx_http_upstream_t *u) noexcept
+{
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    if (ngx_http_ws_heartbeat_reacquire(r, &u->from_client) != NGX_OK) {
+        return;
+    }
+
+    ngx_http_ws_heartbeat_upstream_write_handler(r, u);
+
+    ngx_http_ws_heartbeat_release_if_idle(r, c);
+}
+
+
+/*
+ * Before a pass of the relay: its buffer b as the relay had it, empty.
+ * NGX_ERROR: no memory; the connection is closed (Close 1011 to the
+ * client, 1001 to the upstream, at frame boundaries) and r may be gone.
+ */
+
+static ngx_int_t
+ngx_http_ws_heartbeat_reacquire(ngx_http_request_t *r, ngx_buf_t *b)
+    noexcept
+{
+    u_char                       *p;
+    ngx_http_upstream_t          *u;
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    if (b->start != NULL) {
+        return NGX_OK;
+    }
+
+    u = r->upstream;
+
+    /* the relay has ended: nothing runs on b (nginx resets the handlers) */
+
+    if (u->peer.connection == NULL) {
+        return NGX_OK;
+    }
+
+    p = static_cast<u_char *>(
+            ngx_http_ws_heartbeat_alloc(r, u->conf->buffer_size));
+
+    if (p != NULL) {
+        b->start = p;
+        b->pos = p;
+        b->last = p;
+        b->end = p + u->conf->buffer_size;
+
+        /* as the relay sets up u->from_client; u->buffer's are unchanged */
+        b->temporary = 1;
+        b->tag = u->output.tag;
+
+        return NGX_OK;
+    }
+
+    ctx = ngx_http_ws_heartbeat_get_ctx(r);
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "ws heartbeat: closing, no memory for a relay buffer "
+                  "(%uz bytes)", u->conf->buffer_size);
+
+    if (ctx == NULL || !ctx->hooked) {
+        /* cannot happen while the relay runs: let it fail on its own */
+        return NGX_OK;
+    }
+
+    if (ctx->end == NGX_HTTP_WS_HB_END_NONE) {
+        ctx->end = NGX_HTTP_WS_HB_END_OTHER;
+    }
+
+    ngx_http_ws_heartbeat_step_aside(ctx);
+
+    ngx_http_ws_heartbeat_send_close(&ctx->client, 1011, "out of memory");
+    ngx_http_ws_heartbeat_send_close(&ctx->upstream, 1001, "going away");
+
+    ngx_http_ws_heartbeat_finalize(ctx);
+
+    return NGX_ERROR;
+}
+
+
+/* a buffer of r->pool: a spare one taken into the pool, or a new one */
+
+static void *
+ngx_http_ws_heartbeat_alloc(ngx_http_request_t *r, size_t size) noexcept
+{
+    void                               *p;
+    ngx_uint_t                          n;
+    ngx_pool_large_t                   *l;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
+    hmcf = ngx_http_ws_heartbeat_main_conf(r);
+
+    if (hmcf->nspare == 0 || hmcf->spare_size != size) {
+        return ngx_palloc(r->pool, size);
+    }
+
+    p = hmcf->spare[hmcf->nspare - 1];
+
+    /* as ngx_palloc_large() records it */
+
+    n = 0;
+
+    for (l = r->pool->large; l; l = l->next) {
+        if (l->alloc == NULL) {
+            goto found;
+        }
+
+        if (n++ > 3) {
+            break;
+        }
+    }
+
+    l = static_cast<ngx_pool_large_t *>(
+            ngx_palloc(r->pool, sizeof(ngx_pool_large_t)));
+    if (l == NULL) {
+        return NULL;
+    }
+
+    l->next = r->pool->large;
+    r->pool->large = l;
+
+found:
+
+    l->alloc = p;
+    hmcf->nspare--;
+
+    return p;
+}
+
+
+/* b back to the worker's spares (or to malloc()): released, start NULL */
+
+static void
+ngx_http_ws_heartbeat_release(ngx_http_request_t *r, ngx_buf_t *b) noexcept
+{
+    size_t                              size;
+    ngx_pool_large_t                   *l;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
+    if (b->start == NULL) {
+        return;
+    }
+
+    hmcf = ngx_http_ws_heartbeat_main_conf(r);
+    size = b->end - b->start;
+
+    if (hmcf->nspare == NGX_HTTP_WS_HB_SPARE
+        || (hmcf->nspare != 0 && hmcf->spare_size != size))
+    {
+        if (ngx_pfree(r->pool, b->start) != NGX_OK) {
+            return;
+        }
+
+        goto released;
+    }
+
+    /* as ngx_pfree() finds it; not there: from a pool block, kept */
+
+    for (l = r->pool->large; l; l = l->next) {
+        if (l->alloc == b->start) {
+            break;
+        }
+    }
+
+    if (l == NULL) {
+        return;
+    }
+
+    l->alloc = NULL;
+    hmcf->spare_size = size;
+    hmcf->spare[hmcf->nspare++] = b->start;
+
+released:
+
+    b->start = NULL;
+    b->pos = NULL;
+    b->last = NULL;
+    b->end = NULL;
+}
+
+
+#if (NGX_SSL)
+
+/* TLS's write buffer of a connection, once nothing waits in it */
+
+static void
+ngx_http_ws_heartbeat_release_ssl(ngx_connection_t *c) noexcept
+{
+    ngx_buf_t  *b;
+
+    if (c->ssl == NULL || c->ssl->buf == NULL || c->buffered) {
+        return;
+    }
+
+    b = c->ssl->buf;
+
+    if (b->start != NULL && b->pos == b->last) {
+        ngx_ssl_free_buffer(c);
+    }
+}
+
+#endif
+
+
+/*
+ * After a pass of the relay (or a tick of the module's timer): when both
+ * relay buffers are empty and nothing of the module's waits to be
+ * written, they go back to the pool.
+ */
+
+static void
+ngx_http_ws_heartbeat_release_if_idle(ngx_http_request_t *r,
+    ngx_connection_t *c) noexcept
+{
+    ngx_http_upstream_t          *u;
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    /* r went with its connection */
+
+    if (c->destroyed) {
+        return;
+    }
+
+    u = r->upstream;
+
+    if (u == NULL || u->peer.connection == NULL) {
+        return;
+    }
+
+    ctx = ngx_http_ws_heartbeat_get_ctx(r);
+
+    if (ctx == NULL || !ctx->hooked) {
+        return;
+    }
+
+    if (u->buffer.pos != u->buffer.last
+        || u->from_client.pos != u->from_client.last
+        || r->header_in->pos != r->header_in->last
+        || ctx->client.out.pending()
+        || ctx->upstream.out.pending()
+        || ctx->client.out.blocked()
+        || ctx->upstream.out.blocked())
+    {
+        return;
+    }
+
+    ngx_http_ws_heartbeat_release(r, &u->buffer);
+    ngx_http_ws_heartbeat_release(r, &u->from_client);
+
+#if (NGX_SSL)
+    if (r->out == NULL) {
+        ngx_http_ws_heartbeat_release_ssl(c);
+    }
+
+    ngx_http_ws_heartbeat_release_ssl(u->peer.connection);
+#endif
+}
