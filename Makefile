@@ -7,6 +7,11 @@
 #
 # NGINX_SRC   nginx source tree to build against (default: Debian nginx-dev)
 # NGINX_BIN   nginx binary the tests run (default: /usr/sbin/nginx)
+#
+#   make compat NGINX_SRC=<tree> | NGINX_TARBALL=<nginx-x.y.z.tar.gz>
+#                   that nginx built with Debian's and with nginx.org's
+#                   flags, the module loaded into both, the suite against
+#                   each (t/compat/compat.sh, docs/compatibility.md)
 
 SHELL        := /bin/bash   # conf_flags is a bash array
 
@@ -38,7 +43,7 @@ ABS_BUILD     = $(abspath $(BUILD))
 export NGINX_BIN PYTHON
 
 .PHONY: all module module-asan deps unit fuzz integration integration-asan \
-        test demo bench-core bench-core-build bench-callgrind clean format
+        test compat demo bench-core bench-core-build bench-callgrind clean format
 
 all: module
 
@@ -176,6 +181,16 @@ test: deps
 	$(MAKE) integration
 	$(MAKE) integration-asan
 	$(MAKE) reliability-quick
+
+# one nginx version (a source tree or a release tarball) built twice, with
+# Debian's and with nginx.org's configure flags, the module once against
+# the pristine tree; a summary row per build. Output in build/compat/.
+NGINX_TARBALL ?=
+
+compat:
+	NGINX_SRC="$(if $(NGINX_TARBALL),,$(NGINX_SRC))" \
+	NGINX_TARBALL="$(NGINX_TARBALL)" COMPAT_DIR=$(ABS_BUILD)/compat \
+	    t/compat/compat.sh
 
 demo: deps module
 	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) \
