@@ -192,6 +192,14 @@ compat:
 	NGINX_TARBALL="$(NGINX_TARBALL)" COMPAT_DIR=$(ABS_BUILD)/compat \
 	    t/compat/compat.sh
 
+# CI's second nginx: compat against Debian 13's 1.26.3, its upstream
+# tarball fetched from Debian's archive (a trixie deb-src of our own under
+# build/compat/apt/); "compat 1.26.3: skipped: <reason>" when it cannot be
+.PHONY: compat-debian13
+
+compat-debian13:
+	BUILD="$(BUILD)" t/compat/debian13.sh
+
 demo: deps module
 	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) \
 	    $(PYTHON) t/demo.py --seconds $(DEMO_SECONDS)
