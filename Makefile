@@ -12,6 +12,7 @@
 #                   that nginx built with Debian's and with nginx.org's
 #                   flags, the module loaded into both, the suite against
 #                   each (t/compat/compat.sh, docs/compatibility.md)
+#   make for-installed   the module for the installed nginx (NGINX_BIN)
 
 SHELL        := /bin/bash   # conf_flags is a bash array
 
@@ -199,6 +200,14 @@ compat:
 
 compat-debian13:
 	BUILD="$(BUILD)" t/compat/debian13.sh
+
+# the module for the installed nginx (NGINX_BIN): its version's source
+# (NGINX_TARBALL=, NGINX_SRC=, or downloaded), its configure arguments,
+# proven with nginx -t; build-aux/for-installed.sh says how
+.PHONY: for-installed
+
+for-installed:
+	BUILD="$(BUILD)" build-aux/for-installed.sh
 
 demo: deps module
 	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) \
