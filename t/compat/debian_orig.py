@@ -128,9 +128,14 @@ def fetch(args):
     uri, keyring = system_archive()
     apt = Apt(args.dir, uri, keyring, args.suite)
     r = apt.run("apt-get", "update")
-    if r.returncode != 0:
-        raise Skip("apt-get update of %s deb-src failed: %s"
-                   % (args.suite, r.stdout.strip().splitlines()[-1:]))
+    if r.returncode != 0 or \
+            not glob.glob(os.path.join(apt.lists, "*_Sources*")):
+        # apt-get update may exit 0 with nothing fetched: its
+        # first W: or E: line says why
+        why = [l for l in r.stdout.splitlines()
+                if l.startswith(("E:", "W:"))][:1]
+        raise Skip("apt-get update of the %s deb-src entry failed: %s"
+                   % (args.suite, why[0] if why else r.stdout.strip()))
     s = apt.sources_stanza(args.package)
     orig = [l.split() for l in s.get("checksums-sha256", "").splitlines()
             if re.search(r"\.orig\.tar\.[a-z0-9]+$", l.strip())]
