@@ -133,7 +133,7 @@ def fetch(args):
         # apt-get update may exit 0 with nothing fetched: its
         # first W: or E: line says why
         why = [l for l in r.stdout.splitlines()
-                if l.startswith(("E:", "W:"))][:1]
+               if l.startswith(("E:", "W:"))][:1]
         raise Skip("apt-get update of the %s deb-src entry failed: %s"
                    % (args.suite, why[0] if why else r.stdout.strip()))
     s = apt.sources_stanza(args.package)
