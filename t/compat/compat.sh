@@ -225,9 +225,9 @@ EOF
 # --- all of it -------------------------------------------------------------
 
 status=0
-module_ok=no
+module=failed
 echo "compat $version: module (--with-compat, pristine tree)"
-if build_module; then module_ok=yes; else status=1; fi
+if build_module; then module=ok; else status=1; fi
 
 rows=()
 for flavor in debian nginxorg; do
@@ -235,7 +235,7 @@ for flavor in debian nginxorg; do
     echo "compat $version: nginx, $flavor flags"
     if build_nginx "$flavor"; then
         build=ok
-        if [ "$module_ok" = yes ]; then
+        if [ "$module" = ok ]; then
             if load_module "$flavor"; then
                 load=ok
                 if [ "${COMPAT_SUITE:-1}" != 0 ]; then
@@ -253,13 +253,13 @@ for flavor in debian nginxorg; do
     else
         status=1
     fi
-    rows+=("$(printf '%-8s %-9s %-9s %-10s %-8s %s (%ds)' "$version" "$flavor" \
-        "$build" "$load" "$module_ok" "$suite" $((SECONDS - t0)))")
+    rows+=("$(printf '%-8s %-9s %-9s %-9s %-10s %s (%ds)' "$version" "$flavor" \
+        "$module" "$build" "$load" "$suite" $((SECONDS - t0)))")
 done
 
 {
-    printf '%-8s %-9s %-9s %-10s %-8s %s\n' version flavor "build" \
-        "nginx -t" module suite
+    printf '%-8s %-9s %-9s %-9s %-10s %s\n' version flavor module \
+        "nginx" "nginx -t" suite
     printf '%s\n' "${rows[@]}"
 } | tee "$out/summary"
 exit "$status"
