@@ -188,8 +188,9 @@ test: deps
 # the pristine tree; a summary row per build. Output in build/compat/.
 NGINX_TARBALL ?=
 
+# NGINX_SRC only as given: the default, nginx-dev's tree, has no .c files
 compat:
-	NGINX_SRC="$(if $(NGINX_TARBALL),,$(NGINX_SRC))" \
+	NGINX_SRC="$(if $(filter file,$(origin NGINX_SRC)),,$(NGINX_SRC))" \
 	NGINX_TARBALL="$(NGINX_TARBALL)" COMPAT_DIR=$(ABS_BUILD)/compat \
 	    t/compat/compat.sh
 

@@ -89,6 +89,11 @@ else
     [ -d "$NGINX_SRC/src/core" ] || die "$NGINX_SRC is no nginx source tree"
     cp -a "$NGINX_SRC/." "$stage/"
 fi
+# nginx-dev's tree (/usr/share/nginx/src) has the headers only: enough
+# for a module, not for an nginx
+[ -f "$stage/src/core/nginx.c" ] \
+    || { rm -rf "$stage"; die "no src/core/nginx.c: a tree of headers only" \
+         "(Debian's nginx-dev?); give the full source or a release tarball"; }
 version="$(sed -n 's/^#define NGINX_VERSION *"\(.*\)"/\1/p' \
            "$stage/src/core/nginx.h")"
 [ -n "$version" ] || die "no NGINX_VERSION in src/core/nginx.h"
@@ -141,7 +146,8 @@ build_nginx() {   # flavor -> $out/<flavor>/objs/nginx
     || { tail -20 "$dir/configure.log" >&2; return 1; }
     nice "$MAKE" -j"$JOBS" -f "$dir/objs/Makefile" -C "$dir/src" \
         >"$dir/make.log" 2>&1 \
-    || { grep -E "error|Error" "$dir/make.log" | head -20 >&2; return 1; }
+    || { { grep -E "error:|\*\*\*" "$dir/make.log" || tail -20 "$dir/make.log"; } \
+             | head -20 >&2; return 1; }
     "$dir/objs/nginx" -V >"$dir/nginx-V.txt" 2>&1
 }
 
