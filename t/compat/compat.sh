@@ -110,7 +110,7 @@ configure_in() {
 }
 
 # numeric version: 1.26.3 -> 1026003
-vnum() { local IFS=.; set -- $1; echo $(( $1 * 1000000 + $2 * 1000 + $3 )); }
+vnum() { local a b c; IFS=. read -r a b c <<<"$1"; echo $(( a * 1000000 + b * 1000 + c )); }
 
 flags_for() {
     case "$1" in
