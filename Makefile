@@ -7,6 +7,12 @@
 #
 # NGINX_SRC   nginx source tree to build against (default: Debian nginx-dev)
 # NGINX_BIN   nginx binary the tests run (default: /usr/sbin/nginx)
+#
+#   make compat NGINX_SRC=<tree> | NGINX_TARBALL=<nginx-x.y.z.tar.gz>
+#                   that nginx built with Debian's and with nginx.org's
+#                   flags, the module loaded into both, the suite against
+#                   each (t/compat/compat.sh, docs/compatibility.md)
+#   make for-installed   the module for the installed nginx (NGINX_BIN)
 
 SHELL        := /bin/bash   # conf_flags is a bash array
 
@@ -38,7 +44,7 @@ ABS_BUILD     = $(abspath $(BUILD))
 export NGINX_BIN PYTHON
 
 .PHONY: all module module-asan deps unit fuzz integration integration-asan \
-        test demo bench-core bench-core-build bench-callgrind clean format
+        test compat demo bench-core bench-core-build bench-callgrind clean format
 
 all: module
 
@@ -176,6 +182,33 @@ test: deps
 	$(MAKE) integration
 	$(MAKE) integration-asan
 	$(MAKE) reliability-quick
+
+# one nginx version (a source tree or a release tarball) built twice, with
+# Debian's and with nginx.org's configure flags, the module once against
+# the pristine tree; a summary row per build. Output in build/compat/.
+NGINX_TARBALL ?=
+
+# NGINX_SRC only as given: the default, nginx-dev's tree, has no .c files
+compat:
+	NGINX_SRC="$(if $(filter file,$(origin NGINX_SRC)),,$(NGINX_SRC))" \
+	NGINX_TARBALL="$(NGINX_TARBALL)" COMPAT_DIR=$(ABS_BUILD)/compat \
+	    t/compat/compat.sh
+
+# CI's second nginx: compat against Debian 13's 1.26.3, its upstream
+# tarball fetched from Debian's archive (a trixie deb-src of our own under
+# build/compat/apt/); "compat 1.26.3: skipped: <reason>" when it cannot be
+.PHONY: compat-debian13
+
+compat-debian13:
+	BUILD="$(BUILD)" t/compat/debian13.sh
+
+# the module for the installed nginx (NGINX_BIN): its version's source
+# (NGINX_TARBALL=, NGINX_SRC=, or downloaded), its configure arguments,
+# proven with nginx -t; build-aux/for-installed.sh says how
+.PHONY: for-installed
+
+for-installed:
+	BUILD="$(BUILD)" build-aux/for-installed.sh
 
 demo: deps module
 	NGX_WS_HEARTBEAT_MODULE=$(abspath $(MODULE)) \

@@ -3,7 +3,9 @@ module, in its own prefix, on 127.0.0.1 ports or unix sockets; check its
 error log."""
 
 import functools
+import grp
 import os
+import pwd
 import re
 import signal
 import socket
@@ -182,6 +184,19 @@ REASONS = ("client_heartbeat_timeout", "upstream_heartbeat_timeout",
            "max_age", "client_close", "upstream_close", "other")
 
 
+@functools.lru_cache(maxsize=None)
+def run_as():
+    """The user directive of every test nginx.conf. Run as root, nginx
+    starts its workers as the user it was configured with (--user=, nobody
+    by default, Debian's); nginx.org's builds name "nginx", which exists
+    only where their package created it. The tests name nginx's own
+    default, nobody and its group, whatever the build says."""
+    if os.geteuid() != 0:
+        return ""
+    nobody = pwd.getpwnam("nobody")
+    return "\nuser nobody %s;" % grp.getgrgid(nobody.pw_gid).gr_name
+
+
 class Nginx:
     """One nginx instance: nginx.conf from a template, own prefix."""
 
@@ -209,6 +224,7 @@ class Nginx:
         # NGX_WS_HEARTBEAT_MODULE= (empty): an nginx with the module built in
         lm = "load_module %s;" % os.path.abspath(MODULE) \
             if load_module and MODULE else ""
+        lm += run_as()
         with open(self.conf, "w") as f:
             f.write("""
 %(lm)s
@@ -232,8 +248,11 @@ http {
            log_level=log_level, main=main, events=events, http=http))
 
     def cmd(self, *extra):
-        return [NGINX_BIN, "-p", self.prefix + "/", "-c", self.conf] + \
-            list(extra)
+        # -e: the error log before nginx.conf is read is ours too, not the
+        # binary's compiled-in path (nginx.org's builds write
+        # /var/log/nginx/error.log, Debian's stderr)
+        return [NGINX_BIN, "-p", self.prefix + "/", "-c", self.conf,
+                "-e", self.error_log] + list(extra)
 
     def test_config(self):
         """nginx -t: (returncode, output)."""
