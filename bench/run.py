@@ -1156,6 +1156,23 @@ def section_profile(args, results):
             say("    %5.1f%%  %s" % (pct, fn))
     out["module_ir_per_msg"] = out["C"]["module_ir"] / out["C"]["echoed"]
 
+    # 64 KiB messages: the module's work per frame does not grow with its
+    # size; this shows that it is no worse there either (fewer messages)
+    for cfg_name in ("A", "C"):
+        cfg = (dict(module=True, loc="ws_heartbeat on;") if cfg_name == "C"
+               else dict(module=False))
+        p, echoed, r = callgrind_run(
+            args, cfg_name + "-64k", cfg, settle=1.5, window=window,
+            client=dict(conns=10, size=65536, rate=40, warmup=1.5,
+                        duration=window))
+        p.update(echoed=echoed, errors=r["errors"],
+                 ir_per_msg=p["total_ir"] / echoed if echoed else None)
+        out[cfg_name + "_64k"] = p
+        say("  callgrind %s 64 KiB: %d messages, %.0f instructions per "
+            "message, module %.0f" % (
+                cfg_name, echoed, p["ir_per_msg"] or 0,
+                p["module_ir"] / echoed if echoed else 0))
+
     for kind in ("C", "P"):
         cfg = (dict(module=True, loc="ws_heartbeat on; "
                     "ws_heartbeat_interval 1s; ws_heartbeat_timeout 10s;")
@@ -1459,6 +1476,16 @@ def report(results, out_dir):
         md.append("Module functions in C: %.0f instructions per message."
                   % p["module_ir_per_msg"])
         md.append("")
+        if p.get("A_64k", {}).get("ir_per_msg") and \
+                p.get("C_64k", {}).get("ir_per_msg"):
+            a, c = p["A_64k"], p["C_64k"]
+            md.append("64 KiB messages (10 connections, 40 msg/s): A %.0f, "
+                      "C %.0f instructions per message (%.3fx), of which "
+                      "the module %.0f." % (
+                          a["ir_per_msg"], c["ir_per_msg"],
+                          c["ir_per_msg"] / a["ir_per_msg"],
+                          c["module_ir"] / c["echoed"]))
+            md.append("")
         for k in ("idle_C", "idle_P"):
             if k in p and p[k]["ir_per_rt"]:
                 md.append("Idle heartbeat, %s: %.0f instructions per Ping/Pong "
