@@ -667,9 +667,12 @@ def section_pairs(args, results):
     # the pairs (its per-pair spread is wider); the latency case is the
     # relay table's (100 connections, 1000 msg/s in all, C's 50 ms Pings
     # in nearly every gap) with 2 s windows, ~2000 samples a p99.
+    # (QUICK: the same pairs for all, 1 s windows, within its 3 minutes)
+    q = args.quick
     scenarios = [("64B x100", 100, 64, 4, 0, 1, dur),
-                 ("64KiB x100", 100, 65536, 1, 0, 2, dur),
-                 ("latency 64B x100 @1000/s", 100, 64, 1, 1000, 1, 2.0)]
+                 ("64KiB x100", 100, 65536, 1, 0, 1 if q else 2, dur),
+                 ("latency 64B x100 @1000/s", 100, 64, 1, 1000, 1,
+                  dur if q else 2.0)]
     cfgs = {c[0]: c[2] for c in CONFIGS}
     bports = [free_port()]
     be = Backend("pairs-backend", bports)
