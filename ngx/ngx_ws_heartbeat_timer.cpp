@@ -147,8 +147,9 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 
     /*
      * the timer handler arms once, at its end, not also for the Ping it
-     * writes: measured (callgrind, idle Ping/Pong) ~400 instructions less
-     * a round trip, the deadlines computed once
+     * writes: the deadlines computed once. Measured (callgrind, idle
+     * Ping/Pong, with the capture change of src/frame.hpp: 2147 -> 1878
+     * module instructions a round trip): ~140 of it.
      */
 
     if (ctx->arm_later) {

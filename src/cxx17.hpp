@@ -9,7 +9,8 @@
 #endif
 
 // The relay's per-frame steps (frame.hpp, outbound.hpp): inlined into
-// their callers whatever gcc's size estimate says. Measured (callgrind,
-// the module relaying 64 B messages): each call kept out of line saved
-// and restored six registers, ~15 instructions a frame.
+// their callers whatever gcc's size estimate says (out of line, each call
+// saves and restores six registers). Measured (make bench-callgrind,
+// outbound::send per 64 B frame, 16 KiB chunks / one frame a call): 149 /
+// 235 instructions without, 136 / 202 with.
 #define WSHB_HOT_INLINE inline __attribute__((always_inline))

@@ -575,8 +575,8 @@ long outbound::send(Io& io, const std::uint8_t* p, std::size_t n) noexcept
 
     // The common case first, the loop's first round without its questions:
     // nothing of ours queued or held, no retry owed, the stream open, and
-    // p does not start a candidate Pong. Measured (callgrind, the module
-    // relaying 64 B messages): ~60 instructions less a frame than the loop.
+    // p does not start a candidate Pong. Measured (make bench-callgrind,
+    // one 64 B frame a call): 255 -> 202 instructions a frame.
     if (hold() == hold_none && retry() == retry_none && inject_len_ == 0
         && end_ == end_open
         && n != 0
