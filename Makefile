@@ -276,7 +276,12 @@ $(BENCH_DIR)/sizeof_ctx: bench/sizeof_ctx.cpp bench/sizeof.sh $(MODULE)
 	@mkdir -p $(BENCH_DIR)
 	bench/sizeof.sh $(BUILD) $(abspath $@)
 
-bench-tools: $(BENCH_DIR)/wsbench $(BENCH_DIR)/sizeof_ctx
+# the floor of an idle heartbeat (one send, one recv a round trip)
+$(BENCH_DIR)/floor: bench/floor.cpp
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 -O2 -g -Wall -Wextra -Werror $< -o $@ -lcrypto
+
+bench-tools: $(BENCH_DIR)/wsbench $(BENCH_DIR)/sizeof_ctx $(BENCH_DIR)/floor
 
 bench: bench-deps
 	$(MAKE) module

@@ -48,6 +48,7 @@ from lib.nginx import free_port, http_get, wait_for, wait_port  # noqa: E402
 BUILD = os.path.join(ROOT, os.environ.get("BUILD", "build"))
 WSBENCH = os.path.join(BUILD, "bench", "wsbench")
 SIZEOF = os.path.join(BUILD, "bench", "sizeof_ctx")
+FLOOR = os.path.join(BUILD, "bench", "floor")
 MODULE = os.path.abspath(os.environ.get(
     "NGX_WS_HEARTBEAT_MODULE",
     os.path.join(BUILD, "ngx_ws_heartbeat_module.so")))
@@ -182,7 +183,57 @@ class Backend:
             return {}
 
 
-class Nginx:
+class Workers:
+    """CPU and memory of a server's worker processes (worker_pids())."""
+
+    def cpu_ns(self):
+        """Worker CPU time so far (ns, /proc/PID/schedstat), all workers."""
+        return sum(int(t.split()[0]) for t in
+                   filter(None, (proc_read(pid, "schedstat")
+                                 for pid in self.worker_pids())))
+
+    def user_sys(self):
+        """(user, system) CPU seconds of the workers (/proc/PID/stat)."""
+        hz = os.sysconf("SC_CLK_TCK")
+        stats = list(filter(None, map(proc_stat, self.worker_pids())))
+        return (sum(int(f[11]) for f in stats) / hz,
+                sum(int(f[12]) for f in stats) / hz)
+
+    def rss_kb(self):
+        """Anonymous resident memory of the workers (kB), all workers."""
+        return sum(int(line.split()[1]) for t in
+                   filter(None, (proc_read(pid, "status")
+                                 for pid in self.worker_pids()))
+                   for line in t.splitlines() if line.startswith("RssAnon:"))
+
+
+class Floor(Workers):
+    """bench/floor.cpp: the floor of an idle heartbeat (a prebuilt Ping
+    sent, the Pong received, timers on the module's grain), in `procs`
+    processes sharing one listening socket like nginx's workers; the same
+    CPU and memory readings as Nginx's, over those processes."""
+
+    def __init__(self, name, port, interval_ms, procs):
+        self.name, self.port = name, port
+        base = os.path.join(WORK, name)
+        self.ready = base + ".ready"
+        if os.path.exists(self.ready):
+            os.unlink(self.ready)
+        self.proc = Proc([FLOOR, "--port", str(port), "--interval-ms",
+                          str(interval_ms), "--procs", str(procs),
+                          "--ready-file", self.ready], base + ".log")
+        wait_file(self.ready, 10, self.proc, "floor " + name)
+
+    def worker_pids(self):
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)],
+                             stdout=subprocess.PIPE, text=True).stdout
+        return [int(x) for x in out.split()]
+
+    def stop(self):
+        self.proc.stop()
+
+
+class Nginx(Workers):
     """One nginx in its own prefix (t/lib/nginx.py style): own pid, logs and
     temp paths, 127.0.0.1 listeners (or a namespace's addresses)."""
 
@@ -290,26 +341,6 @@ http {
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)],
                              stdout=subprocess.PIPE, text=True).stdout
         return [int(x) for x in out.split()]
-
-    def cpu_ns(self):
-        """Worker CPU time so far (ns, /proc/PID/schedstat), all workers."""
-        return sum(int(t.split()[0]) for t in
-                   filter(None, (proc_read(pid, "schedstat")
-                                 for pid in self.worker_pids())))
-
-    def user_sys(self):
-        """(user, system) CPU seconds of the workers (/proc/PID/stat)."""
-        hz = os.sysconf("SC_CLK_TCK")
-        stats = list(filter(None, map(proc_stat, self.worker_pids())))
-        return (sum(int(f[11]) for f in stats) / hz,
-                sum(int(f[12]) for f in stats) / hz)
-
-    def rss_kb(self):
-        """Anonymous resident memory of the workers (kB), all workers."""
-        return sum(int(line.split()[1]) for t in
-                   filter(None, (proc_read(pid, "status")
-                                 for pid in self.worker_pids()))
-                   for line in t.splitlines() if line.startswith("RssAnon:"))
 
     def log(self):
         return tail(self.error_log, 10 ** 8)
@@ -636,7 +667,17 @@ def section_pairs(args, results):
     table, each a few seconds apart, cannot on a shared 2-CPU machine."""
     n_pairs = 4 if args.quick else args.pairs
     warm, dur = 0.5, 1.0
-    scenarios = [("64B x100", 100, 64, 4), ("64KiB x100", 100, 65536, 1)]
+    # name, connections, size, inflight, open-loop rate (0: flat out),
+    # pairs (a multiple of n_pairs), window (s). The 64 KiB case has twice
+    # the pairs (its per-pair spread is wider); the latency case is the
+    # relay table's (100 connections, 1000 msg/s in all, C's 50 ms Pings
+    # in nearly every gap) with 2 s windows, ~2000 samples a p99.
+    # (QUICK: the same pairs for all, 1 s windows, within its 3 minutes)
+    q = args.quick
+    scenarios = [("64B x100", 100, 64, 4, 0, 1, dur),
+                 ("64KiB x100", 100, 65536, 1, 0, 1 if q else 2, dur),
+                 ("latency 64B x100 @1000/s", 100, 64, 1, 1000, 1,
+                  dur if q else 2.0)]
     cfgs = {c[0]: c[2] for c in CONFIGS + [KEEP]}
     base = args.pair_base
     bports = [free_port()]
@@ -648,33 +689,43 @@ def section_pairs(args, results):
         for name in (base, "C"):
             ngx[name] = Nginx("pairs-" + name, cfgs[name], bports,
                               free_port())
-        for sname, conns, size, inflight in scenarios:
+        for sname, conns, size, inflight, rate, mult, wdur in scenarios:
             rows = []
-            for i in range(n_pairs):
+            for i in range(n_pairs * mult):
                 pair = {}
                 for cfg in ((base, "C") if i % 2 == 0 else ("C", base)):
                     r = measure(ngx[cfg], "pair %s %s %d" % (sname, cfg, i),
-                                conns, size, 0, inflight, warm, dur)
+                                conns, size, rate, inflight, warm, wdur)
                     if not r["messages"] or r["errors"]:
                         raise RuntimeError("pair %s %s: %d messages, %d "
                                            "errors" % (sname, cfg,
                                                        r["messages"],
                                                        r["errors"]))
                     pair[cfg] = dict(msgs_per_s=r["msgs_per_s"],
-                                     cpu_us_per_msg=r["cpu_us_per_msg"])
+                                     cpu_us_per_msg=r["cpu_us_per_msg"],
+                                     p50_us=r["latency_us"]["p50"],
+                                     p99_us=r["latency_us"]["p99"])
                 rows.append({
                     base: pair[base], "C": pair["C"],
                     "thr_ratio": pair["C"]["msgs_per_s"]
                     / pair[base]["msgs_per_s"],
                     "cpu_ratio": pair["C"]["cpu_us_per_msg"]
-                    / pair[base]["cpu_us_per_msg"]})
+                    / pair[base]["cpu_us_per_msg"],
+                    "p50_ratio": pair["C"]["p50_us"] / pair[base]["p50_us"],
+                    "p99_ratio": pair["C"]["p99_us"] / pair[base]["p99_us"]})
             thr = median_ci([r["thr_ratio"] for r in rows])
             cpu = median_ci([r["cpu_ratio"] for r in rows])
-            out["scenarios"][sname] = dict(rows=rows, thr_ratio=thr,
-                                           cpu_ratio=cpu)
+            p50 = median_ci([r["p50_ratio"] for r in rows])
+            p99 = median_ci([r["p99_ratio"] for r in rows])
+            out["scenarios"][sname] = dict(
+                rows=rows, pairs=len(rows), duration_s=wdur, rate=rate,
+                thr_ratio=thr, cpu_ratio=cpu, p50_ratio=p50, p99_ratio=p99,
+                p99_a_us=statistics.median(r[base]["p99_us"] for r in rows),
+                p99_c_us=statistics.median(r["C"]["p99_us"] for r in rows))
             say("  %-10s C/%s over %d pairs: throughput %.3f [%.3f-%.3f], "
-                "nginx CPU per message %.3f [%.3f-%.3f] (median, 95%% CI)"
-                % ((sname, base, n_pairs) + thr + cpu))
+                "nginx CPU per message %.3f [%.3f-%.3f], p99 %.3f "
+                "[%.3f-%.3f] (median, 95%% CI)"
+                % ((sname, base, len(rows)) + thr + cpu + p99))
     finally:
         for n in ngx.values():
             n.stop()
@@ -704,7 +755,9 @@ def section_idle(args, results):
                        "ws_heartbeat_timeout 10s; "
                        "ws_heartbeat_idle_buffers keep;" % interval)),
              ("P", "stock nginx, backend Pings every %ds" % interval,
-              dict(module=False))]
+              dict(module=False)),
+             ("F", "floor: bench/floor.cpp, a Ping every %ds" % interval,
+              None)]
     kinds = [k for k in kinds if k[0] in args.idle_kinds.split(",")]
     runs = []
     for n_conns in sizes:
@@ -727,13 +780,18 @@ def idle_run(kind, cfg, n_conns, interval, window, settle, rnd):
     bes, clients, n = [], [], None
     label = "idle %d %s r%d" % (n_conns, kind, rnd)
     say("  %s: %d backend + %d client processes, %d workers"
-        % (label, nproc, nproc, workers))
+        % (label, 0 if kind == "F" else nproc, nproc, workers))
     try:
-        for i, p in enumerate(bports):
-            bes.append(Backend("idle-be%d" % i, [p],
-                               ping_ms=interval * 1000 if kind == "P" else 0))
-        n = Nginx("idle-" + kind, cfg, bports, free_port(), workers=workers,
-                  wc=19000)
+        if kind == "F":
+            # no backend: the floor answers the handshake itself
+            n = Floor("idle-F", free_port(), interval * 1000, workers)
+        else:
+            for i, p in enumerate(bports):
+                bes.append(Backend(
+                    "idle-be%d" % i, [p],
+                    ping_ms=interval * 1000 if kind == "P" else 0))
+            n = Nginx("idle-" + kind, cfg, bports, free_port(),
+                      workers=workers, wc=19000)
         time.sleep(0.5)
         rss0 = n.rss_kb()
         t0 = time.monotonic()
@@ -791,7 +849,7 @@ def summarize_idle(results):
     for n_conns in sorted(set(r["conns"] for r in runs)):
         rs = [r for r in runs if r["conns"] == n_conns]
         by = {}
-        for k in ("A", "C", "K", "P"):
+        for k in ("A", "C", "K", "P", "F"):
             ks = [r for r in rs if r["kind"] == k]
             if not ks:
                 continue
@@ -813,6 +871,19 @@ def summarize_idle(results):
                     b["net_us_per_rt"] = (
                         b["extra_cpu_core_pct"] / 100 * 1e6 / b["rts_per_s"]
                         if b["rts_per_s"] else None)
+        # the floor's CPU is all heartbeat (it has nothing else to do):
+        # its us per round trip as they are, and the module's net ones
+        # over them
+        if "F" in by and by["F"]["rts_per_s"]:
+            f = by["F"]
+            f["net_us_per_rt"] = (f["cpu_core_pct"] / 100 * 1e6
+                                  / f["rts_per_s"])
+            if by.get("C", {}).get("net_us_per_rt"):
+                by["C"]["vs_floor"] = (by["C"]["net_us_per_rt"]
+                                       / f["net_us_per_rt"])
+            if by.get("P", {}).get("net_us_per_rt"):
+                by["P"]["vs_floor"] = (by["P"]["net_us_per_rt"]
+                                       / f["net_us_per_rt"])
         out[str(n_conns)] = by
     results["idle"]["summary"] = out
     return out
@@ -1174,6 +1245,24 @@ def section_profile(args, results):
             say("    %5.1f%%  %s" % (pct, fn))
     out["module_ir_per_msg"] = out["C"]["module_ir"] / out["C"]["echoed"]
 
+    # 64 KiB messages: the module's work per frame does not grow with its
+    # size; this shows that it is no worse there either (fewer messages).
+    # Not in QUICK, which must stay within its 3 minutes.
+    for cfg_name in () if args.quick else ("A", "C"):
+        cfg = (dict(module=True, loc="ws_heartbeat on;") if cfg_name == "C"
+               else dict(module=False))
+        p, echoed, r = callgrind_run(
+            args, cfg_name + "-64k", cfg, settle=1.5, window=window,
+            client=dict(conns=10, size=65536, rate=40, warmup=1.5,
+                        duration=window))
+        p.update(echoed=echoed, errors=r["errors"],
+                 ir_per_msg=p["total_ir"] / echoed if echoed else None)
+        out[cfg_name + "_64k"] = p
+        say("  callgrind %s 64 KiB: %d messages, %.0f instructions per "
+            "message, module %.0f" % (
+                cfg_name, echoed, p["ir_per_msg"] or 0,
+                p["module_ir"] / echoed if echoed else 0))
+
     for kind in ("C", "P"):
         cfg = (dict(module=True, loc="ws_heartbeat on; "
                     "ws_heartbeat_interval 1s; ws_heartbeat_timeout 10s;")
@@ -1371,14 +1460,21 @@ def report(results, out_dir):
         pr = results["pairs"]
         base = pr.get("base", "A")
         md += table(
-            "### Paired %s/C: heartbeat on against %s, %d pairs of "
-            "%.1f s windows back to back"
-            % (base, "stock nginx" if base == "A" else KEEP[1], pr["pairs"],
-               pr["duration_s"]),
-            ["scenario", "throughput C/%s" % base,
-             "nginx CPU per message C/%s" % base],
-            "lrr", [(scen, rt(v["thr_ratio"]), rt(v["cpu_ratio"]))
-                    for scen, v in pr["scenarios"].items()])
+            "### Paired %s/C: heartbeat on against %s, short windows "
+            "back to back"
+            % (base, "stock nginx" if base == "A" else KEEP[1]),
+            ["scenario", "pairs", "window", "throughput C/%s" % base,
+             "nginx CPU per message C/%s" % base, "p50 C/%s" % base,
+             "p99 C/%s" % base, "p99 %s / C us" % base], "lrrrrrrr",
+            [(scen, "%d" % v.get("pairs", pr["pairs"]),
+              "%.1f s" % v.get("duration_s", pr["duration_s"]),
+              rt(v["thr_ratio"]) if not v.get("rate") else "(open loop)",
+              rt(v["cpu_ratio"]),
+              rt(v["p50_ratio"]) if "p50_ratio" in v else "-",
+              rt(v["p99_ratio"]) if "p99_ratio" in v else "-",
+              "%.0f / %.0f" % (v["p99_a_us"], v["p99_c_us"])
+              if "p99_a_us" in v else "-")
+             for scen, v in pr["scenarios"].items()])
         md.append("Median of the per-pair ratios [95% bootstrap interval "
                   "of the median].")
         md.append("")
@@ -1407,13 +1503,15 @@ def report(results, out_dir):
             % (results["idle"]["interval_s"], results["idle"]["window_s"]),
             ["connections", "config", "worker RSS B/conn", "extra vs A",
              "worker CPU % of a core", "extra vs A", "Ping/Pong per s",
-             "net us per round trip", "connections lost"], "rlrrrrrrr",
+             "net us per round trip", "vs floor F", "connections lost"],
+            "rlrrrrrrrr",
             [(nconn, "%s %s" % (k, results["idle"]["kinds"][k]),
               num(row["rss_per_conn_b"], 0),
               num(row.get("extra_rss_per_conn_b"), 0),
               num(row["cpu_core_pct"], 3),
               num(row.get("extra_cpu_core_pct"), 3),
               num(row["rts_per_s"], 0), num(row.get("net_us_per_rt")),
+              num(row.get("vs_floor"), 2) if k != "F" else "1",
               "%d" % row["lost"])
              for nconn, by in s.items() for k, row in by.items()])
     if "deadpeer" in results and results["deadpeer"]:
@@ -1481,6 +1579,16 @@ def report(results, out_dir):
         md.append("Module functions in C: %.0f instructions per message."
                   % p["module_ir_per_msg"])
         md.append("")
+        if p.get("A_64k", {}).get("ir_per_msg") and \
+                p.get("C_64k", {}).get("ir_per_msg"):
+            a, c = p["A_64k"], p["C_64k"]
+            md.append("64 KiB messages (10 connections, 40 msg/s): A %.0f, "
+                      "C %.0f instructions per message (%.3fx), of which "
+                      "the module %.0f." % (
+                          a["ir_per_msg"], c["ir_per_msg"],
+                          c["ir_per_msg"] / a["ir_per_msg"],
+                          c["module_ir"] / c["echoed"]))
+            md.append("")
         for k in ("idle_C", "idle_P"):
             if k in p and p[k]["ir_per_rt"]:
                 md.append("Idle heartbeat, %s: %.0f instructions per Ping/Pong "
@@ -1621,8 +1729,8 @@ def main():
     ap.add_argument("--pair-base", default="A", choices=["A", "K"],
                     help="what C is paired with: A (stock nginx) or K (C "
                          "with ws_heartbeat_idle_buffers keep)")
-    ap.add_argument("--idle-kinds", default="A,C,K,P",
-                    help="idle section: which of A, C, K, P to run")
+    ap.add_argument("--idle-kinds", default="A,C,K,P,F",
+                    help="idle section: which of A, C, K, P, F to run")
     ap.add_argument("--only",
                     default="relay,pairs,idle,deadpeer,reload,profile,"
                             "sizeof")

@@ -303,6 +303,7 @@ struct ngx_http_ws_heartbeat_ctx_t {
     unsigned                            first_close:2; /* 1 client, 2 up */
     unsigned                            first_eof:2;   /* 1 client, 2 up */
     unsigned                            upstream_hb:1; /* allocated */
+    unsigned                            arm_later:1;   /* timer handler */
 
     /*
      * drawn when the relay is hooked (RAND_bytes): the key in the
@@ -338,6 +339,7 @@ struct ngx_http_ws_heartbeat_ctx_t {
           end(NGX_HTTP_WS_HB_END_NONE), hooked(0), seen(0), disabled(0),
           invalid(0), close_seen(0), closing(0),
           first_close(0), first_eof(0), upstream_hb(upstream_ping),
+          arm_later(0),
           random(0), client_hb()
     {
         if (upstream_ping) {

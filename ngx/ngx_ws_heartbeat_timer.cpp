@@ -145,6 +145,17 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
         return;
     }
 
+    /*
+     * the timer handler arms once, at its end, not also for the Ping it
+     * writes: the deadlines computed once. Measured (callgrind, idle
+     * Ping/Pong, with the capture change of src/frame.hpp: 2147 -> 1878
+     * module instructions a round trip): ~140 of it.
+     */
+
+    if (ctx->arm_later) {
+        return;
+    }
+
     deadline = 0;
 
     for (i = 0; i < 2; i++) {
@@ -388,6 +399,8 @@ ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
         return;
     }
 
+    ctx->arm_later = 1;
+
     for (i = 0; i < 2; i++) {
         s = ctx->side(i);
         hb = ctx->hb(s->which());
@@ -428,6 +441,7 @@ ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
                          ngx_current_msec);
 
         if (a.kind == wshb::action::close) {
+            ctx->arm_later = 0;
             ngx_http_ws_heartbeat_close(ctx, s, a.reason);
             return;
         }
@@ -437,5 +451,6 @@ ngx_http_ws_heartbeat_timer_handler(ngx_http_ws_heartbeat_ctx_t *ctx)
         }
     }
 
+    ctx->arm_later = 0;
     ngx_http_ws_heartbeat_arm(ctx);
 }

@@ -375,8 +375,9 @@ inline void outbound::give_up() noexcept
 // written (fewer than n: short write, f_blocked set), 0 on io_again or a
 // 0 write (f_blocked set, retry recorded), or io_error.
 template <class Io>
-long outbound::put(Io& io, retry_t kind, const std::uint8_t* p,
-                   std::size_t n) noexcept
+WSHB_HOT_INLINE long outbound::put(Io& io, retry_t kind,
+                                   const std::uint8_t* p,
+                                   std::size_t n) noexcept
 {
     long w = io.write(p, n);
 
@@ -404,13 +405,31 @@ long outbound::put(Io& io, retry_t kind, const std::uint8_t* p,
 
 // Runs relay bytes that were written or absorbed through the scanner.
 template <class Io>
-void outbound::feed(Io& io, const std::uint8_t* p, std::size_t n) noexcept
+WSHB_HOT_INLINE void outbound::feed(Io& io, const std::uint8_t* p,
+                                    std::size_t n) noexcept
 {
     std::size_t off = 0;
 
     while (off < n && !passthrough()) {
-        bool had = sc_.header_complete() && !sc_.at_boundary();
-        std::size_t k = sc_.advance(p + off, n - off);
+        // data frames, the common case: no error to look for, no payload
+        bool fresh = sc_.at_boundary();
+        std::size_t k = sc_.advance_data(p + off, n - off);
+
+        if (k != 0) {
+            if (fresh) {
+                io.on_header(sc_.header());
+            }
+
+            if (sc_.frame_complete()) {
+                io.on_frame(sc_.header(), nullptr, 0);
+            }
+
+            off += k;
+            continue;
+        }
+
+        bool had = sc_.header_complete() && !fresh;
+        k = sc_.advance(p + off, n - off);
 
         if (sc_.error() != scan_error::none) {
             give_up();
@@ -553,6 +572,41 @@ long outbound::send(Io& io, const std::uint8_t* p, std::size_t n) noexcept
     std::size_t done = 0;
 
     clear(f_blocked);
+
+    // The common case first, the loop's first round without its questions:
+    // nothing of ours queued or held, no retry owed, the stream open, and
+    // p does not start a candidate Pong. Measured (make bench-callgrind,
+    // one 64 B frame a call): 255 -> 202 instructions a frame.
+    if (hold() == hold_none && retry() == retry_none && inject_len_ == 0
+        && end_ == end_open
+        && n != 0
+        && !(flag(f_swallow) && sc_.at_boundary() && candidate(p, n)))
+    {
+        // (relay_length() in short for one frame that fills p)
+        std::size_t len = n;
+
+        if (n > max_relay_write
+            || (flag(f_swallow)
+                && !(sc_.at_boundary() && frame_extent(p, n) == n)))
+        {
+            len = relay_length(p, n);
+        }
+
+        long w = put(io, retry_relay, p, len);
+
+        if (w <= 0) {
+            return w < 0 ? w : io_again;
+        }
+
+        feed(io, p, static_cast<std::size_t>(w));
+
+        // (a callback may have queued a frame: the loop writes it)
+        if (static_cast<std::size_t>(w) == n && !pending()) {
+            return w;
+        }
+
+        done = static_cast<std::size_t>(w);
+    }
 
     for (;;) {
         // (write_module() has nothing to do unless bytes of ours wait)

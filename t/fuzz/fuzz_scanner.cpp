@@ -50,6 +50,27 @@ void check(bool ok, const char* what)
 }
 
 template <std::size_t C>
+void same_state(const wshb::basic_frame_scanner<C>& a,
+                const wshb::basic_frame_scanner<C>& b, const std::uint8_t* p,
+                std::size_t n)
+{
+    const wshb::frame_header& x = a.header();
+    const wshb::frame_header& y = b.header();
+
+    check(a.error() == b.error() && a.at_boundary() == b.at_boundary()
+              && a.header_complete() == b.header_complete()
+              && a.frame_complete() == b.frame_complete()
+              && a.in_message() == b.in_message(),
+          "advance_data: another state");
+    check(x.op == y.op && x.fin == y.fin && x.masked == y.masked
+              && x.rsv == y.rsv && x.header_size == y.header_size
+              && std::memcmp(x.mask, y.mask, 4) == 0 && x.len == y.len,
+          "advance_data: another header");
+    check(a.until_boundary(p, n) == b.until_boundary(p, n),
+          "advance_data: another remainder");
+}
+
+template <std::size_t C>
 outcome scan(wshb::role r, bool rsv1, const std::uint8_t* s, std::size_t n,
              std::uint32_t seed)
 {
@@ -92,9 +113,17 @@ outcome scan(wshb::role r, bool rsv1, const std::uint8_t* s, std::size_t n,
             std::size_t m = k - off;
             bool was_boundary = sc.at_boundary();
             std::size_t ub = sc.until_boundary(p, m);
+            wshb::basic_frame_scanner<C> fast(sc);
+            std::size_t quick = fast.advance_data(p, m);
             std::size_t got = sc.advance(p, m);
 
             check(got <= m, "consumed more than given");
+
+            // the relay's fast step, where it takes the bytes, is advance()
+            if (quick != 0) {
+                same_state(fast, sc, p + got, m - got);
+                check(quick == got, "advance_data consumed differently");
+            }
 
             if (sc.error() != wshb::scan_error::none) {
                 check(got == 0, "error call consumed bytes");

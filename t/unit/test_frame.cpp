@@ -843,6 +843,67 @@ TEST_CASE("scanner: a whole header decodes as it does byte by byte", "[frame]")
     CHECK(fast > 10000);
 }
 
+TEST_CASE("scanner: advance_data() takes data frames as advance() does",
+          "[frame]")
+{
+    std::size_t taken = 0;
+    std::size_t differ = 0;
+    bytes open_msg = wire::frame(0x01, wire::text("a"), nullptr);
+    bytes open_msg_masked = wire::frame(0x01, wire::text("a"), mask2);
+
+    for (const bytes& hd : header_forms()) {
+        bytes s = hd;
+        s.push_back(0x42);
+        s.push_back(0x82);
+
+        for (role r : {role::client, role::server}) {
+            for (bool rsv1 : {false, true}) {
+                for (bool in_msg : {false, true}) {
+                    basic_frame_scanner<16> sc(r, rsv1);
+                    const bytes& prefix = !in_msg             ? bytes()
+                                          : r == role::client ? open_msg_masked
+                                                              : open_msg;
+
+                    for (std::size_t pos = 0; pos < prefix.size();) {
+                        pos += sc.advance(prefix.data() + pos,
+                                          prefix.size() - pos);
+                    }
+
+                    // the header, then its payload in two calls
+                    for (std::size_t end : {hd.size(), hd.size() + 1,
+                                            s.size()})
+                    {
+                        std::size_t pos = end == hd.size()     ? 0
+                                          : end == s.size() ? hd.size() + 1
+                                                            : hd.size();
+                        basic_frame_scanner<16> fast(sc);
+                        std::size_t k =
+                            fast.advance_data(s.data() + pos, end - pos);
+                        std::size_t got = sc.advance(s.data() + pos,
+                                                     end - pos);
+
+                        if (k != 0) {
+                            taken++;
+                            if (k != got || !(observe(fast, k)
+                                              == observe(sc, got)))
+                            {
+                                differ++;
+                            }
+                        }
+
+                        if (got != end - pos) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    CHECK(differ == 0);
+    CHECK(taken > 500);
+}
+
 TEST_CASE("scanner: a fast-path header then its payload, every split",
           "[frame]")
 {
