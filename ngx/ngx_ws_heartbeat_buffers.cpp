@@ -48,7 +48,7 @@
  * When. Releasing after every pass of the relay and allocating again
  * before the next cost 350 to 680 instructions per relayed 64 B message
  * (callgrind, bench/run.py --only profile), even with the worker keeping
- * spare buffers to skip malloc(). So a buffer is released only at two
+ * spare buffers to skip malloc(). So a buffer is released only at these
  * points, and a busy connection pays the start == NULL test before each
  * pass and nothing else:
  *
@@ -63,7 +63,12 @@
  * - at each tick of the module's timer (the client connection's read
  *   event timer, at least once a ws_heartbeat_interval while pinging):
  *   a connection gone quiet gives its buffers back within about an
- *   interval.
+ *   interval;
+ *
+ * - after a read that found its buffer released and relayed nothing (the
+ *   peer's Pong to the module's Ping, swallowed): without this the Pong
+ *   that follows each tick's Ping would take the buffer back for the
+ *   whole interval (release_if_unused). Only a wake-up pays the test.
  *
  * Plain ngx_pfree() and ngx_palloc(): at most one release per tick per
  * connection.
@@ -103,6 +108,8 @@ static void ngx_http_ws_heartbeat_release(ngx_http_request_t *r,
     ngx_buf_t *b) noexcept;
 static void ngx_http_ws_heartbeat_release_if_idle(ngx_http_request_t *r,
     ngx_connection_t *c) noexcept;
+static void ngx_http_ws_heartbeat_release_if_unused(ngx_http_request_t *r,
+    ngx_connection_t *c, ngx_connection_t *peer, off_t sent) noexcept;
 
 
 /*
@@ -145,7 +152,9 @@ ngx_http_ws_heartbeat_buffers_hook(ngx_http_request_t *r,
 static void
 ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r) noexcept
 {
-    ngx_connection_t             *c;
+    off_t                         sent;
+    ngx_connection_t             *c, *pc;
+    ngx_http_upstream_t          *u;
     ngx_http_ws_heartbeat_ctx_t  *ctx;
 
     c = r->connection;
@@ -160,13 +169,25 @@ ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r) noexcept
         }
     }
 
-    if (ngx_http_ws_heartbeat_reacquire(r, &r->upstream->from_client)
-        != NGX_OK)
-    {
+    u = r->upstream;
+
+    if (u->from_client.start != NULL) {
+        ngx_http_ws_heartbeat_read_handler(r);
         return;
     }
 
+    /* a wake-up of the client's direction */
+
+    if (ngx_http_ws_heartbeat_reacquire(r, &u->from_client) != NGX_OK) {
+        return;
+    }
+
+    pc = u->peer.connection;
+    sent = pc ? pc->sent : 0;
+
     ngx_http_ws_heartbeat_read_handler(r);
+
+    ngx_http_ws_heartbeat_release_if_unused(r, c, pc, sent);
 }
 
 
@@ -210,11 +231,26 @@ static void
 ngx_http_ws_heartbeat_buffers_upstream_read_handler(ngx_http_request_t *r,
     ngx_http_upstream_t *u) noexcept
 {
+    off_t              sent;
+    ngx_connection_t  *c;
+
+    if (u->buffer.start != NULL) {
+        ngx_http_ws_heartbeat_main_conf(r)->upstream_read_handler(r, u);
+        return;
+    }
+
+    /* a wake-up of the upstream's direction */
+
     if (ngx_http_ws_heartbeat_reacquire(r, &u->buffer) != NGX_OK) {
         return;
     }
 
+    c = r->connection;
+    sent = c->sent;
+
     ngx_http_ws_heartbeat_main_conf(r)->upstream_read_handler(r, u);
+
+    ngx_http_ws_heartbeat_release_if_unused(r, c, c, sent);
 }
 
 
@@ -316,6 +352,42 @@ ngx_http_ws_heartbeat_release(ngx_http_request_t *r, ngx_buf_t *b) noexcept
     b->pos = NULL;
     b->last = NULL;
     b->end = NULL;
+}
+
+
+/*
+ * After a wake-up pass of one direction (a read event found its buffer
+ * released): if the pass sent nothing to the peer (c->sent of the
+ * connection it writes to, which ngx_unix_send() and ngx_ssl_write()
+ * count, unchanged), what woke it was only a Pong the module swallowed;
+ * the buffer goes again at once rather than stay for an interval (the
+ * peer's Pong to every Ping would otherwise keep it nearly all the
+ * time). A wake-up that relayed something keeps its buffer until a tick.
+ */
+
+static void
+ngx_http_ws_heartbeat_release_if_unused(ngx_http_request_t *r,
+    ngx_connection_t *c, ngx_connection_t *peer, off_t sent) noexcept
+{
+    ngx_http_upstream_t  *u;
+
+    /* r went with its connection */
+
+    if (c->destroyed) {
+        return;
+    }
+
+    /* the relay has ended (then peer may be gone) */
+
+    u = r->upstream;
+
+    if (u == NULL || u->peer.connection == NULL || peer == NULL) {
+        return;
+    }
+
+    if (peer->sent == sent) {
+        ngx_http_ws_heartbeat_release_if_idle(r, c);
+    }
 }
 
 
