@@ -8,9 +8,9 @@
  * empty. Before every pass of the relay the buffer of the direction it
  * runs is there again (reacquire); after the first pass and at the
  * module's timer ticks both go back to the request's pool when nothing is
- * in them (release-if-idle; "When" below). Also TLS's write buffers of both connections
- * (ssl_buffer_size, 16k each), used only for the 101 header and the
- * request to the upstream.
+ * in them (release-if-idle; "When" below). Also TLS's write buffers of
+ * both connections (ssl_buffer_size, 16k each), used only for the 101
+ * header and the request to the upstream.
  *
  * What is read here of nginx, the same text in every release from 1.22.0
  * to 1.31.4 (ngx_http_upstream_upgrade() through
@@ -217,7 +217,11 @@ ngx_http_ws_heartbeat_buffers_first_pass(ngx_http_request_t *r) noexcept
 static void
 ngx_http_ws_heartbeat_buffers_write_handler(ngx_http_request_t *r) noexcept
 {
-    if (ngx_http_ws_heartbeat_reacquire(r, &r->upstream->buffer) != NGX_OK) {
+    ngx_buf_t  *b;
+
+    b = &r->upstream->buffer;
+
+    if (b->start == NULL && ngx_http_ws_heartbeat_reacquire(r, b) != NGX_OK) {
         return;
     }
 
@@ -260,7 +264,10 @@ static void
 ngx_http_ws_heartbeat_buffers_upstream_write_handler(ngx_http_request_t *r,
     ngx_http_upstream_t *u) noexcept
 {
-    if (ngx_http_ws_heartbeat_reacquire(r, &u->from_client) != NGX_OK) {
+    if (u->from_client.start == NULL
+        && ngx_http_ws_heartbeat_reacquire(r, &u->from_client)
+           != NGX_OK)
+    {
         return;
     }
 
@@ -269,7 +276,9 @@ ngx_http_ws_heartbeat_buffers_upstream_write_handler(ngx_http_request_t *r,
 
 
 /*
- * Before a pass of the relay: its buffer b as the relay had it, empty.
+ * Before a pass of the relay that found b released (start NULL; the
+ * callers test it, the one test a busy connection pays): b as the relay
+ * had it, empty.
  * NGX_ERROR: no memory; the connection is closed (Close 1011 to the
  * client, 1001 to the upstream, at frame boundaries) and r may be gone.
  */
