@@ -65,10 +65,12 @@
  *   a connection gone quiet gives its buffers back within about an
  *   interval;
  *
- * - after a read that found its buffer released and relayed nothing (the
- *   peer's Pong to the module's Ping, swallowed): without this the Pong
- *   that follows each tick's Ping would take the buffer back for the
- *   whole interval (release_if_unused). Only a wake-up pays the test.
+ * - after a pass that found its buffer released and relayed nothing (the
+ *   peer's Pong to the module's Ping, swallowed; a write event with
+ *   nothing to write, as each Ping sent brings): without this the Pong
+ *   and the write event that follow each tick's Ping would take the
+ *   buffers back for the whole interval (release_if_unused). Only a
+ *   wake-up pays the test.
  *
  * Plain ngx_pfree() and ngx_palloc(): at most one release per tick per
  * connection.
@@ -217,15 +219,26 @@ ngx_http_ws_heartbeat_buffers_first_pass(ngx_http_request_t *r) noexcept
 static void
 ngx_http_ws_heartbeat_buffers_write_handler(ngx_http_request_t *r) noexcept
 {
-    ngx_buf_t  *b;
+    off_t              sent;
+    ngx_connection_t  *c;
 
-    b = &r->upstream->buffer;
-
-    if (b->start == NULL && ngx_http_ws_heartbeat_reacquire(r, b) != NGX_OK) {
+    if (r->upstream->buffer.start != NULL) {
+        ngx_http_ws_heartbeat_write_handler(r);
         return;
     }
 
+    /* a wake-up of the upstream's direction */
+
+    if (ngx_http_ws_heartbeat_reacquire(r, &r->upstream->buffer) != NGX_OK) {
+        return;
+    }
+
+    c = r->connection;
+    sent = c->sent;
+
     ngx_http_ws_heartbeat_write_handler(r);
+
+    ngx_http_ws_heartbeat_release_if_unused(r, c, c, sent);
 }
 
 
@@ -264,14 +277,27 @@ static void
 ngx_http_ws_heartbeat_buffers_upstream_write_handler(ngx_http_request_t *r,
     ngx_http_upstream_t *u) noexcept
 {
-    if (u->from_client.start == NULL
-        && ngx_http_ws_heartbeat_reacquire(r, &u->from_client)
-           != NGX_OK)
-    {
+    off_t              sent;
+    ngx_connection_t  *c, *pc;
+
+    if (u->from_client.start != NULL) {
+        ngx_http_ws_heartbeat_upstream_write_handler(r, u);
         return;
     }
 
+    /* a wake-up of the client's direction */
+
+    if (ngx_http_ws_heartbeat_reacquire(r, &u->from_client) != NGX_OK) {
+        return;
+    }
+
+    c = r->connection;
+    pc = u->peer.connection;
+    sent = pc ? pc->sent : 0;
+
     ngx_http_ws_heartbeat_upstream_write_handler(r, u);
+
+    ngx_http_ws_heartbeat_release_if_unused(r, c, pc, sent);
 }
 
 
@@ -365,13 +391,15 @@ ngx_http_ws_heartbeat_release(ngx_http_request_t *r, ngx_buf_t *b) noexcept
 
 
 /*
- * After a wake-up pass of one direction (a read event found its buffer
+ * After a wake-up pass of one direction (an event found its buffer
  * released): if the pass sent nothing to the peer (c->sent of the
  * connection it writes to, which ngx_unix_send() and ngx_ssl_write()
- * count, unchanged), what woke it was only a Pong the module swallowed;
- * the buffer goes again at once rather than stay for an interval (the
- * peer's Pong to every Ping would otherwise keep it nearly all the
- * time). A wake-up that relayed something keeps its buffer until a tick.
+ * count, unchanged), what woke it was a Pong the module swallowed or a
+ * write event with nothing to write (each Ping sent makes the client
+ * writable again); the buffer goes again at once rather than stay until
+ * the next tick, which the next Ping and its Pong would follow: the
+ * buffers would be held nearly all the time. A wake-up that relayed
+ * something keeps its buffer until a tick.
  */
 
 static void
