@@ -109,9 +109,10 @@ static ngx_int_t ngx_http_ws_heartbeat_reacquire(ngx_http_request_t *r,
 static void ngx_http_ws_heartbeat_release(ngx_http_request_t *r,
     ngx_buf_t *b) noexcept;
 static void ngx_http_ws_heartbeat_release_if_idle(ngx_http_request_t *r,
-    ngx_connection_t *c) noexcept;
+    ngx_connection_t *c, ngx_buf_t *only) noexcept;
 static void ngx_http_ws_heartbeat_release_if_unused(ngx_http_request_t *r,
-    ngx_connection_t *c, ngx_connection_t *peer, off_t sent) noexcept;
+    ngx_connection_t *c, ngx_buf_t *b, ngx_connection_t *peer, off_t sent)
+    noexcept;
 
 
 /*
@@ -166,7 +167,7 @@ ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r) noexcept
 
         if (ctx != NULL && ctx->hooked) {
             ngx_http_ws_heartbeat_read_handler(r);
-            ngx_http_ws_heartbeat_release_if_idle(r, c);
+            ngx_http_ws_heartbeat_release_if_idle(r, c, NULL);
             return;
         }
     }
@@ -189,7 +190,7 @@ ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r) noexcept
 
     ngx_http_ws_heartbeat_read_handler(r);
 
-    ngx_http_ws_heartbeat_release_if_unused(r, c, pc, sent);
+    ngx_http_ws_heartbeat_release_if_unused(r, c, &u->from_client, pc, sent);
 }
 
 
@@ -210,7 +211,7 @@ ngx_http_ws_heartbeat_buffers_first_pass(ngx_http_request_t *r) noexcept
 
     ngx_http_ws_heartbeat_buffers_write_handler(r);
 
-    ngx_http_ws_heartbeat_release_if_idle(r, c);
+    ngx_http_ws_heartbeat_release_if_idle(r, c, NULL);
 }
 
 
@@ -238,7 +239,8 @@ ngx_http_ws_heartbeat_buffers_write_handler(ngx_http_request_t *r) noexcept
 
     ngx_http_ws_heartbeat_write_handler(r);
 
-    ngx_http_ws_heartbeat_release_if_unused(r, c, c, sent);
+    ngx_http_ws_heartbeat_release_if_unused(r, c, &r->upstream->buffer, c,
+                                            sent);
 }
 
 
@@ -267,7 +269,7 @@ ngx_http_ws_heartbeat_buffers_upstream_read_handler(ngx_http_request_t *r,
 
     ngx_http_ws_heartbeat_main_conf(r)->upstream_read_handler(r, u);
 
-    ngx_http_ws_heartbeat_release_if_unused(r, c, c, sent);
+    ngx_http_ws_heartbeat_release_if_unused(r, c, &u->buffer, c, sent);
 }
 
 
@@ -297,7 +299,7 @@ ngx_http_ws_heartbeat_buffers_upstream_write_handler(ngx_http_request_t *r,
 
     ngx_http_ws_heartbeat_upstream_write_handler(r, u);
 
-    ngx_http_ws_heartbeat_release_if_unused(r, c, pc, sent);
+    ngx_http_ws_heartbeat_release_if_unused(r, c, &u->from_client, pc, sent);
 }
 
 
@@ -399,12 +401,15 @@ ngx_http_ws_heartbeat_release(ngx_http_request_t *r, ngx_buf_t *b) noexcept
  * writable again); the buffer goes again at once rather than stay until
  * the next tick, which the next Ping and its Pong would follow: the
  * buffers would be held nearly all the time. A wake-up that relayed
- * something keeps its buffer until a tick.
+ * something keeps its buffer until a tick. Only b goes: the other
+ * direction's buffer, if there, is a busy one's (releasing both here cost
+ * a malloc() and a free() per message of a busy connection, callgrind).
  */
 
 static void
 ngx_http_ws_heartbeat_release_if_unused(ngx_http_request_t *r,
-    ngx_connection_t *c, ngx_connection_t *peer, off_t sent) noexcept
+    ngx_connection_t *c, ngx_buf_t *b, ngx_connection_t *peer, off_t sent)
+    noexcept
 {
     ngx_http_upstream_t  *u;
 
@@ -423,7 +428,7 @@ ngx_http_ws_heartbeat_release_if_unused(ngx_http_request_t *r,
     }
 
     if (peer->sent == sent) {
-        ngx_http_ws_heartbeat_release_if_idle(r, c);
+        ngx_http_ws_heartbeat_release_if_idle(r, c, b);
     }
 }
 
@@ -454,12 +459,13 @@ ngx_http_ws_heartbeat_release_ssl(ngx_connection_t *c) noexcept
 /*
  * After the first pass of the relay and at the module's timer ticks: when
  * both relay buffers are empty and nothing of the module's waits to be
- * written, they go back to the pool.
+ * written, they go back to the pool (or only the one given, after a
+ * wake-up that relayed nothing).
  */
 
 static void
 ngx_http_ws_heartbeat_release_if_idle(ngx_http_request_t *r,
-    ngx_connection_t *c) noexcept
+    ngx_connection_t *c, ngx_buf_t *only) noexcept
 {
     ngx_http_upstream_t          *u;
     ngx_http_ws_heartbeat_ctx_t  *ctx;
@@ -490,6 +496,11 @@ ngx_http_ws_heartbeat_release_if_idle(ngx_http_request_t *r,
         || ctx->client.out.blocked()
         || ctx->upstream.out.blocked())
     {
+        return;
+    }
+
+    if (only != NULL) {
+        ngx_http_ws_heartbeat_release(r, only);
         return;
     }
 
