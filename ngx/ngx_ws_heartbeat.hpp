@@ -166,11 +166,6 @@ typedef struct {
 } ngx_http_ws_heartbeat_shm_t;
 
 
-/* relay buffers a worker keeps for reuse: 16 pages by default */
-
-#define NGX_HTTP_WS_HB_SPARE  16
-
-
 typedef struct {
     ngx_connection_t               *watch;  /* per worker: exit signal */
     ngx_uint_t                      watched; /* ws_heartbeat somewhere */
@@ -204,14 +199,6 @@ typedef struct {
     ngx_http_event_handler_pt       write_handler;
     ngx_http_upstream_handler_pt    upstream_write_handler;
     ngx_http_upstream_handler_pt    upstream_read_handler;
-
-    /*
-     * per worker: relay buffers released by idle connections, kept for
-     * the next connection that wakes up (ngx_ws_heartbeat_buffers.cpp)
-     */
-    size_t                          spare_size;
-    ngx_uint_t                      nspare;
-    void                           *spare[NGX_HTTP_WS_HB_SPARE];
 } ngx_http_ws_heartbeat_main_conf_t;
 
 

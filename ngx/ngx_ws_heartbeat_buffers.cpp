@@ -5,12 +5,12 @@
  * ngx_http_upstream_process_upgraded(), u->buffer (upstream to client)
  * and u->from_client (client to upstream), proxy_buffer_size each, for
  * the whole life of an upgraded connection; most of the time they are
- * empty. Two entry points around every pass of the relay: before it, the
- * buffer of the direction it runs is there again (reacquire); after it,
- * both go back to the request's pool when nothing is in them
- * (release-if-idle). Also TLS's write buffers of both connections
- * (ssl_buffer_size, 16k each), used only for the 101 header and the
- * request to the upstream.
+ * empty. Before every pass of the relay the buffer of the direction it
+ * runs is there again (reacquire); after the first pass and at the
+ * module's timer ticks both go back to the request's pool when nothing is
+ * in them (release-if-idle; "When" below). Also TLS's write buffers of
+ * both connections (ssl_buffer_size, 16k each), used only for the 101
+ * header and the request to the upstream.
  *
  * What is read here of nginx, the same text in every release from 1.22.0
  * to 1.31.4 (ngx_http_upstream_upgrade() through
@@ -34,7 +34,8 @@
  *   after the upgrade: proxy, scgi and uwsgi copy the response's status
  *   line and headers into the pool as they parse them.
  *
- * - ngx_palloc_large() puts a new allocation in the first free record of
+ * - ngx_pfree() clears the buffer's ngx_pool_large_t record, and
+ *   ngx_palloc_large() puts a new allocation in the first free record of
  *   the first five of the pool's list; the relay's two are the last
  *   large allocations of r->pool (the response, then the upgrade), so
  *   their freed records are found again and a wake-up does not grow the
@@ -44,19 +45,35 @@
  *   idle keepalive connection; ngx_ssl_send_chain() allocates the buffer
  *   again when it finds buf->start NULL. The relay uses c->send only.
  *
- * A worker's spare buffers. Giving a buffer back to malloc() after every
- * pass of a busy connection and taking one again before the next cost
- * 1,786 instructions per relayed 64 B message (callgrind, bench/run.py
- * --only profile: 4,759 against 2,973 with the buffers kept), most of it
- * glibc's malloc() and free() of a page-sized chunk. So a released buffer
- * leaves its pool without being freed (its ngx_pool_large_t record is
- * cleared, as ngx_pfree() would, ngx_palloc.h's layout being the same in
- * all those releases) and waits in the worker's list of spares, up to
- * NGX_HTTP_WS_HB_SPARE of one size; a wake-up takes the last one back
- * into its own pool as ngx_palloc_large() would have (the first free
- * record of the first five, or a new record). Beyond that the buffers go
- * to free(): a worker keeps at most 16 spare pages whatever number of
- * idle connections it holds.
+ * When. Releasing after every pass of the relay and allocating again
+ * before the next cost 350 to 680 instructions per relayed 64 B message
+ * (callgrind, bench/run.py --only profile), even with the worker keeping
+ * spare buffers to skip malloc(). So a buffer is released only at these
+ * points, and a busy connection pays the start == NULL test before each
+ * pass and nothing else:
+ *
+ * - once, right after the upgrade: the hook posts a pass of the relay
+ *   through a one-shot write handler (first_pass) that puts the ordinary
+ *   one back, runs it, then releases what is empty. Without it a
+ *   connection that stays silent would keep its buffers until the first
+ *   tick, and the memory of the connections that came before would not
+ *   be reused by the next ones (glibc keeps a freed chunk inside the heap
+ *   rather than return it to the kernel);
+ *
+ * - at each tick of the module's timer (the client connection's read
+ *   event timer, at least once a ws_heartbeat_interval while pinging):
+ *   a connection gone quiet gives its buffers back within about an
+ *   interval;
+ *
+ * - after a pass that found its buffer released and relayed nothing (the
+ *   peer's Pong to the module's Ping, swallowed; a write event with
+ *   nothing to write, as each Ping sent brings): without this the Pong
+ *   and the write event that follow each tick's Ping would take the
+ *   buffers back for the whole interval (release_if_unused). Only a
+ *   wake-up pays the test.
+ *
+ * Plain ngx_pfree() and ngx_palloc(): at most one release per tick per
+ * connection.
  *
  * The invariant, with no byte of the ctx spent on it: a relay buffer is
  * released exactly when its start is NULL (pos, last and end are NULL
@@ -79,6 +96,8 @@
 
 static void ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r)
     noexcept;
+static void ngx_http_ws_heartbeat_buffers_first_pass(ngx_http_request_t *r)
+    noexcept;
 static void ngx_http_ws_heartbeat_buffers_write_handler(
     ngx_http_request_t *r) noexcept;
 static void ngx_http_ws_heartbeat_buffers_upstream_read_handler(
@@ -87,19 +106,20 @@ static void ngx_http_ws_heartbeat_buffers_upstream_write_handler(
     ngx_http_request_t *r, ngx_http_upstream_t *u) noexcept;
 static ngx_int_t ngx_http_ws_heartbeat_reacquire(ngx_http_request_t *r,
     ngx_buf_t *b) noexcept;
-static void *ngx_http_ws_heartbeat_alloc(ngx_http_request_t *r, size_t size)
-    noexcept;
 static void ngx_http_ws_heartbeat_release(ngx_http_request_t *r,
     ngx_buf_t *b) noexcept;
 static void ngx_http_ws_heartbeat_release_if_idle(ngx_http_request_t *r,
-    ngx_connection_t *c) noexcept;
+    ngx_connection_t *c, ngx_buf_t *only) noexcept;
+static void ngx_http_ws_heartbeat_release_if_unused(ngx_http_request_t *r,
+    ngx_connection_t *c, ngx_buf_t *b, ngx_connection_t *peer, off_t sent)
+    noexcept;
 
 
 /*
  * the relay's four handlers go through the ones here (around the module's
- * own wrappers); and a pass of the relay is posted: the first one, in
- * ngx_http_upstream_upgrade(), ran without them, and an idle connection
- * may see no other event for a long time
+ * own wrappers); and a pass of the relay is posted, through first_pass:
+ * the first one, in ngx_http_upstream_upgrade(), ran without them, and an
+ * idle connection may see no other event until the module's first tick
  */
 
 void
@@ -117,12 +137,10 @@ ngx_http_ws_heartbeat_buffers_hook(ngx_http_request_t *r,
     u = r->upstream;
 
     r->read_event_handler = ngx_http_ws_heartbeat_buffers_read_handler;
-    r->write_event_handler = ngx_http_ws_heartbeat_buffers_write_handler;
+    r->write_event_handler = ngx_http_ws_heartbeat_buffers_first_pass;
     u->read_event_handler = ngx_http_ws_heartbeat_buffers_upstream_read_handler;
     u->write_event_handler =
                         ngx_http_ws_heartbeat_buffers_upstream_write_handler;
-
-    /* no record to spare: the first release waits for the first event */
 
     (void) ngx_http_post_request(r, NULL);
 }
@@ -130,28 +148,70 @@ ngx_http_ws_heartbeat_buffers_hook(ngx_http_request_t *r,
 
 /*
  * the client connection's read event: the client's bytes (the client's
- * direction), or the module's timer, which needs no relay buffer
+ * direction), or the module's timer, which needs no relay buffer and is
+ * where a connection gone quiet releases them
  */
 
 static void
 ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r) noexcept
 {
-    ngx_connection_t             *c;
+    off_t                         sent;
+    ngx_connection_t             *c, *pc;
+    ngx_http_upstream_t          *u;
     ngx_http_ws_heartbeat_ctx_t  *ctx;
 
     c = r->connection;
-    ctx = ngx_http_ws_heartbeat_get_ctx(r);
 
-    if (!(c->read->timedout && ctx != NULL && ctx->hooked)
-        && ngx_http_ws_heartbeat_reacquire(r, &r->upstream->from_client)
-           != NGX_OK)
-    {
+    if (c->read->timedout) {
+        ctx = ngx_http_ws_heartbeat_get_ctx(r);
+
+        if (ctx != NULL && ctx->hooked) {
+            ngx_http_ws_heartbeat_read_handler(r);
+            ngx_http_ws_heartbeat_release_if_idle(r, c, NULL);
+            return;
+        }
+    }
+
+    u = r->upstream;
+
+    if (u->from_client.start != NULL) {
+        ngx_http_ws_heartbeat_read_handler(r);
         return;
     }
 
+    /* a wake-up of the client's direction */
+
+    if (ngx_http_ws_heartbeat_reacquire(r, &u->from_client) != NGX_OK) {
+        return;
+    }
+
+    pc = u->peer.connection;
+    sent = pc ? pc->sent : 0;
+
     ngx_http_ws_heartbeat_read_handler(r);
 
-    ngx_http_ws_heartbeat_release_if_idle(r, c);
+    ngx_http_ws_heartbeat_release_if_unused(r, c, &u->from_client, pc, sent);
+}
+
+
+/*
+ * the posted pass after the upgrade (or the client's first write event,
+ * whichever comes first), once: the ordinary handler from now on, then
+ * the buffers go if the relay left them empty
+ */
+
+static void
+ngx_http_ws_heartbeat_buffers_first_pass(ngx_http_request_t *r) noexcept
+{
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    r->write_event_handler = ngx_http_ws_heartbeat_buffers_write_handler;
+
+    ngx_http_ws_heartbeat_buffers_write_handler(r);
+
+    ngx_http_ws_heartbeat_release_if_idle(r, c, NULL);
 }
 
 
@@ -160,17 +220,27 @@ ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r) noexcept
 static void
 ngx_http_ws_heartbeat_buffers_write_handler(ngx_http_request_t *r) noexcept
 {
+    off_t              sent;
     ngx_connection_t  *c;
 
-    c = r->connection;
+    if (r->upstream->buffer.start != NULL) {
+        ngx_http_ws_heartbeat_write_handler(r);
+        return;
+    }
+
+    /* a wake-up of the upstream's direction */
 
     if (ngx_http_ws_heartbeat_reacquire(r, &r->upstream->buffer) != NGX_OK) {
         return;
     }
 
+    c = r->connection;
+    sent = c->sent;
+
     ngx_http_ws_heartbeat_write_handler(r);
 
-    ngx_http_ws_heartbeat_release_if_idle(r, c);
+    ngx_http_ws_heartbeat_release_if_unused(r, c, &r->upstream->buffer, c,
+                                            sent);
 }
 
 
@@ -180,17 +250,26 @@ static void
 ngx_http_ws_heartbeat_buffers_upstream_read_handler(ngx_http_request_t *r,
     ngx_http_upstream_t *u) noexcept
 {
+    off_t              sent;
     ngx_connection_t  *c;
 
-    c = r->connection;
+    if (u->buffer.start != NULL) {
+        ngx_http_ws_heartbeat_main_conf(r)->upstream_read_handler(r, u);
+        return;
+    }
+
+    /* a wake-up of the upstream's direction */
 
     if (ngx_http_ws_heartbeat_reacquire(r, &u->buffer) != NGX_OK) {
         return;
     }
 
+    c = r->connection;
+    sent = c->sent;
+
     ngx_http_ws_heartbeat_main_conf(r)->upstream_read_handler(r, u);
 
-    ngx_http_ws_heartbeat_release_if_idle(r, c);
+    ngx_http_ws_heartbeat_release_if_unused(r, c, &u->buffer, c, sent);
 }
 
 
@@ -200,22 +279,34 @@ static void
 ngx_http_ws_heartbeat_buffers_upstream_write_handler(ngx_http_request_t *r,
     ngx_http_upstream_t *u) noexcept
 {
-    ngx_connection_t  *c;
+    off_t              sent;
+    ngx_connection_t  *c, *pc;
 
-    c = r->connection;
+    if (u->from_client.start != NULL) {
+        ngx_http_ws_heartbeat_upstream_write_handler(r, u);
+        return;
+    }
+
+    /* a wake-up of the client's direction */
 
     if (ngx_http_ws_heartbeat_reacquire(r, &u->from_client) != NGX_OK) {
         return;
     }
 
+    c = r->connection;
+    pc = u->peer.connection;
+    sent = pc ? pc->sent : 0;
+
     ngx_http_ws_heartbeat_upstream_write_handler(r, u);
 
-    ngx_http_ws_heartbeat_release_if_idle(r, c);
+    ngx_http_ws_heartbeat_release_if_unused(r, c, &u->from_client, pc, sent);
 }
 
 
 /*
- * Before a pass of the relay: its buffer b as the relay had it, empty.
+ * Before a pass of the relay that found b released (start NULL; the
+ * callers test it, the one test a busy connection pays): b as the relay
+ * had it, empty.
  * NGX_ERROR: no memory; the connection is closed (Close 1011 to the
  * client, 1001 to the upstream, at frame boundaries) and r may be gone.
  */
@@ -240,8 +331,7 @@ ngx_http_ws_heartbeat_reacquire(ngx_http_request_t *r, ngx_buf_t *b)
         return NGX_OK;
     }
 
-    p = static_cast<u_char *>(
-            ngx_http_ws_heartbeat_alloc(r, u->conf->buffer_size));
+    p = static_cast<u_char *>(ngx_palloc(r->pool, u->conf->buffer_size));
 
     if (p != NULL) {
         b->start = p;
@@ -282,104 +372,64 @@ ngx_http_ws_heartbeat_reacquire(ngx_http_request_t *r, ngx_buf_t *b)
 }
 
 
-/* a buffer of r->pool: a spare one taken into the pool, or a new one */
-
-static void *
-ngx_http_ws_heartbeat_alloc(ngx_http_request_t *r, size_t size) noexcept
-{
-    void                               *p;
-    ngx_uint_t                          n;
-    ngx_pool_large_t                   *l;
-    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
-
-    hmcf = ngx_http_ws_heartbeat_main_conf(r);
-
-    if (hmcf->nspare == 0 || hmcf->spare_size != size) {
-        return ngx_palloc(r->pool, size);
-    }
-
-    p = hmcf->spare[hmcf->nspare - 1];
-
-    /* as ngx_palloc_large() records it */
-
-    n = 0;
-
-    for (l = r->pool->large; l; l = l->next) {
-        if (l->alloc == NULL) {
-            goto found;
-        }
-
-        if (n++ > 3) {
-            break;
-        }
-    }
-
-    l = static_cast<ngx_pool_large_t *>(
-            ngx_palloc(r->pool, sizeof(ngx_pool_large_t)));
-    if (l == NULL) {
-        return NULL;
-    }
-
-    l->next = r->pool->large;
-    r->pool->large = l;
-
-found:
-
-    l->alloc = p;
-    hmcf->nspare--;
-
-    return p;
-}
-
-
-/* b back to the worker's spares (or to malloc()): released, start NULL */
+/*
+ * b back to malloc(): released, start NULL; a buffer from a pool block
+ * (a proxy_buffer_size below the pool's max), which ngx_pfree()
+ * declines, is kept
+ */
 
 static void
 ngx_http_ws_heartbeat_release(ngx_http_request_t *r, ngx_buf_t *b) noexcept
 {
-    size_t                              size;
-    ngx_pool_large_t                   *l;
-    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
-
-    if (b->start == NULL) {
+    if (b->start == NULL || ngx_pfree(r->pool, b->start) != NGX_OK) {
         return;
     }
-
-    hmcf = ngx_http_ws_heartbeat_main_conf(r);
-    size = b->end - b->start;
-
-    if (hmcf->nspare == NGX_HTTP_WS_HB_SPARE
-        || (hmcf->nspare != 0 && hmcf->spare_size != size))
-    {
-        if (ngx_pfree(r->pool, b->start) != NGX_OK) {
-            return;
-        }
-
-        goto released;
-    }
-
-    /* as ngx_pfree() finds it; not there: from a pool block, kept */
-
-    for (l = r->pool->large; l; l = l->next) {
-        if (l->alloc == b->start) {
-            break;
-        }
-    }
-
-    if (l == NULL) {
-        return;
-    }
-
-    l->alloc = NULL;
-    hmcf->spare_size = size;
-    hmcf->spare[hmcf->nspare++] = b->start;
-
-released:
 
     b->start = NULL;
     b->pos = NULL;
     b->last = NULL;
     b->end = NULL;
+}
+
+
+/*
+ * After a wake-up pass of one direction (an event found its buffer
+ * released): if the pass sent nothing to the peer (c->sent of the
+ * connection it writes to, which ngx_unix_send() and ngx_ssl_write()
+ * count, unchanged), what woke it was a Pong the module swallowed or a
+ * write event with nothing to write (each Ping sent makes the client
+ * writable again); the buffer goes again at once rather than stay until
+ * the next tick, which the next Ping and its Pong would follow: the
+ * buffers would be held nearly all the time. A wake-up that relayed
+ * something keeps its buffer until a tick. Only b goes: the other
+ * direction's buffer, if there, is a busy one's (releasing both here cost
+ * a malloc() and a free() per message of a busy connection, callgrind).
+ */
+
+static void
+ngx_http_ws_heartbeat_release_if_unused(ngx_http_request_t *r,
+    ngx_connection_t *c, ngx_buf_t *b, ngx_connection_t *peer, off_t sent)
+    noexcept
+{
+    ngx_http_upstream_t  *u;
+
+    /* r went with its connection */
+
+    if (c->destroyed) {
+        return;
+    }
+
+    /* the relay has ended (then peer may be gone) */
+
+    u = r->upstream;
+
+    if (u == NULL || u->peer.connection == NULL || peer == NULL) {
+        return;
+    }
+
+    if (peer->sent == sent) {
+        ngx_http_ws_heartbeat_release_if_idle(r, c, b);
+    }
 }
 
 
@@ -407,14 +457,15 @@ ngx_http_ws_heartbeat_release_ssl(ngx_connection_t *c) noexcept
 
 
 /*
- * After a pass of the relay (or a tick of the module's timer): when both
- * relay buffers are empty and nothing of the module's waits to be
- * written, they go back to the pool.
+ * After the first pass of the relay and at the module's timer ticks: when
+ * both relay buffers are empty and nothing of the module's waits to be
+ * written, they go back to the pool (or only the one given, after a
+ * wake-up that relayed nothing).
  */
 
 static void
 ngx_http_ws_heartbeat_release_if_idle(ngx_http_request_t *r,
-    ngx_connection_t *c) noexcept
+    ngx_connection_t *c, ngx_buf_t *only) noexcept
 {
     ngx_http_upstream_t          *u;
     ngx_http_ws_heartbeat_ctx_t  *ctx;
@@ -445,6 +496,11 @@ ngx_http_ws_heartbeat_release_if_idle(ngx_http_request_t *r,
         || ctx->client.out.blocked()
         || ctx->upstream.out.blocked())
     {
+        return;
+    }
+
+    if (only != NULL) {
+        ngx_http_ws_heartbeat_release(r, only);
         return;
     }
 

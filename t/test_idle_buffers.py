@@ -1,6 +1,8 @@
 """ws_heartbeat_idle_buffers release: the relay's two buffers go back to
-the request's pool whenever a connection falls idle, and come back before
-the relay runs again. The bytes must go through exactly as sent whatever
+the request's pool right after the upgrade and at the module's timer ticks
+that find them empty, and come back before the relay runs again. An idle
+gap here holds ticks (a short ws_heartbeat_interval, a long timeout): the
+client receiving the module's Ping shows one went by. The bytes must go through exactly as sent whatever
 the idle gaps cut: bursts, frames split across a gap in either direction,
 both sides at once in the same event-loop turn, TLS on both sides,
 permessage-deflate; the heartbeat goes on meanwhile; the memory really
@@ -56,6 +58,29 @@ def relayed(conn):
                     if not f.is_module_ping)
 
 
+def await_ticks(c, count=2, timeout=None):
+    """Read (frames are kept) until count of the module's Pings came to
+    Client c after the last frame it returned: that many ticks of its
+    timer went by since (a tick releases the buffers it finds empty).
+    Pings already read past that frame count (they wait in c.frames).
+    c must answer them: a Ping unanswered is the last until the peer
+    sends again, and one may go out between the relay of c's frame and
+    that of its answer."""
+    ahead = sum(1 for f in c.frames if f.is_module_ping)
+    target = len(c.pings) - ahead + count
+    deadline = time.monotonic() + (timeout or slow(5))
+    while len(c.pings) < target:
+        left = deadline - time.monotonic()
+        assert left > 0 and not c.closed, "%d Pings of %d" % (
+            len(c.pings), target)
+        c._fill(left)
+
+
+TICKS = """
+            ws_heartbeat_interval 100ms;
+            ws_heartbeat_timeout 60s;"""
+
+
 def rss_anon_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -74,7 +99,7 @@ def test_idle_burst_idle_cycles_byte_exact(nginx_factory, backend, cert,
     n, port, b = proxied(nginx_factory, backend, """
             ws_heartbeat on;
             ws_heartbeat_idle_buffers %s;
-            proxy_buffer_size 4k;""" % mode, cert, tls, tls)
+            proxy_buffer_size 4k;""" % mode + TICKS, cert, tls, tls)
     c = Client(port, tls=tls, timeout=30)
     conn = b.accept()
     rng = random.Random(20)
@@ -100,7 +125,7 @@ def test_idle_burst_idle_cycles_byte_exact(nginx_factory, backend, cert,
         for p in pushed:
             f = c.recv_frame(timeout=30)
             assert f is not None and f.payload == p, "cycle %d" % cycle
-        time.sleep(0.1)     # the idle gap (the scenario, not a wait)
+        await_ticks(c)      # the idle gap: the buffers go
     assert relayed(conn) == bytes(sent)
     c.close()
 
@@ -110,16 +135,14 @@ def test_frames_split_across_idle_gaps(nginx_factory, backend, mode):
     """A frame cut in two by an idle gap, each way: the first part is
     relayed and the buffers go while the relay waits for the rest; the
     heartbeat's timer runs in the gap (its Ping to the client must not go
-    into the middle of the backend's frame) and the rest follows
-    byte-exact."""
+    into the middle of the backend's frame; the client's Pongs wait for
+    the end of its own cut frame) and the rest follows byte-exact."""
     n, port, b = proxied(nginx_factory, backend, """
             ws_heartbeat on;
             ws_heartbeat_idle_buffers %s;
             ws_heartbeat_interval 100ms;
-            ws_heartbeat_timeout 2s;""" % mode)
-    # no Pongs: the test client would put them into its own half-sent
-    # frame; the rest of each frame keeps it alive
-    c = Client(port, answer_pings=False, timeout=20)
+            ws_heartbeat_timeout 5s;""" % mode)
+    c = Client(port, timeout=20)
     conn = b.accept()
     payload = bytes(range(256)) * 40            # 10240 bytes: 3 buffers
     frame = encode_frame(BINARY, payload)
@@ -131,7 +154,8 @@ def test_frames_split_across_idle_gaps(nginx_factory, backend, mode):
         wait_for(lambda: len(conn.raw) >= sum(map(len, frame_list(conn)))
                  + cut, slow(5),
                  what="the first %d bytes at the backend" % cut)
-        c.pump(0.3)                             # idle: timer ticks
+        # idle: a tick's Ping (one: its Pong waits for the frame's end)
+        await_ticks(c, 1)
         c.send_raw(frame[cut:])
         f = c.recv_frame(timeout=slow(5))
         assert f is not None and f.payload == payload, cut
@@ -140,12 +164,14 @@ def test_frames_split_across_idle_gaps(nginx_factory, backend, mode):
         wait_for(lambda: c._fill(0.05) and len(c.parser.buf) >= cut,
                  slow(5), what="the first %d bytes at the client" % cut)
         pings = len(c.pings)
-        c.pump(0.3)                             # idle: timer ticks
+        # idle: timer ticks, no Ping can show it (none inside a frame)
+        c.pump(0.3)
         assert bytes(c.parser.buf) == raw[:cut], cut
         assert len(c.pings) == pings, "a Ping inside a frame"
         conn.send(raw[cut:])
         f = c.recv_frame(timeout=slow(5))
         assert f is not None and f.payload == payload, cut
+    # the client's Pongs stopped at the module
     assert [f.raw for f in list(conn.received)] == [frame] * len(cuts)
     # the heartbeat ran between the frames
     assert c.pings
@@ -161,14 +187,14 @@ def test_burst_on_both_sides_in_one_event_loop_turn(nginx_factory, backend):
     SIGCONT both sockets are ready in the same epoll wake-up, and both
     released buffers come back in the same turn."""
     n, port, b = proxied(nginx_factory, backend, """
-            ws_heartbeat on;""")
+            ws_heartbeat on;""" + TICKS)
     c = Client(port, timeout=30)
     conn = b.accept()
     rng = random.Random(2)
     (worker,) = n.worker_pids()
     sent = bytearray()
     for rnd in range(4):
-        time.sleep(0.1)                         # idle
+        await_ticks(c)                          # idle: released
         ups = [b"up%d-%d-" % (rnd, i) + rng.randbytes(rng.choice(
             [10, 3000, 20000])) for i in range(20)]
         downs = [b"dn%d-%d-" % (rnd, i) + rng.randbytes(rng.choice(
@@ -195,8 +221,8 @@ def test_burst_on_both_sides_in_one_event_loop_turn(nginx_factory, backend):
 
 
 def test_heartbeat_goes_on_while_released(nginx_factory, backend):
-    """An idle connection's buffers are released; the Pings to both peers
-    still go out, their Pongs are swallowed, and the connection relays
+    """An idle connection's buffers are released (at the first ticks); the
+    Pings to both peers still go out, their Pongs are swallowed, and the connection relays
     again afterwards."""
     n, port, b = proxied(nginx_factory, backend, """
             ws_heartbeat on;
@@ -252,18 +278,27 @@ def test_permessage_deflate_across_idle_gaps(nginx_factory, procs):
     assert echoes == messages
 
 
-def idle_connections(port, b, count, size, tls=False):
+def idle_connections(port, b, count, size, tls=False, batch=10):
     """count connections that each relay one frame of size bytes both
-    ways (the relay buffers' pages get written) and then stay idle."""
+    ways (the relay buffers' pages get written) and then stay idle, a
+    batch at a time: each batch waits for a tick of each of its
+    connections (which releases their buffers) before the next one
+    opens. Their Pongs wake the client's buffer, which goes again at
+    once (it relayed nothing)."""
     clients = []
     blob = bytes(range(256)) * (size // 256)
-    for i in range(count):
-        c = Client(port, tls=tls, timeout=30)
-        conn = b.accept()
-        c.send_frame(BINARY, blob)
-        f = c.recv_frame(timeout=30)
-        assert f is not None and f.payload == blob
-        clients.append((c, conn))
+    for i in range(0, count, batch):
+        group = []
+        for _ in range(min(batch, count - i)):
+            c = Client(port, tls=tls, timeout=30)
+            conn = b.accept()
+            c.send_frame(BINARY, blob)
+            f = c.recv_frame(timeout=30)
+            assert f is not None and f.payload == blob
+            group.append((c, conn))
+        for c, _ in group:
+            await_ticks(c, 1)
+        clients += group
     return clients
 
 
@@ -275,9 +310,10 @@ def test_idle_connections_hold_no_relay_buffers(nginx_factory, backend,
     """The memory goes: with proxy_buffer_size 64k and 100 connections
     that each relayed a 64 KB frame both ways, the worker holds the 128
     KB of buffers per connection with keep (and, with TLS, two written
-    16k TLS buffers), and next to nothing with release (malloc hands the
-    freed buffers to the next connection). Compared in one test, the same
-    way, so that what nginx itself allocates cancels out."""
+    16k TLS buffers), and next to nothing with release (a tick releases
+    them; malloc hands them to the next connections). Compared in one
+    test, the same way, so that what nginx itself allocates cancels
+    out."""
     count, size = 100, 65536 - 256
     growth = {}
     for mode in ("keep", "release"):
@@ -286,7 +322,8 @@ def test_idle_connections_hold_no_relay_buffers(nginx_factory, backend,
                 ws_heartbeat_idle_buffers %s;
                 proxy_buffer_size 64k;
                 proxy_buffers 4 64k;
-                proxy_busy_buffers_size 64k;""" % mode, cert, tls, tls)
+                proxy_busy_buffers_size 64k;""" % mode + TICKS,
+            cert, tls, tls)
         (worker,) = n.worker_pids()
         # one connection first: the worker's one-time allocations
         warm = idle_connections(port, b, 1, size, tls)
@@ -310,27 +347,38 @@ def test_idle_connections_hold_no_relay_buffers(nginx_factory, backend,
 def test_many_wake_ups_do_not_grow_the_worker(nginx_factory, backend):
     """Each wake-up takes a buffer back into the request's pool; the pool
     must find the record its buffer left (a new 16-byte record per
-    wake-up would grow the pool for as long as the connection lives):
-    4,000 wake-ups of one connection leave the worker's memory flat."""
+    wake-up would grow each pool for as long as its connection lives):
+    20 connections, 300 cycles each of an echo then a tick (the shortest
+    interval), 12,000 wake-ups, leave the worker's memory flat."""
+    conns, rounds = 20, 300
     n, port, b = proxied(nginx_factory, backend, """
-            ws_heartbeat on;""")
+            ws_heartbeat on;
+            ws_heartbeat_interval 10ms;
+            ws_heartbeat_timeout 60s;""")
     (worker,) = n.worker_pids()
-    c = Client(port)
-    b.accept()
+    clients = []
+    for _ in range(conns):
+        clients.append(Client(port))
+        b.accept()
 
     def cycles(count):
         for i in range(count):
-            c.send_frame(BINARY, b"%d" % i)
-            f = c.recv_frame()
-            assert f is not None and f.payload == b"%d" % i
+            for c in clients:
+                c.send_frame(BINARY, b"%d" % i)
+            for c in clients:
+                f = c.recv_frame()
+                assert f is not None and f.payload == b"%d" % i
+            for c in clients:
+                await_ticks(c, 1)           # released again
 
-    cycles(200)                             # the worker's first touches
+    cycles(20)                              # the worker's first touches
     before = rss_anon_kb(worker)
-    cycles(2000)                            # 2 wake-ups each
+    cycles(rounds)                          # 2 wake-ups each
     grown = rss_anon_kb(worker) - before
-    # 4,000 records of 16 bytes would be 62 KB
-    assert grown < 24, grown
-    c.close()
+    # a record per wake-up: 600 per pool, 9.4 KB, past any pool's slack
+    assert grown < 32, grown
+    for c in clients:
+        c.close()
 
 
 def test_keep_and_release_by_location(nginx_factory, backend):
@@ -385,9 +433,8 @@ def test_no_memory_at_wake_up_closes_that_connection(nginx_factory,
     """malloc() of a relay buffer fails when an idle connection wakes up:
     that connection ends with Close 1011 to the client and Close 1001 to
     the backend and a line in the log; the worker lives on and another
-    idle connection relays. The worker's spare buffers are those of the
-    other connection (16k, released first): the victim's 12k ones are not
-    kept, its wake-up goes to malloc()."""
+    idle connection relays. The victim's tick (a short interval) released
+    its buffers before the wake-up."""
     b = backend()
     port = free_port()
     # where the workers (user nobody when run as root) can see it
@@ -407,6 +454,8 @@ def test_no_memory_at_wake_up_closes_that_connection(nginx_factory,
         location /victim {
             proxy_pass http://127.0.0.1:%d;
             proxy_buffer_size 12k;
+            ws_heartbeat_interval 100ms;
+            ws_heartbeat_timeout 60s;
         }
     }
 """ % (port, b.port, b.port), start=False, check=False)
@@ -425,10 +474,8 @@ def test_no_memory_at_wake_up_closes_that_connection(nginx_factory,
     c.send_frame(TEXT, b"hello")
     f = c.recv_frame()
     assert f is not None and f.payload == b"hello"
-    # idle: the buffers go (if the client's direction still had its own,
-    # the echo's wake-up fails instead: the frames before the Close are
-    # skipped below)
-    time.sleep(0.1)
+    # idle: a tick releases the buffers (a Pong's wake-up releases again)
+    await_ticks(c, 2)
     open(trigger, "w").close()
     try:
         c.send_frame(TEXT, b"wake up")

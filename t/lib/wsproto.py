@@ -130,6 +130,43 @@ class Parser:
         return Frame(fin, rsv, op, masked, key, payload, raw)
 
 
+class Boundary:
+    """Where a byte stream of frames stands: at_boundary() when what was
+    fed ends on the end of a frame (headers parsed, payloads counted, no
+    payload kept)."""
+
+    def __init__(self):
+        self.head = bytearray()   # a frame header received in part
+        self.left = 0             # payload bytes of the current frame
+
+    def at_boundary(self):
+        return not self.head and self.left == 0
+
+    def feed(self, data):
+        i = 0
+        while i < len(data):
+            if self.left:
+                n = min(self.left, len(data) - i)
+                self.left -= n
+                i += n
+                continue
+            self.head.append(data[i])
+            i += 1
+            h = self.head
+            if len(h) < 2:
+                continue
+            n, need = h[1] & 127, 2 + (4 if h[1] & 128 else 0)
+            need += 2 if n == 126 else 8 if n == 127 else 0
+            if len(h) < need:
+                continue
+            if n == 126:
+                n = struct.unpack("!H", h[2:4])[0]
+            elif n == 127:
+                n = struct.unpack("!Q", h[2:10])[0]
+            self.head = bytearray()
+            self.left = n
+
+
 def read_http_head(sock, buf=b"", limit=65536):
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(4096)
@@ -304,6 +341,7 @@ class Client:
         self.sent = []            # raw frames sent, with is-module-pong
         self.record = False
         self.pending = []         # Pongs waiting for the writer's lock
+        self.tx = Boundary()      # or for the end of a frame sent in parts
         self.parser = Parser()
         self.frames = []          # received, not yet returned
         self.pings = []           # (monotonic time, Frame) of module Pings
@@ -325,9 +363,17 @@ class Client:
             self._send_locked(data, module_pong)
 
     def _send_locked(self, data, module_pong):
-        while self.pending:
-            self._send_one(*self.pending.pop(0))
+        # a Pong goes between frames only: never inside a frame of which
+        # the test has sent a part (send_raw of a cut frame)
+        self._flush_pending()
         self._send_one(data, module_pong)
+        self.tx.feed(data)
+        self._flush_pending()
+
+    def _flush_pending(self):
+        while self.pending and self.tx.at_boundary():
+            data, module_pong = self.pending.pop(0)
+            self._send_one(data, module_pong)
 
     def _send_one(self, data, module_pong):
         self.sock.sendall(data)
@@ -336,13 +382,12 @@ class Client:
 
     def _answer(self, data, module_pong):
         # never block the reader behind a writer that waits for the peer
+        self.pending.append((data, module_pong))
         if self.lock.acquire(blocking=False):
             try:
-                self._send_locked(data, module_pong)
+                self._flush_pending()
             finally:
                 self.lock.release()
-        else:
-            self.pending.append((data, module_pong))
 
     def send_text(self, text):
         self.send_frame(TEXT, text.encode())
