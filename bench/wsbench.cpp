@@ -1260,6 +1260,16 @@ int client_main(ClientOpts& o)
     for (auto& kv : tot.close_codes) {
         codes += fmt("%s\"%d\":%" PRIu64, codes.empty() ? "" : ",", kv.first, kv.second);
     }
+    // the latency histogram itself, sparse ([bucket, count] pairs; values
+    // as Histogram::value()): bench/run.py pools the windows of a paired
+    // run into one p99 per arm
+    std::string hist;
+    for (std::size_t i = 0; i < tot.lat.c.size(); i++) {
+        if (tot.lat.c[i] != 0) {
+            hist += fmt("%s[%zu,%" PRIu64 "]", hist.empty() ? "" : ",", i,
+                        tot.lat.c[i]);
+        }
+    }
     std::string j = fmt(
         "{\"label\":\"%s\",\"mode\":\"%s\",\"conns\":%d,\"opened\":%" PRIu64
         ",\"alive_at_end\":%zu,\"connect_s\":%.3f,\"size\":%zu,\"rate\":%.1f,"
@@ -1272,6 +1282,10 @@ int client_main(ClientOpts& o)
              tot.msgs, mps, mbs, us(0.5), us(0.9), us(0.99), us(0.999),
              double(tot.lat.max) / 1000.0,
              tot.lat.n ? tot.lat.sum / double(tot.lat.n) / 1000.0 : 0.0);
+    // (appended as it is: fmt() has 4 KiB of room)
+    j += fmt("\"latency_hist\":{\"sub\":%d,\"max_ns\":%" PRIu64
+             ",\"buckets\":[", Histogram::kSub, tot.lat.max);
+    j += hist + "]},";
     j += fmt("\"errors\":%" PRIu64 ",\"connect_errors\":%" PRIu64
              ",\"handshake_errors\":%" PRIu64 ",\"verify_errors\":%" PRIu64
              ",\"peer_closes\":%" PRIu64 ",\"disconnects\":%" PRIu64
