@@ -790,7 +790,7 @@ def section_pairs(args, results):
 
 def section_idle(args, results):
     q = args.quick
-    sizes = [5000] if q else [10000, 50000]
+    sizes = [5000] if q else [int(x) for x in args.idle_sizes.split(",")]
     interval = 2 if q else 10
     window = 2 * interval
     settle = interval + 2
@@ -814,7 +814,8 @@ def section_idle(args, results):
     kinds = [k for k in kinds if k[0] in args.idle_kinds.split(",")]
     runs = []
     for n_conns in sizes:
-        for rnd in range(rounds if n_conns <= 10000 else 1):
+        for rnd in range(rounds if n_conns <= 10000
+                         else args.idle_rounds_large):
             order = kinds[rnd % len(kinds):] + kinds[:rnd % len(kinds)]
             for kind, _, cfg in order:
                 res = idle_run(kind, cfg, n_conns, interval, window, settle,
@@ -1786,6 +1787,10 @@ def main():
     ap.add_argument("--pair-base", default="A", choices=["A", "K"],
                     help="what C is paired with: A (stock nginx) or K (C "
                          "with ws_heartbeat_idle_buffers keep)")
+    ap.add_argument("--idle-sizes", default="10000,50000",
+                    help="idle section: the numbers of connections")
+    ap.add_argument("--idle-rounds-large", type=int, default=1,
+                    help="idle section: rounds above 10,000 connections")
     ap.add_argument("--idle-kinds", default="A,C,K,P,F",
                     help="idle section: which of A, C, K, P, F to run")
     ap.add_argument("--only",
