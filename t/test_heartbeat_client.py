@@ -235,11 +235,17 @@ def test_read_timeout_counts_frames_held_back(ws_proxy):
     """A client whose frames wait in nginx because the backend stopped
     reading (its TCP connection up) for 2 x the read timeout is not idle;
     once they are through and it is idle, it is closed."""
-    n, port, b = ws_proxy(READ, backend_kw=dict(mode="silent"))
+    # More than the kernel buffers in the way hold: the backend's receive
+    # window kept small, for tcp_rmem may let it grow to 32 MiB, and 16
+    # MiB, for nginx's send buffer to the backend grows to tcp_wmem's
+    # maximum (4 MiB here) on the loopback's 64 KiB segments. With 4 MiB
+    # and no rcvbuf, all of it went through unblocked now and then.
+    n, port, b = ws_proxy(READ, backend_kw=dict(mode="silent",
+                                                rcvbuf=65536))
     c = Client(port)
     conn = b.accept()
     conn.reading.clear()
-    frames = [os.urandom(65536) for _ in range(64)]    # 4 MiB
+    frames = [os.urandom(1 << 18) for _ in range(64)]    # 16 MiB
     raw = b"".join(wsproto.encode_frame(BINARY, p) for p in frames)
     sender = threading.Thread(target=c.send_raw, args=(raw,), daemon=True)
     t0 = time.monotonic()

@@ -511,9 +511,12 @@ class Listener:
     elsewhere (e.g. inside a network namespace): one thread accepts, and
     each connection is served by self._serve(sock) in a thread of its own.
     A subclass sets its attributes before calling __init__: a connection
-    may come at once."""
+    may come at once. rcvbuf: SO_RCVBUF of the accepted connections (set
+    on the listening socket, so that the window is that small from the
+    SYN on): a reader that stops holds at most about that much, whatever
+    the machine's tcp_rmem lets the kernel grow a buffer to."""
 
-    def __init__(self, lsock=None, backlog=512, unix=None):
+    def __init__(self, lsock=None, backlog=512, unix=None, rcvbuf=None):
         if lsock is None and unix:
             lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             lsock.bind(unix)
@@ -522,6 +525,8 @@ class Listener:
             lsock = socket.socket()
             lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             lsock.bind(("127.0.0.1", 0))
+        if rcvbuf:
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         lsock.listen(backlog)
         self.lsock = lsock
         name = lsock.getsockname()
@@ -553,7 +558,7 @@ class Backend(Listener):
     def __init__(self, mode="echo", answer_pings=True, extensions=None,
                  upgrade="websocket", status=101, tls_context=None,
                  answer_close=True, lsock=None, unix=None,
-                 read_size=1 << 20, read_pause=0.0):
+                 read_size=1 << 20, read_pause=0.0, rcvbuf=None):
         self.mode = mode
         self.read_size = read_size
         self.read_pause = read_pause
@@ -565,7 +570,7 @@ class Backend(Listener):
         self.tls_context = tls_context
         self.conns = queue.Queue()
         self.all = []
-        super().__init__(lsock, unix=unix)
+        super().__init__(lsock, unix=unix, rcvbuf=rcvbuf)
 
     def _serve(self, s):
         try:
