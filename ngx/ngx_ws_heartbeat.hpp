@@ -62,6 +62,21 @@ typedef struct {
 #define NGX_HTTP_WS_HB_BUFFERS_RELEASE  1
 
 
+/*
+ * the relay's four events, each a pass of one direction of
+ * ngx_http_upstream_process_upgraded(): the client's (u->from_client) on
+ * client readable and upstream writable, the upstream's (u->buffer) on
+ * the other two
+ */
+
+typedef enum {
+    NGX_HTTP_WS_HB_EV_READ = 0,         /* client readable */
+    NGX_HTTP_WS_HB_EV_WRITE,            /* client writable */
+    NGX_HTTP_WS_HB_EV_UPSTREAM_READ,
+    NGX_HTTP_WS_HB_EV_UPSTREAM_WRITE
+} ngx_http_ws_heartbeat_ev_e;
+
+
 /* why a managed connection ended: $ws_heartbeat_close_reason, counters */
 
 typedef enum {
@@ -424,6 +439,17 @@ ngx_http_ws_heartbeat_conf(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 }
 
 
+/* ws_heartbeat_idle_buffers release applies to r */
+
+static inline bool
+ngx_http_ws_heartbeat_releases(ngx_http_request_t *r) noexcept
+{
+    return static_cast<ngx_http_ws_heartbeat_loc_conf_t *>(
+               ngx_http_get_module_loc_conf(r, ngx_ws_heartbeat_module))
+               ->idle_buffers == NGX_HTTP_WS_HB_BUFFERS_RELEASE;
+}
+
+
 /* the counters of the connection's group: its location's */
 
 static inline ngx_http_ws_heartbeat_stats_t *
@@ -591,6 +617,8 @@ ssize_t ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf,
 void ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r) noexcept;
 void ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
     ngx_http_upstream_t *u) noexcept;
+void ngx_http_ws_heartbeat_pass(ngx_http_request_t *r,
+    ngx_http_ws_heartbeat_ev_e ev) noexcept;
 bool ngx_http_ws_heartbeat_queue_frame(ngx_http_ws_heartbeat_side_t *s,
     wshb::opcode op, std::uint16_t code, const std::uint8_t *payload,
     std::size_t len, bool replace) noexcept;
@@ -602,6 +630,12 @@ void ngx_http_ws_heartbeat_unhook(ngx_connection_t *c) noexcept;
 
 void ngx_http_ws_heartbeat_buffers_hook(ngx_http_request_t *r,
     ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
+void ngx_http_ws_heartbeat_buffers_wake(ngx_http_request_t *r,
+    ngx_http_ws_heartbeat_ev_e ev) noexcept;
+void ngx_http_ws_heartbeat_buffers_tick(ngx_http_request_t *r,
+    ngx_connection_t *c) noexcept;
+void ngx_http_ws_heartbeat_upstream_read_handler(ngx_http_request_t *r,
+    ngx_http_upstream_t *u) noexcept;
 
 
 /* ngx/ngx_ws_heartbeat_timer.cpp: deadlines, Pings, timeouts */

@@ -94,16 +94,8 @@
 #include "ngx_ws_heartbeat.hpp"
 
 
-static void ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r)
-    noexcept;
 static void ngx_http_ws_heartbeat_buffers_first_pass(ngx_http_request_t *r)
     noexcept;
-static void ngx_http_ws_heartbeat_buffers_write_handler(
-    ngx_http_request_t *r) noexcept;
-static void ngx_http_ws_heartbeat_buffers_upstream_read_handler(
-    ngx_http_request_t *r, ngx_http_upstream_t *u) noexcept;
-static void ngx_http_ws_heartbeat_buffers_upstream_write_handler(
-    ngx_http_request_t *r, ngx_http_upstream_t *u) noexcept;
 static ngx_int_t ngx_http_ws_heartbeat_reacquire(ngx_http_request_t *r,
     ngx_buf_t *b) noexcept;
 static void ngx_http_ws_heartbeat_release(ngx_http_request_t *r,
@@ -116,81 +108,31 @@ static void ngx_http_ws_heartbeat_release_if_unused(ngx_http_request_t *r,
 
 
 /*
- * the relay's four handlers go through the ones here (around the module's
- * own wrappers); and a pass of the relay is posted, through first_pass:
- * the first one, in ngx_http_upstream_upgrade(), ran without them, and an
- * idle connection may see no other event until the module's first tick
+ * The module's handlers of the relay's events (the read handler in
+ * ngx_ws_heartbeat_timer.cpp, the write handlers in ngx_ws_heartbeat_io.cpp,
+ * the upstream's read handler here) test the buffer of their direction
+ * first and come here when it is released; with release, the upstream's
+ * read event goes through the module too. And a pass of the relay is
+ * posted, through first_pass: the first one, in
+ * ngx_http_upstream_upgrade(), ran before the module's handlers, and an
+ * idle connection may see no other event until the module's first tick.
  */
 
 void
 ngx_http_ws_heartbeat_buffers_hook(ngx_http_request_t *r,
     ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
-    ngx_http_upstream_t  *u;
-
     if (ngx_http_ws_heartbeat_conf(ctx)->idle_buffers
         != NGX_HTTP_WS_HB_BUFFERS_RELEASE)
     {
         return;
     }
 
-    u = r->upstream;
-
-    r->read_event_handler = ngx_http_ws_heartbeat_buffers_read_handler;
     r->write_event_handler = ngx_http_ws_heartbeat_buffers_first_pass;
-    u->read_event_handler = ngx_http_ws_heartbeat_buffers_upstream_read_handler;
-    u->write_event_handler =
-                        ngx_http_ws_heartbeat_buffers_upstream_write_handler;
+    r->upstream->read_event_handler =
+                                ngx_http_ws_heartbeat_upstream_read_handler;
 
     (void) ngx_http_post_request(r, NULL);
-}
-
-
-/*
- * the client connection's read event: the client's bytes (the client's
- * direction), or the module's timer, which needs no relay buffer and is
- * where a connection gone quiet releases them
- */
-
-static void
-ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r) noexcept
-{
-    off_t                         sent;
-    ngx_connection_t             *c, *pc;
-    ngx_http_upstream_t          *u;
-    ngx_http_ws_heartbeat_ctx_t  *ctx;
-
-    c = r->connection;
-
-    if (c->read->timedout) {
-        ctx = ngx_http_ws_heartbeat_get_ctx(r);
-
-        if (ctx != NULL && ctx->hooked) {
-            ngx_http_ws_heartbeat_read_handler(r);
-            ngx_http_ws_heartbeat_release_if_idle(r, c, NULL);
-            return;
-        }
-    }
-
-    u = r->upstream;
-
-    if (u->from_client.start != NULL) {
-        ngx_http_ws_heartbeat_read_handler(r);
-        return;
-    }
-
-    /* a wake-up of the client's direction */
-
-    if (ngx_http_ws_heartbeat_reacquire(r, &u->from_client) != NGX_OK) {
-        return;
-    }
-
-    pc = u->peer.connection;
-    sent = pc ? pc->sent : 0;
-
-    ngx_http_ws_heartbeat_read_handler(r);
-
-    ngx_http_ws_heartbeat_release_if_unused(r, c, &u->from_client, pc, sent);
 }
 
 
@@ -207,99 +149,86 @@ ngx_http_ws_heartbeat_buffers_first_pass(ngx_http_request_t *r) noexcept
 
     c = r->connection;
 
-    r->write_event_handler = ngx_http_ws_heartbeat_buffers_write_handler;
+    r->write_event_handler = ngx_http_ws_heartbeat_write_handler;
 
-    ngx_http_ws_heartbeat_buffers_write_handler(r);
+    ngx_http_ws_heartbeat_write_handler(r);
 
     ngx_http_ws_heartbeat_release_if_idle(r, c, NULL);
 }
 
 
-/* the client is writable: the upstream's direction */
-
-static void
-ngx_http_ws_heartbeat_buffers_write_handler(ngx_http_request_t *r) noexcept
-{
-    off_t              sent;
-    ngx_connection_t  *c;
-
-    if (r->upstream->buffer.start != NULL) {
-        ngx_http_ws_heartbeat_write_handler(r);
-        return;
-    }
-
-    /* a wake-up of the upstream's direction */
-
-    if (ngx_http_ws_heartbeat_reacquire(r, &r->upstream->buffer) != NGX_OK) {
-        return;
-    }
-
-    c = r->connection;
-    sent = c->sent;
-
-    ngx_http_ws_heartbeat_write_handler(r);
-
-    ngx_http_ws_heartbeat_release_if_unused(r, c, &r->upstream->buffer, c,
-                                            sent);
-}
-
-
 /* the upstream is readable: the upstream's direction */
 
-static void
-ngx_http_ws_heartbeat_buffers_upstream_read_handler(ngx_http_request_t *r,
+void
+ngx_http_ws_heartbeat_upstream_read_handler(ngx_http_request_t *r,
     ngx_http_upstream_t *u) noexcept
 {
-    off_t              sent;
-    ngx_connection_t  *c;
-
-    if (u->buffer.start != NULL) {
-        ngx_http_ws_heartbeat_main_conf(r)->upstream_read_handler(r, u);
+    if (u->buffer.start == NULL) {
+        ngx_http_ws_heartbeat_buffers_wake(r,
+                                           NGX_HTTP_WS_HB_EV_UPSTREAM_READ);
         return;
     }
-
-    /* a wake-up of the upstream's direction */
-
-    if (ngx_http_ws_heartbeat_reacquire(r, &u->buffer) != NGX_OK) {
-        return;
-    }
-
-    c = r->connection;
-    sent = c->sent;
 
     ngx_http_ws_heartbeat_main_conf(r)->upstream_read_handler(r, u);
-
-    ngx_http_ws_heartbeat_release_if_unused(r, c, &u->buffer, c, sent);
 }
 
 
-/* the upstream is writable: the client's direction */
+/*
+ * A wake-up: an event of a direction whose buffer is released. The buffer
+ * comes back, the event's pass runs, and the buffer goes again if the
+ * pass sent nothing on (release_if_unused()).
+ */
 
-static void
-ngx_http_ws_heartbeat_buffers_upstream_write_handler(ngx_http_request_t *r,
-    ngx_http_upstream_t *u) noexcept
+void
+ngx_http_ws_heartbeat_buffers_wake(ngx_http_request_t *r,
+    ngx_http_ws_heartbeat_ev_e ev) noexcept
 {
-    off_t              sent;
-    ngx_connection_t  *c, *pc;
-
-    if (u->from_client.start != NULL) {
-        ngx_http_ws_heartbeat_upstream_write_handler(r, u);
-        return;
-    }
-
-    /* a wake-up of the client's direction */
-
-    if (ngx_http_ws_heartbeat_reacquire(r, &u->from_client) != NGX_OK) {
-        return;
-    }
+    off_t                 sent;
+    ngx_buf_t            *b;
+    ngx_connection_t     *c, *peer;
+    ngx_http_upstream_t  *u;
 
     c = r->connection;
-    pc = u->peer.connection;
-    sent = pc ? pc->sent : 0;
+    u = r->upstream;
 
-    ngx_http_ws_heartbeat_upstream_write_handler(r, u);
+    /* the buffer of the event's direction, the connection it writes to */
 
-    ngx_http_ws_heartbeat_release_if_unused(r, c, &u->from_client, pc, sent);
+    if (ev == NGX_HTTP_WS_HB_EV_READ
+        || ev == NGX_HTTP_WS_HB_EV_UPSTREAM_WRITE)
+    {
+        b = &u->from_client;
+        peer = u->peer.connection;
+
+    } else {
+        b = &u->buffer;
+        peer = c;
+    }
+
+    if (ngx_http_ws_heartbeat_reacquire(r, b) != NGX_OK) {
+        return;
+    }
+
+    sent = peer ? peer->sent : 0;
+
+    ngx_http_ws_heartbeat_pass(r, ev);
+
+    ngx_http_ws_heartbeat_release_if_unused(r, c, b, peer, sent);
+}
+
+
+/* a tick of the module's timer: a connection gone quiet releases */
+
+void
+ngx_http_ws_heartbeat_buffers_tick(ngx_http_request_t *r, ngx_connection_t *c)
+    noexcept
+{
+    /* r went with its connection */
+
+    if (c->destroyed || !ngx_http_ws_heartbeat_releases(r)) {
+        return;
+    }
+
+    ngx_http_ws_heartbeat_release_if_idle(r, c, NULL);
 }
 
 

@@ -501,8 +501,19 @@ ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept
 }
 
 
-void
-ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r) noexcept
+/*
+ * the write events: the module's own bytes to that peer first, then
+ * nginx's pass. Each first takes its direction's relay buffer back if it
+ * was released (ngx_ws_heartbeat_buffers.cpp), which then runs the pass
+ * through ngx_http_ws_heartbeat_pass(). One layer of wrappers over
+ * nginx's handlers, the buffers' test and the module's flush in one
+ * function, not the buffers' wrappers around the module's: measured
+ * (callgrind, bench/run.py --only profile, per 64 B message counted by
+ * the worker's sends) 887 -> 835 module instructions a message.
+ */
+
+static void
+ngx_http_ws_heartbeat_write_pass(ngx_http_request_t *r) noexcept
 {
     ngx_http_ws_heartbeat_ctx_t  *ctx;
 
@@ -516,8 +527,8 @@ ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r) noexcept
 }
 
 
-void
-ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
+static void
+ngx_http_ws_heartbeat_upstream_write_pass(ngx_http_request_t *r,
     ngx_http_upstream_t *u) noexcept
 {
     ngx_http_ws_heartbeat_ctx_t  *ctx;
@@ -529,4 +540,66 @@ ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
     }
 
     ngx_http_ws_heartbeat_main_conf(r)->upstream_write_handler(r, u);
+}
+
+
+/* the client is writable: the upstream's direction */
+
+void
+ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r) noexcept
+{
+    /* (u->buffer's start is NULL only when the module released it) */
+
+    if (r->upstream->buffer.start == NULL) {
+        ngx_http_ws_heartbeat_buffers_wake(r, NGX_HTTP_WS_HB_EV_WRITE);
+        return;
+    }
+
+    ngx_http_ws_heartbeat_write_pass(r);
+}
+
+
+/* the upstream is writable: the client's direction */
+
+void
+ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
+    ngx_http_upstream_t *u) noexcept
+{
+    if (u->from_client.start == NULL && ngx_http_ws_heartbeat_releases(r)) {
+        ngx_http_ws_heartbeat_buffers_wake(r,
+                                           NGX_HTTP_WS_HB_EV_UPSTREAM_WRITE);
+        return;
+    }
+
+    ngx_http_ws_heartbeat_upstream_write_pass(r, u);
+}
+
+
+/* one event's pass without the buffers' test: after a wake-up */
+
+void
+ngx_http_ws_heartbeat_pass(ngx_http_request_t *r,
+    ngx_http_ws_heartbeat_ev_e ev) noexcept
+{
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
+    hmcf = ngx_http_ws_heartbeat_main_conf(r);
+
+    switch (ev) {
+
+    case NGX_HTTP_WS_HB_EV_READ:
+        hmcf->read_handler(r);
+        break;
+
+    case NGX_HTTP_WS_HB_EV_WRITE:
+        ngx_http_ws_heartbeat_write_pass(r);
+        break;
+
+    case NGX_HTTP_WS_HB_EV_UPSTREAM_READ:
+        hmcf->upstream_read_handler(r, r->upstream);
+        break;
+
+    default: /* NGX_HTTP_WS_HB_EV_UPSTREAM_WRITE */
+        ngx_http_ws_heartbeat_upstream_write_pass(r, r->upstream);
+    }
 }
