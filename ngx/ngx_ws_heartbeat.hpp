@@ -236,6 +236,10 @@ typedef enum {
 #define NGX_HTTP_WS_HB_S_CLOSE_PENDING  0x08    /* Close after message */
 #define NGX_HTTP_WS_HB_S_PEER_CLOSED    0x10    /* its sender's Close seen */
 
+/* what a write of that side may have to follow up (after_write()) */
+#define NGX_HTTP_WS_HB_S_AFTER_WRITE                                         \
+    (NGX_HTTP_WS_HB_S_CLOSE_PENDING | NGX_HTTP_WS_HB_S_PING_QUEUED)
+
 
 /*
  * One peer of the relay, named by the peer it writes to: the client side
@@ -610,10 +614,14 @@ ngx_int_t ngx_http_ws_heartbeat_filter_init(ngx_conf_t *cf) noexcept;
 
 /* ngx/ngx_ws_heartbeat_io.cpp: the send/recv wrappers and what they run */
 
-ssize_t ngx_http_ws_heartbeat_send(ngx_connection_t *c, u_char *buf,
+ssize_t ngx_http_ws_heartbeat_send_client(ngx_connection_t *c, u_char *buf,
     size_t size) noexcept;
-ssize_t ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf,
+ssize_t ngx_http_ws_heartbeat_send_upstream(ngx_connection_t *c,
+    u_char *buf, size_t size) noexcept;
+ssize_t ngx_http_ws_heartbeat_recv_client(ngx_connection_t *c, u_char *buf,
     size_t size) noexcept;
+ssize_t ngx_http_ws_heartbeat_recv_upstream(ngx_connection_t *c,
+    u_char *buf, size_t size) noexcept;
 void ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r) noexcept;
 void ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
     ngx_http_upstream_t *u) noexcept;
@@ -623,6 +631,7 @@ bool ngx_http_ws_heartbeat_queue_frame(ngx_http_ws_heartbeat_side_t *s,
     wshb::opcode op, std::uint16_t code, const std::uint8_t *payload,
     std::size_t len, bool replace) noexcept;
 void ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept;
+void ngx_http_ws_heartbeat_watch(ngx_http_ws_heartbeat_side_t *s) noexcept;
 void ngx_http_ws_heartbeat_unhook(ngx_connection_t *c) noexcept;
 
 

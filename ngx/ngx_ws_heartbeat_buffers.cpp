@@ -129,8 +129,13 @@ ngx_http_ws_heartbeat_buffers_hook(ngx_http_request_t *r,
     }
 
     r->write_event_handler = ngx_http_ws_heartbeat_buffers_first_pass;
-    r->upstream->read_event_handler =
-                                ngx_http_ws_heartbeat_upstream_read_handler;
+
+    /* nginx's pass would allocate it itself, and keep it */
+
+    if (r->upstream->from_client.start == NULL) {
+        r->upstream->write_event_handler =
+                                ngx_http_ws_heartbeat_upstream_write_handler;
+    }
 
     (void) ngx_http_post_request(r, NULL);
 }
@@ -310,6 +315,9 @@ ngx_http_ws_heartbeat_reacquire(ngx_http_request_t *r, ngx_buf_t *b)
 static void
 ngx_http_ws_heartbeat_release(ngx_http_request_t *r, ngx_buf_t *b) noexcept
 {
+    ngx_http_upstream_t                *u;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
     if (b->start == NULL || ngx_pfree(r->pool, b->start) != NGX_OK) {
         return;
     }
@@ -318,6 +326,30 @@ ngx_http_ws_heartbeat_release(ngx_http_request_t *r, ngx_buf_t *b) noexcept
     b->pos = NULL;
     b->last = NULL;
     b->end = NULL;
+
+    /*
+     * the direction's events go through the module's handlers until the
+     * buffer is back (nginx's pass would not read into a NULL u->buffer,
+     * and would allocate u->from_client and keep it); each handler puts
+     * nginx's back once it has the buffer again
+     */
+
+    u = r->upstream;
+    hmcf = ngx_http_ws_heartbeat_main_conf(r);
+
+    if (b == &u->buffer) {
+        if (u->read_event_handler == hmcf->upstream_read_handler) {
+            u->read_event_handler =
+                                ngx_http_ws_heartbeat_upstream_read_handler;
+        }
+
+        if (r->write_event_handler == hmcf->write_handler) {
+            r->write_event_handler = ngx_http_ws_heartbeat_write_handler;
+        }
+
+    } else if (u->write_event_handler == hmcf->upstream_write_handler) {
+        u->write_event_handler = ngx_http_ws_heartbeat_upstream_write_handler;
+    }
 }
 
 
