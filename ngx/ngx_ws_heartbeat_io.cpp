@@ -173,12 +173,15 @@ struct ngx_http_ws_heartbeat_io {
                                     discarded[ctx->other(side)->which()]);
     }
 
-    void on_frame(const wshb::frame_header &h, const std::uint8_t *payload,
-                  std::size_t n) noexcept
+    WSHB_HOT_INLINE void on_frame(const wshb::frame_header &h,
+        const std::uint8_t *payload, std::size_t n) noexcept
     {
         /*
          * any other frame: a graceful Close may wait for its end (the
-         * flag tested here first, not in a call a frame)
+         * flag tested here first, not in a call a frame). Forced inline:
+         * with outbound::send() inline in the send wrapper gcc no longer
+         * inlined it; measured (callgrind, 64 B messages) 555 -> 530
+         * module instructions a message.
          */
 
         if (h.op != wshb::opcode::close) {
