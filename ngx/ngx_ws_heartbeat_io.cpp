@@ -596,13 +596,12 @@ ngx_http_ws_heartbeat_queue_frame(ngx_http_ws_heartbeat_side_t *s,
         s->out.drop_queued();
     }
 
-    if (n == 0 || !s->out.queue(frame, n, op == wshb::opcode::close)) {
-        return false;
-    }
+    /*
+     * (every caller flushes next, or queues from inside the send wrapper:
+     * what is still pending after that puts the write handler in)
+     */
 
-    ngx_http_ws_heartbeat_watch(s);
-
-    return true;
+    return n != 0 && s->out.queue(frame, n, op == wshb::opcode::close);
 }
 
 
