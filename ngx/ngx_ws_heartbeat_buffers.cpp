@@ -180,7 +180,11 @@ ngx_http_ws_heartbeat_buffers_first_pass(ngx_http_request_t *r) noexcept
 }
 
 
-/* the upstream is readable: the upstream's direction */
+/*
+ * the upstream is readable: the upstream's direction. The module's only
+ * while u->buffer is released; the pass puts nginx's back (the buffer may
+ * have come back through the client's write event meanwhile)
+ */
 
 void
 ngx_http_ws_heartbeat_upstream_read_handler(ngx_http_request_t *r,
@@ -192,7 +196,7 @@ ngx_http_ws_heartbeat_upstream_read_handler(ngx_http_request_t *r,
         return;
     }
 
-    ngx_http_ws_heartbeat_main_conf(r)->upstream_read_handler(r, u);
+    ngx_http_ws_heartbeat_pass(r, NGX_HTTP_WS_HB_EV_UPSTREAM_READ);
 }
 
 
