@@ -3,7 +3,9 @@
  * ngx_ws_heartbeat_module: the relay's bytes. The send/recv wrappers that
  * nginx's relay calls on both connections, the Io adapter that gives
  * wshb::outbound (src/outbound.hpp) the real send, and the write-event
- * wrappers that flush the module's own frames before the relay runs.
+ * handlers that flush the module's own frames before the relay runs,
+ * put in front of nginx's only while there is something to flush or a
+ * relay buffer to take back (watch(); ngx_ws_heartbeat_buffers.cpp).
  * Calls the timer (a blocked write, a written Ping), the close path (an
  * endpoint's Close, a frame it cannot parse) and the counters.
  */
