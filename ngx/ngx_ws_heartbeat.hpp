@@ -62,6 +62,21 @@ typedef struct {
 #define NGX_HTTP_WS_HB_BUFFERS_RELEASE  1
 
 
+/*
+ * the relay's four events, each a pass of one direction of
+ * ngx_http_upstream_process_upgraded(): the client's (u->from_client) on
+ * client readable and upstream writable, the upstream's (u->buffer) on
+ * the other two
+ */
+
+typedef enum {
+    NGX_HTTP_WS_HB_EV_READ = 0,         /* client readable */
+    NGX_HTTP_WS_HB_EV_WRITE,            /* client writable */
+    NGX_HTTP_WS_HB_EV_UPSTREAM_READ,
+    NGX_HTTP_WS_HB_EV_UPSTREAM_WRITE
+} ngx_http_ws_heartbeat_ev_e;
+
+
 /* why a managed connection ended: $ws_heartbeat_close_reason, counters */
 
 typedef enum {
@@ -220,6 +235,10 @@ typedef enum {
 #define NGX_HTTP_WS_HB_S_CLOSE_SENT     0x04    /* a Close went to it */
 #define NGX_HTTP_WS_HB_S_CLOSE_PENDING  0x08    /* Close after message */
 #define NGX_HTTP_WS_HB_S_PEER_CLOSED    0x10    /* its sender's Close seen */
+
+/* what a write of that side may have to follow up (after_write()) */
+#define NGX_HTTP_WS_HB_S_AFTER_WRITE                                         \
+    (NGX_HTTP_WS_HB_S_CLOSE_PENDING | NGX_HTTP_WS_HB_S_PING_QUEUED)
 
 
 /*
@@ -424,6 +443,17 @@ ngx_http_ws_heartbeat_conf(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 }
 
 
+/* ws_heartbeat_idle_buffers release applies to r */
+
+static inline bool
+ngx_http_ws_heartbeat_releases(ngx_http_request_t *r) noexcept
+{
+    return static_cast<ngx_http_ws_heartbeat_loc_conf_t *>(
+               ngx_http_get_module_loc_conf(r, ngx_ws_heartbeat_module))
+               ->idle_buffers == NGX_HTTP_WS_HB_BUFFERS_RELEASE;
+}
+
+
 /* the counters of the connection's group: its location's */
 
 static inline ngx_http_ws_heartbeat_stats_t *
@@ -584,17 +614,24 @@ ngx_int_t ngx_http_ws_heartbeat_filter_init(ngx_conf_t *cf) noexcept;
 
 /* ngx/ngx_ws_heartbeat_io.cpp: the send/recv wrappers and what they run */
 
-ssize_t ngx_http_ws_heartbeat_send(ngx_connection_t *c, u_char *buf,
+ssize_t ngx_http_ws_heartbeat_send_client(ngx_connection_t *c, u_char *buf,
     size_t size) noexcept;
-ssize_t ngx_http_ws_heartbeat_recv(ngx_connection_t *c, u_char *buf,
+ssize_t ngx_http_ws_heartbeat_send_upstream(ngx_connection_t *c,
+    u_char *buf, size_t size) noexcept;
+ssize_t ngx_http_ws_heartbeat_recv_client(ngx_connection_t *c, u_char *buf,
     size_t size) noexcept;
+ssize_t ngx_http_ws_heartbeat_recv_upstream(ngx_connection_t *c,
+    u_char *buf, size_t size) noexcept;
 void ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r) noexcept;
 void ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
     ngx_http_upstream_t *u) noexcept;
+void ngx_http_ws_heartbeat_pass(ngx_http_request_t *r,
+    ngx_http_ws_heartbeat_ev_e ev) noexcept;
 bool ngx_http_ws_heartbeat_queue_frame(ngx_http_ws_heartbeat_side_t *s,
     wshb::opcode op, std::uint16_t code, const std::uint8_t *payload,
     std::size_t len, bool replace) noexcept;
 void ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept;
+void ngx_http_ws_heartbeat_watch(ngx_http_ws_heartbeat_side_t *s) noexcept;
 void ngx_http_ws_heartbeat_unhook(ngx_connection_t *c) noexcept;
 
 
@@ -602,6 +639,12 @@ void ngx_http_ws_heartbeat_unhook(ngx_connection_t *c) noexcept;
 
 void ngx_http_ws_heartbeat_buffers_hook(ngx_http_request_t *r,
     ngx_http_ws_heartbeat_ctx_t *ctx) noexcept;
+void ngx_http_ws_heartbeat_buffers_wake(ngx_http_request_t *r,
+    ngx_http_ws_heartbeat_ev_e ev) noexcept;
+void ngx_http_ws_heartbeat_buffers_tick(ngx_http_request_t *r,
+    ngx_connection_t *c) noexcept;
+void ngx_http_ws_heartbeat_upstream_read_handler(ngx_http_request_t *r,
+    ngx_http_upstream_t *u) noexcept;
 
 
 /* ngx/ngx_ws_heartbeat_timer.cpp: deadlines, Pings, timeouts */

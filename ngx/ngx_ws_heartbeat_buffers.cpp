@@ -12,6 +12,24 @@
  * both connections (ssl_buffer_size, 16k each), used only for the 101
  * header and the request to the upstream.
  *
+ * The hooks. There is one layer of the module's handlers over nginx's:
+ * each relay event's handler of the module (client readable:
+ * ngx_ws_heartbeat_timer.cpp, its timer too; client or upstream writable:
+ * ngx_ws_heartbeat_io.cpp; upstream readable: here) tests its direction's
+ * buffer and comes here only when it is released (buffers_wake()). Only
+ * the client's read handler is the module's all the time (the timer is
+ * that event's). The other three are the module's while there is
+ * something to do there: release() puts the handlers of the released
+ * buffer's direction in (u->buffer: client writable, upstream readable;
+ * u->from_client: upstream writable, since nginx's pass would allocate
+ * it itself and keep it), the io file's watch() puts a write handler in
+ * while the module's own bytes wait for that peer, and each handler puts
+ * nginx's back when its buffer is there and nothing of the module's waits.
+ * A swap replaces only the handler it expects: what nginx sets itself (at
+ * finalize, a lingering close) stays. Measured: see ngx_ws_heartbeat_io.cpp
+ * (887 -> 766 module instructions per 64 B message with the first two
+ * steps: one layer, the handlers swapped).
+ *
  * What is read here of nginx, the same text in every release from 1.22.0
  * to 1.31.4 (ngx_http_upstream_upgrade() through
  * ngx_http_upstream_process_upgraded(), ngx_palloc_large(), ngx_pfree(),
@@ -53,8 +71,8 @@
  * pass and nothing else:
  *
  * - once, right after the upgrade: the hook posts a pass of the relay
- *   through a one-shot write handler (first_pass) that puts the ordinary
- *   one back, runs it, then releases what is empty. Without it a
+ *   through a one-shot write handler (first_pass) that runs the module's
+ *   write handler (which puts nginx's back), then releases what is empty. Without it a
  *   connection that stays silent would keep its buffers until the first
  *   tick, and the memory of the connections that came before would not
  *   be reused by the next ones (glibc keeps a freed chunk inside the heap
@@ -94,16 +112,8 @@
 #include "ngx_ws_heartbeat.hpp"
 
 
-static void ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r)
-    noexcept;
 static void ngx_http_ws_heartbeat_buffers_first_pass(ngx_http_request_t *r)
     noexcept;
-static void ngx_http_ws_heartbeat_buffers_write_handler(
-    ngx_http_request_t *r) noexcept;
-static void ngx_http_ws_heartbeat_buffers_upstream_read_handler(
-    ngx_http_request_t *r, ngx_http_upstream_t *u) noexcept;
-static void ngx_http_ws_heartbeat_buffers_upstream_write_handler(
-    ngx_http_request_t *r, ngx_http_upstream_t *u) noexcept;
 static ngx_int_t ngx_http_ws_heartbeat_reacquire(ngx_http_request_t *r,
     ngx_buf_t *b) noexcept;
 static void ngx_http_ws_heartbeat_release(ngx_http_request_t *r,
@@ -116,81 +126,36 @@ static void ngx_http_ws_heartbeat_release_if_unused(ngx_http_request_t *r,
 
 
 /*
- * the relay's four handlers go through the ones here (around the module's
- * own wrappers); and a pass of the relay is posted, through first_pass:
- * the first one, in ngx_http_upstream_upgrade(), ran without them, and an
- * idle connection may see no other event until the module's first tick
+ * The module's handlers of the relay's events (the read handler in
+ * ngx_ws_heartbeat_timer.cpp, the write handlers in ngx_ws_heartbeat_io.cpp,
+ * the upstream's read handler here) test the buffer of their direction
+ * first and come here when it is released; with release, the upstream's
+ * read event goes through the module too. And a pass of the relay is
+ * posted, through first_pass: the first one, in
+ * ngx_http_upstream_upgrade(), ran before the module's handlers, and an
+ * idle connection may see no other event until the module's first tick.
  */
 
 void
 ngx_http_ws_heartbeat_buffers_hook(ngx_http_request_t *r,
     ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 {
-    ngx_http_upstream_t  *u;
-
     if (ngx_http_ws_heartbeat_conf(ctx)->idle_buffers
         != NGX_HTTP_WS_HB_BUFFERS_RELEASE)
     {
         return;
     }
 
-    u = r->upstream;
-
-    r->read_event_handler = ngx_http_ws_heartbeat_buffers_read_handler;
     r->write_event_handler = ngx_http_ws_heartbeat_buffers_first_pass;
-    u->read_event_handler = ngx_http_ws_heartbeat_buffers_upstream_read_handler;
-    u->write_event_handler =
-                        ngx_http_ws_heartbeat_buffers_upstream_write_handler;
+
+    /* nginx's pass would allocate it itself, and keep it */
+
+    if (r->upstream->from_client.start == NULL) {
+        r->upstream->write_event_handler =
+                                ngx_http_ws_heartbeat_upstream_write_handler;
+    }
 
     (void) ngx_http_post_request(r, NULL);
-}
-
-
-/*
- * the client connection's read event: the client's bytes (the client's
- * direction), or the module's timer, which needs no relay buffer and is
- * where a connection gone quiet releases them
- */
-
-static void
-ngx_http_ws_heartbeat_buffers_read_handler(ngx_http_request_t *r) noexcept
-{
-    off_t                         sent;
-    ngx_connection_t             *c, *pc;
-    ngx_http_upstream_t          *u;
-    ngx_http_ws_heartbeat_ctx_t  *ctx;
-
-    c = r->connection;
-
-    if (c->read->timedout) {
-        ctx = ngx_http_ws_heartbeat_get_ctx(r);
-
-        if (ctx != NULL && ctx->hooked) {
-            ngx_http_ws_heartbeat_read_handler(r);
-            ngx_http_ws_heartbeat_release_if_idle(r, c, NULL);
-            return;
-        }
-    }
-
-    u = r->upstream;
-
-    if (u->from_client.start != NULL) {
-        ngx_http_ws_heartbeat_read_handler(r);
-        return;
-    }
-
-    /* a wake-up of the client's direction */
-
-    if (ngx_http_ws_heartbeat_reacquire(r, &u->from_client) != NGX_OK) {
-        return;
-    }
-
-    pc = u->peer.connection;
-    sent = pc ? pc->sent : 0;
-
-    ngx_http_ws_heartbeat_read_handler(r);
-
-    ngx_http_ws_heartbeat_release_if_unused(r, c, &u->from_client, pc, sent);
 }
 
 
@@ -207,99 +172,90 @@ ngx_http_ws_heartbeat_buffers_first_pass(ngx_http_request_t *r) noexcept
 
     c = r->connection;
 
-    r->write_event_handler = ngx_http_ws_heartbeat_buffers_write_handler;
+    r->write_event_handler = ngx_http_ws_heartbeat_write_handler;
 
-    ngx_http_ws_heartbeat_buffers_write_handler(r);
+    ngx_http_ws_heartbeat_write_handler(r);
 
     ngx_http_ws_heartbeat_release_if_idle(r, c, NULL);
 }
 
 
-/* the client is writable: the upstream's direction */
+/*
+ * the upstream is readable: the upstream's direction. The module's only
+ * while u->buffer is released; the pass puts nginx's back (the buffer may
+ * have come back through the client's write event meanwhile)
+ */
 
-static void
-ngx_http_ws_heartbeat_buffers_write_handler(ngx_http_request_t *r) noexcept
+void
+ngx_http_ws_heartbeat_upstream_read_handler(ngx_http_request_t *r,
+    ngx_http_upstream_t *u) noexcept
 {
-    off_t              sent;
-    ngx_connection_t  *c;
-
-    if (r->upstream->buffer.start != NULL) {
-        ngx_http_ws_heartbeat_write_handler(r);
+    if (u->buffer.start == NULL) {
+        ngx_http_ws_heartbeat_buffers_wake(r,
+                                           NGX_HTTP_WS_HB_EV_UPSTREAM_READ);
         return;
     }
 
-    /* a wake-up of the upstream's direction */
-
-    if (ngx_http_ws_heartbeat_reacquire(r, &r->upstream->buffer) != NGX_OK) {
-        return;
-    }
-
-    c = r->connection;
-    sent = c->sent;
-
-    ngx_http_ws_heartbeat_write_handler(r);
-
-    ngx_http_ws_heartbeat_release_if_unused(r, c, &r->upstream->buffer, c,
-                                            sent);
+    ngx_http_ws_heartbeat_pass(r, NGX_HTTP_WS_HB_EV_UPSTREAM_READ);
 }
 
 
-/* the upstream is readable: the upstream's direction */
+/*
+ * A wake-up: an event of a direction whose buffer is released. The buffer
+ * comes back, the event's pass runs, and the buffer goes again if the
+ * pass sent nothing on (release_if_unused()).
+ */
 
-static void
-ngx_http_ws_heartbeat_buffers_upstream_read_handler(ngx_http_request_t *r,
-    ngx_http_upstream_t *u) noexcept
+void
+ngx_http_ws_heartbeat_buffers_wake(ngx_http_request_t *r,
+    ngx_http_ws_heartbeat_ev_e ev) noexcept
 {
-    off_t              sent;
-    ngx_connection_t  *c;
-
-    if (u->buffer.start != NULL) {
-        ngx_http_ws_heartbeat_main_conf(r)->upstream_read_handler(r, u);
-        return;
-    }
-
-    /* a wake-up of the upstream's direction */
-
-    if (ngx_http_ws_heartbeat_reacquire(r, &u->buffer) != NGX_OK) {
-        return;
-    }
+    off_t                 sent;
+    ngx_buf_t            *b;
+    ngx_connection_t     *c, *peer;
+    ngx_http_upstream_t  *u;
 
     c = r->connection;
-    sent = c->sent;
+    u = r->upstream;
 
-    ngx_http_ws_heartbeat_main_conf(r)->upstream_read_handler(r, u);
+    /* the buffer of the event's direction, the connection it writes to */
 
-    ngx_http_ws_heartbeat_release_if_unused(r, c, &u->buffer, c, sent);
+    if (ev == NGX_HTTP_WS_HB_EV_READ
+        || ev == NGX_HTTP_WS_HB_EV_UPSTREAM_WRITE)
+    {
+        b = &u->from_client;
+        peer = u->peer.connection;
+
+    } else {
+        b = &u->buffer;
+        peer = c;
+    }
+
+    if (ngx_http_ws_heartbeat_reacquire(r, b) != NGX_OK) {
+        return;
+    }
+
+    sent = peer ? peer->sent : 0;
+
+    ngx_http_ws_heartbeat_pass(r, ev);
+
+    ngx_http_ws_heartbeat_release_if_unused(r, c, b, peer, sent);
 }
 
 
-/* the upstream is writable: the client's direction */
+/* a tick of the module's timer: a connection gone quiet releases */
 
-static void
-ngx_http_ws_heartbeat_buffers_upstream_write_handler(ngx_http_request_t *r,
-    ngx_http_upstream_t *u) noexcept
+void
+ngx_http_ws_heartbeat_buffers_tick(ngx_http_request_t *r, ngx_connection_t *c)
+    noexcept
 {
-    off_t              sent;
-    ngx_connection_t  *c, *pc;
+    /* r went with its connection */
 
-    if (u->from_client.start != NULL) {
-        ngx_http_ws_heartbeat_upstream_write_handler(r, u);
+    if (c->destroyed || !ngx_http_ws_heartbeat_releases(r)) {
         return;
     }
 
-    /* a wake-up of the client's direction */
-
-    if (ngx_http_ws_heartbeat_reacquire(r, &u->from_client) != NGX_OK) {
-        return;
-    }
-
-    c = r->connection;
-    pc = u->peer.connection;
-    sent = pc ? pc->sent : 0;
-
-    ngx_http_ws_heartbeat_upstream_write_handler(r, u);
-
-    ngx_http_ws_heartbeat_release_if_unused(r, c, &u->from_client, pc, sent);
+    ngx_http_ws_heartbeat_release_if_idle(r, c, NULL);
 }
 
 
@@ -381,6 +337,9 @@ ngx_http_ws_heartbeat_reacquire(ngx_http_request_t *r, ngx_buf_t *b)
 static void
 ngx_http_ws_heartbeat_release(ngx_http_request_t *r, ngx_buf_t *b) noexcept
 {
+    ngx_http_upstream_t                *u;
+    ngx_http_ws_heartbeat_main_conf_t  *hmcf;
+
     if (b->start == NULL || ngx_pfree(r->pool, b->start) != NGX_OK) {
         return;
     }
@@ -389,6 +348,30 @@ ngx_http_ws_heartbeat_release(ngx_http_request_t *r, ngx_buf_t *b) noexcept
     b->pos = NULL;
     b->last = NULL;
     b->end = NULL;
+
+    /*
+     * the direction's events go through the module's handlers until the
+     * buffer is back (nginx's pass would not read into a NULL u->buffer,
+     * and would allocate u->from_client and keep it); each handler puts
+     * nginx's back once it has the buffer again
+     */
+
+    u = r->upstream;
+    hmcf = ngx_http_ws_heartbeat_main_conf(r);
+
+    if (b == &u->buffer) {
+        if (u->read_event_handler == hmcf->upstream_read_handler) {
+            u->read_event_handler =
+                                ngx_http_ws_heartbeat_upstream_read_handler;
+        }
+
+        if (r->write_event_handler == hmcf->write_handler) {
+            r->write_event_handler = ngx_http_ws_heartbeat_write_handler;
+        }
+
+    } else if (u->write_event_handler == hmcf->upstream_write_handler) {
+        u->write_event_handler = ngx_http_ws_heartbeat_upstream_write_handler;
+    }
 }
 
 

@@ -228,7 +228,7 @@ ngx_http_ws_heartbeat_exiting(ngx_event_t *ev) noexcept
 
     for (i = 0; i < ngx_cycle->connection_n; i++) {
         if (c[i].fd == (ngx_socket_t) -1
-            || c[i].send != ngx_http_ws_heartbeat_send)
+            || c[i].send != ngx_http_ws_heartbeat_send_client)
         {
             continue;
         }

@@ -349,9 +349,13 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
     ctx->unsent[0] = NGX_HTTP_WS_HB_UNSENT_NONE;
     ctx->unsent[1] = NGX_HTTP_WS_HB_UNSENT_NONE;
 
+    /*
+     * the client's read event is the module's timer: always the module's;
+     * the other three are the module's only while it has something to do
+     * there (ngx_http_ws_heartbeat_watch(), the idle buffers)
+     */
+
     r->read_event_handler = ngx_http_ws_heartbeat_read_handler;
-    r->write_event_handler = ngx_http_ws_heartbeat_write_handler;
-    u->write_event_handler = ngx_http_ws_heartbeat_upstream_write_handler;
 
     /*
      * not cancelable: like nginx's own relay timers it keeps an exiting
@@ -362,10 +366,10 @@ ngx_http_ws_heartbeat_hook(ngx_http_request_t *r,
 
     timer->cancelable = 0;
 
-    c->send = ngx_http_ws_heartbeat_send;
-    c->recv = ngx_http_ws_heartbeat_recv;
-    uc->send = ngx_http_ws_heartbeat_send;
-    uc->recv = ngx_http_ws_heartbeat_recv;
+    c->send = ngx_http_ws_heartbeat_send_client;
+    c->recv = ngx_http_ws_heartbeat_recv_client;
+    uc->send = ngx_http_ws_heartbeat_send_upstream;
+    uc->recv = ngx_http_ws_heartbeat_recv_upstream;
 
     /* ws_heartbeat_idle_buffers release: its handlers go around these */
 

@@ -70,22 +70,57 @@ ngx_http_ws_heartbeat_start(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 }
 
 
-/* the client connection's read event: readable, or the module's timer */
+/*
+ * the module's timer has fired (the client connection's read event timed
+ * out); false: not the module's (no hooked ctx), the relay's pass runs.
+ * Out of line: inlined into the read handler (its one caller), it made
+ * each read event of the client save and restore six registers and call
+ * nginx's handler instead of jumping to it; measured (callgrind, 64 B
+ * messages) 639 -> 623 module instructions a message.
+ */
+
+static WSHB_OUT_OF_LINE bool
+ngx_http_ws_heartbeat_tick(ngx_http_request_t *r) noexcept
+{
+    ngx_connection_t             *c;
+    ngx_http_ws_heartbeat_ctx_t  *ctx;
+
+    c = r->connection;
+    c->read->timedout = 0;
+
+    ctx = ngx_http_ws_heartbeat_get_ctx(r);
+
+    if (ctx == NULL || !ctx->hooked) {
+        return false;
+    }
+
+    ngx_http_ws_heartbeat_timer_handler(ctx);
+
+    /* (r may be gone: the tick tests c->destroyed first) */
+    ngx_http_ws_heartbeat_buffers_tick(r, c);
+
+    return true;
+}
+
+
+/*
+ * the client connection's read event: the module's timer, or the client's
+ * bytes (a pass of the client's direction, which first takes its relay
+ * buffer back if it was released: ngx_ws_heartbeat_buffers.cpp)
+ */
 
 void
 ngx_http_ws_heartbeat_read_handler(ngx_http_request_t *r) noexcept
 {
-    ngx_http_ws_heartbeat_ctx_t  *ctx;
+    if (r->connection->read->timedout && ngx_http_ws_heartbeat_tick(r)) {
+        return;
+    }
 
-    ctx = ngx_http_ws_heartbeat_get_ctx(r);
-
-    if (r->connection->read->timedout) {
-        r->connection->read->timedout = 0;
-
-        if (ctx != NULL && ctx->hooked) {
-            ngx_http_ws_heartbeat_timer_handler(ctx);
-            return;
-        }
+    if (r->upstream->from_client.start == NULL
+        && ngx_http_ws_heartbeat_releases(r))
+    {
+        ngx_http_ws_heartbeat_buffers_wake(r, NGX_HTTP_WS_HB_EV_READ);
+        return;
     }
 
     ngx_http_ws_heartbeat_main_conf(r)->read_handler(r);

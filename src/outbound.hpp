@@ -566,8 +566,13 @@ std::size_t outbound::absorb(Io& io, const std::uint8_t* p,
     return k;
 }
 
+// Inline into the glue's send() wrapper, its one caller there: one call
+// and one set of register saves a frame instead of two. Measured
+// (callgrind, the module per 64 B message, bench/run.py --only profile):
+// 594 -> 555 instructions.
 template <class Io>
-long outbound::send(Io& io, const std::uint8_t* p, std::size_t n) noexcept
+WSHB_HOT_INLINE long outbound::send(Io& io, const std::uint8_t* p,
+                                    std::size_t n) noexcept
 {
     std::size_t done = 0;
 
