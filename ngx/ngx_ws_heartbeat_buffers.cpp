@@ -84,11 +84,12 @@
  *   interval;
  *
  * - after a pass that found its buffer released and relayed nothing (the
- *   peer's Pong to the module's Ping, swallowed; a write event with
- *   nothing to write, as each Ping sent brings): without this the Pong
- *   and the write event that follow each tick's Ping would take the
- *   buffers back for the whole interval (release_if_unused). Only a
- *   wake-up pays the test.
+ *   peer's Pong to the module's Ping, swallowed; an upstream write event
+ *   with nothing to write, as each upstream Ping sent brings): without
+ *   this the Pong and the write event that follow each tick's Ping would
+ *   take the buffers back for the whole interval (release_if_unused).
+ *   Only a wake-up pays the test. The client's write event wakes nothing
+ *   (u->buffer is not needed there: see release()).
  *
  * Plain ngx_pfree() and ngx_palloc(): at most one release per tick per
  * connection.
@@ -350,10 +351,19 @@ ngx_http_ws_heartbeat_release(ngx_http_request_t *r, ngx_buf_t *b) noexcept
     b->end = NULL;
 
     /*
-     * the direction's events go through the module's handlers until the
-     * buffer is back (nginx's pass would not read into a NULL u->buffer,
-     * and would allocate u->from_client and keep it); each handler puts
-     * nginx's back once it has the buffer again
+     * the events that need the buffer go through the module's handlers
+     * until it is back: the upstream's read event for u->buffer (nginx's
+     * pass would not read into a NULL one), the upstream's write event for
+     * u->from_client (nginx's pass would allocate it and keep it); each
+     * handler puts nginx's back once it has the buffer again. The client's
+     * write event does not need u->buffer: nginx's pass of the upstream's
+     * direction with a NULL one sends nothing (pos = last) and reads
+     * nothing (end = last), as with an empty one, and the upstream's read
+     * event, which brings the upstream's bytes, takes it back first.
+     * Without a wake-up there, each Ping sent (a write event of the
+     * client's when it leaves the socket buffer) took u->buffer back and
+     * released it again: measured (callgrind, idle Ping/Pong round trip),
+     * 4467 -> 3452 worker instructions (the module's 2240 -> 1799).
      */
 
     u = r->upstream;
@@ -363,10 +373,6 @@ ngx_http_ws_heartbeat_release(ngx_http_request_t *r, ngx_buf_t *b) noexcept
         if (u->read_event_handler == hmcf->upstream_read_handler) {
             u->read_event_handler =
                                 ngx_http_ws_heartbeat_upstream_read_handler;
-        }
-
-        if (r->write_event_handler == hmcf->write_handler) {
-            r->write_event_handler = ngx_http_ws_heartbeat_write_handler;
         }
 
     } else if (u->write_event_handler == hmcf->upstream_write_handler) {

@@ -721,18 +721,15 @@ ngx_http_ws_heartbeat_upstream_write_pass(ngx_http_request_t *r,
 }
 
 
-/* the client is writable: the upstream's direction */
+/*
+ * the client is writable: the upstream's direction. No wake-up when
+ * u->buffer is released: nginx's pass sends and reads nothing with a NULL
+ * one (see ngx_ws_heartbeat_buffers.cpp, release())
+ */
 
 void
 ngx_http_ws_heartbeat_write_handler(ngx_http_request_t *r) noexcept
 {
-    /* (u->buffer's start is NULL only when the module released it) */
-
-    if (r->upstream->buffer.start == NULL) {
-        ngx_http_ws_heartbeat_buffers_wake(r, NGX_HTTP_WS_HB_EV_WRITE);
-        return;
-    }
-
     ngx_http_ws_heartbeat_write_pass(r);
 }
 
