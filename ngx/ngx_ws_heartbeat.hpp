@@ -37,6 +37,11 @@ extern "C" {
 #define NGX_HTTP_WS_HEARTBEAT_MIN_TIME  10
 #define NGX_HTTP_WS_HEARTBEAT_MAX_TIME  (30LL * 24 * 60 * 60 * 1000)
 
+/* the heartbeat machine's 32-bit times rely on it (src/heartbeat.hpp) */
+
+static_assert(NGX_HTTP_WS_HEARTBEAT_MAX_TIME <= wshb::max_config_ms,
+              "a directive's time beyond what the heartbeat machine takes");
+
 
 typedef struct {
     ngx_flag_t                      enable;

@@ -109,7 +109,8 @@ ngx_http_ws_heartbeat_deadline(ngx_http_ws_heartbeat_side_t *s) noexcept
     }
 
     deadline = hb->next_deadline(
-                   ngx_http_ws_heartbeat_hb_conf(ctx, s->which()));
+                   ngx_http_ws_heartbeat_hb_conf(ctx, s->which()),
+                   ngx_current_msec);
 
     /*
      * bytes from the peer move the next Ping later but do not re-arm the
