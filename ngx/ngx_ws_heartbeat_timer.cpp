@@ -214,17 +214,19 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 static void
 ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
+    std::uint32_t                 seq;
     wshb::heartbeat              *hb;
     ngx_http_ws_heartbeat_ctx_t  *ctx;
-    std::uint8_t                  payload[wshb::ping_payload_size];
 
     ctx = ngx_http_ws_heartbeat_ctx_of(s);
     hb = ctx->hb(s->which());
 
-    (void) hb->make_ping(payload, ctx->random);
+    /* queued as its number: its payload is laid out at each write */
 
-    if (!ngx_http_ws_heartbeat_queue_frame(s, wshb::opcode::ping, 0, payload,
-                                           sizeof(payload), false))
+    seq = hb->next_ping();
+
+    if (!ngx_http_ws_heartbeat_queue_frame(s, wshb::opcode::ping, seq,
+                                           wshb::close_text::none, false))
     {
         /* not sent (no mask key, the queue refused it): again later */
         hb->on_ping_not_sent(ngx_current_msec);
