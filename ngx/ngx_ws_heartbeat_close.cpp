@@ -268,9 +268,9 @@ ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
 
     } else {
         ngx_http_ws_heartbeat_send_close(&ctx->client, 1011,
-                                   wshb::close_text::upstream_timeout);
+                                         wshb::close_text::upstream_timeout);
         ngx_http_ws_heartbeat_send_close(&ctx->upstream, 1001,
-                                   wshb::close_text::heartbeat_timeout);
+                                         wshb::close_text::heartbeat_timeout);
     }
 
     ngx_http_ws_heartbeat_finalize(ctx);

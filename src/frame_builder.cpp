@@ -249,8 +249,8 @@ queued_frame queued_close(std::uint16_t code, close_text text,
     f.op = opcode::close;
     f.text = text;
     set_mask(f, mask);
-    f.size = static_cast<std::uint8_t>(control_frame_size(
-        2 + std::strlen(to_string(text)), f.masked));
+    f.size = static_cast<std::uint8_t>(
+        control_frame_size(2 + std::strlen(to_string(text)), f.masked));
 
     return f;
 }
@@ -269,8 +269,8 @@ std::size_t build_queued(const queued_frame& f, std::uint32_t key,
 
         ping_payload(payload, f.value, key);
 
-        return build_control(opcode::ping, payload, sizeof(payload), mask,
-                             out, cap);
+        return build_control(opcode::ping, payload, sizeof(payload), mask, out,
+                             cap);
     }
 
     const char* text = to_string(f.text);

@@ -82,8 +82,8 @@ struct queued_frame {
     std::uint8_t mask[4] = {}; // the masking key, when masked
     opcode op = opcode::ping;  // ping or close
     close_text text = close_text::none; // Close: its reason
-    bool masked = false;       // to a server (the upstream)
-    std::uint8_t size = 0;     // the frame's bytes; 0: none (refused)
+    bool masked = false;                // to a server (the upstream)
+    std::uint8_t size = 0;              // the frame's bytes; 0: none (refused)
 };
 
 // A Ping of the module's: sequence number seq, the payload of

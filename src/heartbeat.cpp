@@ -10,8 +10,8 @@ constexpr std::uint32_t seq_window = 65536;
 
 // heartbeat_times (heartbeat.hpp): the oldest age read stays below 2^32 ms
 static_assert(std::uint64_t(max_config_ms) + refresh_ms
-                  + 7ull * 24 * 60 * 60 * 1000
-              < (std::uint64_t(1) << 32),
+                      + 7ull * 24 * 60 * 60 * 1000
+                  < (std::uint64_t(1) << 32),
               "a moment's age must stay within 32 bits");
 
 std::uint64_t load_be(const std::uint8_t* p, std::size_t n) noexcept
@@ -63,8 +63,7 @@ heartbeat::state_t heartbeat::settled(std::uint64_t now_ms) const noexcept
 // heartbeat_times, rule 1: no age beyond max_config_ms
 void heartbeat::saturate(std::uint64_t now_ms) noexcept
 {
-    std::uint32_t oldest =
-        static_cast<std::uint32_t>(now_ms) - max_config_ms;
+    std::uint32_t oldest = static_cast<std::uint32_t>(now_ms) - max_config_ms;
 
     if (age(last_receive_, now_ms) > max_config_ms) {
         last_receive_ = oldest;
@@ -232,8 +231,7 @@ action heartbeat::on_timer(const heartbeat_config& cf,
     }
 
     if (cf.read_timeout_ms != 0
-        && age(last_data_, now_ms) >= cf.read_timeout_ms)
-    {
+        && age(last_data_, now_ms) >= cf.read_timeout_ms) {
         stop();
         return close_with(close_reason::read_timeout);
     }
@@ -271,9 +269,8 @@ action heartbeat::on_timer(const heartbeat_config& cf,
     return a;
 }
 
-std::uint64_t
-heartbeat::next_deadline(const heartbeat_config& cf,
-                         std::uint64_t now_ms) const noexcept
+std::uint64_t heartbeat::next_deadline(const heartbeat_config& cf,
+                                       std::uint64_t now_ms) const noexcept
 {
     state_t s = settled(now_ms);
 
@@ -291,8 +288,7 @@ heartbeat::next_deadline(const heartbeat_config& cf,
     }
 
     if (cf.read_timeout_ms != 0
-        && at(last_data_, now_ms) + cf.read_timeout_ms < d)
-    {
+        && at(last_data_, now_ms) + cf.read_timeout_ms < d) {
         d = at(last_data_, now_ms) + cf.read_timeout_ms;
     }
 
@@ -305,8 +301,7 @@ heartbeat::next_deadline(const heartbeat_config& cf,
     }
 
     if (ping_ && s == queued && blocked_
-        && stuck_since(now_ms) + cf.timeout_ms < d)
-    {
+        && stuck_since(now_ms) + cf.timeout_ms < d) {
         d = stuck_since(now_ms) + cf.timeout_ms;
     }
 

@@ -281,8 +281,8 @@ private:
     std::uint32_t blocked_since_ = 0; // ms, valid while blocked_
     std::uint32_t written_us_hi_ = 0; // us, the latest written Ping's write
     std::uint32_t written_us_lo_ = 0;
-    std::uint32_t pings_ = 0; // Pings made: the last one's sequence + 1
-    std::uint32_t pongs_ = 0; // answers; also the RTT samples
+    std::uint32_t pings_ = 0;    // Pings made: the last one's sequence + 1
+    std::uint32_t pongs_ = 0;    // answers; also the RTT samples
     std::uint32_t rtt_last_ = 0; // us, samples clamped to 32 bits
     std::uint32_t rtt_min_ = 0;
     std::uint32_t srtt_ = 0;

@@ -111,8 +111,8 @@ struct frame_maker {
     {
         const bytes& b = made.at(f.value);
         calls++;
-        std::memcpy(buf, b.data(), b.size() < sizeof(buf) ? b.size()
-                                                           : sizeof(buf));
+        std::memcpy(buf, b.data(),
+                    b.size() < sizeof(buf) ? b.size() : sizeof(buf));
         return buf;
     }
 

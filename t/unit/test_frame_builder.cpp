@@ -330,13 +330,11 @@ TEST_CASE("builder: queued frames, laid out again", "[frame_builder]")
             hb.on_ping_written(0, 0);
         }
         // the third Ping: sequence 2
-        for (const std::uint8_t* m : {static_cast<const std::uint8_t*>(nullptr),
-                                      mask})
-        {
+        for (const std::uint8_t* m :
+             {static_cast<const std::uint8_t*>(nullptr), mask}) {
             queued_frame f = queued_ping(2, m);
-            std::size_t n = build_control(opcode::ping, payload,
-                                          sizeof(payload), m, want,
-                                          sizeof(want));
+            std::size_t n = build_control(
+                opcode::ping, payload, sizeof(payload), m, want, sizeof(want));
             CHECK(f.size == n);
             CHECK(build_queued(f, key, out, sizeof(out)) == n);
             CHECK(bytes(out, out + n) == bytes(want, want + n));
@@ -350,16 +348,15 @@ TEST_CASE("builder: queued frames, laid out again", "[frame_builder]")
     SECTION("each Close text, masked and not, within inject_capacity")
     {
         for (std::uint8_t t = 0; t <= std::uint8_t(close_text::out_of_memory);
-             t++)
-        {
+             t++) {
             close_text text = close_text(t);
             const char* r = to_string(text);
             INFO(r);
             CHECK((t == 0 || std::strlen(r) > 0));
             for (std::uint16_t code : {1001, 1011}) {
                 queued_frame f = queued_close(code, text, mask);
-                std::size_t n = build_close(code, r, std::strlen(r), mask,
-                                            want, sizeof(want));
+                std::size_t n = build_close(code, r, std::strlen(r), mask, want,
+                                            sizeof(want));
                 REQUIRE(n != 0);
                 CHECK(f.size == n);
                 CHECK(f.size <= inject_capacity);

@@ -962,8 +962,9 @@ TEST_CASE("heartbeat: 32-bit times", "[heartbeat]")
                         std::uint32_t(30 * day)),
                  t0);
         // bytes (Pongs) all along, no data frame
-        run_result r = run(hb, t0 + 100 * day,
-                           [](machine& m, std::uint64_t t) { m.on_receive(t); });
+        run_result r = run(hb, t0 + 100 * day, [](machine& m, std::uint64_t t) {
+            m.on_receive(t);
+        });
         CHECK(is(r.a, action::close, close_reason::read_timeout));
         CHECK(r.at == t0 + 30 * day);
         CHECK(r.ticks >= 3);
@@ -980,13 +981,12 @@ TEST_CASE("heartbeat: 32-bit times", "[heartbeat]")
         (void)made(hb); // queued, never written: stuck
         hb.on_write_blocked(30 * day);
         std::uint64_t last = 0;
-        run_result r = run(hb, 500 * day,
-                           [&](machine& m, std::uint64_t t) {
-                               if (t <= 130 * day) {
-                                   m.on_receive(t);
-                                   last = t;
-                               }
-                           });
+        run_result r = run(hb, 500 * day, [&](machine& m, std::uint64_t t) {
+            if (t <= 130 * day) {
+                m.on_receive(t);
+                last = t;
+            }
+        });
         REQUIRE(last > 30 * day + 100 * day - refresh_ms);
         CHECK(hb.pings() == 1);
         CHECK(is(r.a, action::close, close_reason::heartbeat_timeout));
@@ -1000,8 +1000,9 @@ TEST_CASE("heartbeat: 32-bit times", "[heartbeat]")
                         std::uint32_t(30 * day)),
                  t0);
         hb.on_write_blocked(t0 + 5);
-        run_result r = run(hb, t0 + 100 * day,
-                           [](machine& m, std::uint64_t t) { m.on_receive(t); });
+        run_result r = run(hb, t0 + 100 * day, [](machine& m, std::uint64_t t) {
+            m.on_receive(t);
+        });
         CHECK(is(r.a, action::close, close_reason::send_timeout));
         CHECK(r.at == t0 + 5 + 30 * day);
     }
