@@ -309,18 +309,6 @@ std::uint64_t heartbeat::next_deadline(const heartbeat_config& cf,
     return d == 0 ? 1 : d;
 }
 
-std::uint32_t heartbeat::next_ping() noexcept
-{
-    // one Ping at a time: a Ping made again before it is reported keeps
-    // its number
-    if (!unwritten_) {
-        pings_++;
-        unwritten_ = true;
-    }
-
-    return pings_ - 1;
-}
-
 void heartbeat::stop() noexcept
 {
     state_ = stopped;

@@ -176,7 +176,17 @@ public:
 
     // make_ping() without the payload: takes the number and returns it
     // (the caller queues the Ping as its number: src/frame_builder.hpp).
-    std::uint32_t next_ping() noexcept;
+    std::uint32_t next_ping() noexcept
+    {
+        // one Ping at a time: a Ping made again before it is reported
+        // keeps its number
+        if (!unwritten_) {
+            pings_++;
+            unwritten_ = true;
+        }
+
+        return pings_ - 1;
+    }
 
     void stop() noexcept; // no more actions, no deadline
 
