@@ -225,12 +225,14 @@ private:
     // heartbeat_times. The three past moments last_receive_, last_data_
     // and blocked_since_ are kept as the low 32 bits of the ms clock, and
     // read as their age: now_ms - t, taken in 32 bits, exact while the
-    // true age is below 2^32 ms (49.7 days); age() gives a moment back on
+    // true age is below 2^32 ms (49.7 days); at() gives a moment back on
     // the 64-bit clock. (The write of the latest Ping keeps all 64 bits of
     // its us clock: the RTT of a Pong however late, and no wrap there.)
     //
     // Every read of a moment compares its age with one of cf's times
-    // (<= max_config_ms, 30 days), or two moments (settled():
+    // (<= max_config_ms, 30 days: the glue's ws_heartbeat_interval,
+    // _timeout, _read_timeout and _send_timeout accept no more, see
+    // NGX_HTTP_WS_HEARTBEAT_MAX_TIME), or two moments (settled():
     // last_receive >= written_ms(); stuck_since(): the later of two).
     // Interval + timeout can reach 60 days of silence, so the ages are
     // kept below 2^32 by two rules, not by the configuration:
@@ -243,7 +245,8 @@ private:
     //    moments both older than every x), and settled() answers the same:
     //    once on_timer()'s checks have passed, an outstanding Ping is
     //    younger than cf.timeout_ms <= max_config_ms (older, it closed), so
-    //    a saturated last_receive stays before its write.
+    //    a saturated last_receive stays before its write (without cf.ping
+    //    no check reads the state).
     // 2. next_deadline() is never later than now_ms + refresh_ms (2^30 ms)
     //    while the machine runs, and the caller runs on_timer() by then
     //    (the glue: the connection's timer, at most ~0.5 s late). The
