@@ -37,6 +37,11 @@ extern "C" {
 #define NGX_HTTP_WS_HEARTBEAT_MIN_TIME  10
 #define NGX_HTTP_WS_HEARTBEAT_MAX_TIME  (30LL * 24 * 60 * 60 * 1000)
 
+/* the heartbeat machine's 32-bit times rely on it (src/heartbeat.hpp) */
+
+static_assert(NGX_HTTP_WS_HEARTBEAT_MAX_TIME <= wshb::max_config_ms,
+              "a directive's time beyond what the heartbeat machine takes");
+
 
 typedef struct {
     ngx_flag_t                      enable;
@@ -214,6 +219,15 @@ typedef struct {
     ngx_http_event_handler_pt       write_handler;
     ngx_http_upstream_handler_pt    upstream_write_handler;
     ngx_http_upstream_handler_pt    upstream_read_handler;
+
+    /*
+     * per worker (each has its own copy of the cycle's memory): the bytes
+     * of the frame of the module's that a connection writes now, laid out
+     * again from its queued descriptor for each write attempt by any
+     * connection (the Io's frame(), ngx_ws_heartbeat_io.cpp), so that the
+     * ctx keeps 12 bytes per side instead of 28
+     */
+    u_char                          frame[wshb::inject_capacity];
 } ngx_http_ws_heartbeat_main_conf_t;
 
 
@@ -323,7 +337,7 @@ struct ngx_http_ws_heartbeat_ctx_t {
     /*
      * Allocated at partial size: the upstream's heartbeat machine is the
      * last member and exists only with ws_heartbeat_upstream on, so the
-     * usual connection costs 56 bytes less (256 instead of 312, as
+     * usual connection costs 44 bytes less (212 instead of 256, as
      * bench/sizeof_ctx prints). Reached through hb() only.
      */
     alignas(wshb::heartbeat) unsigned char
@@ -402,10 +416,9 @@ static_assert(std::is_trivially_destructible<ngx_http_ws_heartbeat_ctx_t>
               ::value, "ctx lives in a pool without a destructor");
 static_assert(std::is_standard_layout<ngx_http_ws_heartbeat_ctx_t>::value,
               "a side finds its ctx with offsetof()");
-static_assert(offsetof(ngx_http_ws_heartbeat_ctx_t, upstream_hb_storage)
-              <= 256,
-              "per-connection state: at most 256 bytes (without the "
-              "upstream heartbeat)");
+static_assert(sizeof(ngx_http_ws_heartbeat_ctx_t) <= 256,
+              "per-connection state: at most 256 bytes, with the upstream "
+              "heartbeat");
 
 
 #pragma GCC visibility pop
@@ -628,8 +641,8 @@ void ngx_http_ws_heartbeat_upstream_write_handler(ngx_http_request_t *r,
 void ngx_http_ws_heartbeat_pass(ngx_http_request_t *r,
     ngx_http_ws_heartbeat_ev_e ev) noexcept;
 bool ngx_http_ws_heartbeat_queue_frame(ngx_http_ws_heartbeat_side_t *s,
-    wshb::opcode op, std::uint16_t code, const std::uint8_t *payload,
-    std::size_t len, bool replace) noexcept;
+    wshb::opcode op, std::uint32_t value, wshb::close_text text,
+    bool replace) noexcept;
 void ngx_http_ws_heartbeat_flush(ngx_http_ws_heartbeat_side_t *s) noexcept;
 void ngx_http_ws_heartbeat_watch(ngx_http_ws_heartbeat_side_t *s) noexcept;
 void ngx_http_ws_heartbeat_unhook(ngx_connection_t *c) noexcept;
@@ -663,9 +676,9 @@ void ngx_http_ws_heartbeat_quiet(ngx_http_ws_heartbeat_ctx_t *ctx,
 void ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx)
     noexcept;
 bool ngx_http_ws_heartbeat_queue_close(ngx_http_ws_heartbeat_side_t *s,
-    std::uint16_t code, const char *reason) noexcept;
+    std::uint16_t code, wshb::close_text text) noexcept;
 void ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
-    std::uint16_t code, const char *reason) noexcept;
+    std::uint16_t code, wshb::close_text text) noexcept;
 void ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
     ngx_http_ws_heartbeat_side_t *dead, wshb::close_reason reason) noexcept;
 void ngx_http_ws_heartbeat_start_closing(ngx_http_ws_heartbeat_ctx_t *ctx,

@@ -320,8 +320,10 @@ ngx_http_ws_heartbeat_reacquire(ngx_http_request_t *r, ngx_buf_t *b)
 
     ngx_http_ws_heartbeat_step_aside(ctx);
 
-    ngx_http_ws_heartbeat_send_close(&ctx->client, 1011, "out of memory");
-    ngx_http_ws_heartbeat_send_close(&ctx->upstream, 1001, "going away");
+    ngx_http_ws_heartbeat_send_close(&ctx->client, 1011,
+                                     wshb::close_text::out_of_memory);
+    ngx_http_ws_heartbeat_send_close(&ctx->upstream, 1001,
+                                     wshb::close_text::going_away);
 
     ngx_http_ws_heartbeat_finalize(ctx);
 

@@ -72,7 +72,7 @@ ngx_http_ws_heartbeat_step_aside(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 
 bool
 ngx_http_ws_heartbeat_queue_close(ngx_http_ws_heartbeat_side_t *s,
-    std::uint16_t code, const char *reason) noexcept
+    std::uint16_t code, wshb::close_text text) noexcept
 {
     ngx_http_ws_heartbeat_ctx_t  *ctx;
 
@@ -85,8 +85,7 @@ ngx_http_ws_heartbeat_queue_close(ngx_http_ws_heartbeat_side_t *s,
     /* a Close takes the place of a queued Ping */
 
     if (!ngx_http_ws_heartbeat_queue_frame(s, wshb::opcode::close, code,
-                                           (const std::uint8_t *) reason,
-                                           ngx_strlen(reason), true))
+                                           text, true))
     {
         return false;
     }
@@ -101,20 +100,20 @@ ngx_http_ws_heartbeat_queue_close(ngx_http_ws_heartbeat_side_t *s,
 
 void
 ngx_http_ws_heartbeat_send_close(ngx_http_ws_heartbeat_side_t *s,
-    std::uint16_t code, const char *reason) noexcept
+    std::uint16_t code, wshb::close_text text) noexcept
 {
-    if (ngx_http_ws_heartbeat_queue_close(s, code, reason)) {
+    if (ngx_http_ws_heartbeat_queue_close(s, code, text)) {
         ngx_http_ws_heartbeat_flush(s);
     }
 }
 
 
-static const char *
+static wshb::close_text
 ngx_http_ws_heartbeat_closing_reason(ngx_http_ws_heartbeat_ctx_t *ctx)
     noexcept
 {
-    return ctx->end == NGX_HTTP_WS_HB_END_MAX_AGE ? "max age"
-                                                  : "server shutting down";
+    return ctx->end == NGX_HTTP_WS_HB_END_MAX_AGE
+           ? wshb::close_text::max_age : wshb::close_text::shutting_down;
 }
 
 
@@ -195,7 +194,7 @@ void
 ngx_http_ws_heartbeat_closing_expired(ngx_http_ws_heartbeat_ctx_t *ctx)
     noexcept
 {
-    const char  *reason;
+    wshb::close_text  reason;
 
     reason = ngx_http_ws_heartbeat_closing_reason(ctx);
 
@@ -220,7 +219,7 @@ void
 ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
     ngx_http_ws_heartbeat_side_t *dead, wshb::close_reason reason) noexcept
 {
-    const char                *text;
+    wshb::close_text           text;
     ngx_http_request_t        *r;
     ngx_http_core_loc_conf_t  *clcf;
 
@@ -259,18 +258,19 @@ ngx_http_ws_heartbeat_close(ngx_http_ws_heartbeat_ctx_t *ctx,
 
     if (dead->which() == NGX_HTTP_WS_HB_CLIENT) {
         text = reason == wshb::close_reason::heartbeat_timeout
-               ? "heartbeat timeout"
+               ? wshb::close_text::heartbeat_timeout
                : reason == wshb::close_reason::read_timeout
-               ? "read timeout" : "send timeout";
+               ? wshb::close_text::read_timeout
+               : wshb::close_text::send_timeout;
 
         ngx_http_ws_heartbeat_send_close(&ctx->upstream, 1001, text);
         ngx_http_ws_heartbeat_send_close(&ctx->client, 1001, text);
 
     } else {
         ngx_http_ws_heartbeat_send_close(&ctx->client, 1011,
-                                         "upstream timeout");
+                                         wshb::close_text::upstream_timeout);
         ngx_http_ws_heartbeat_send_close(&ctx->upstream, 1001,
-                                         "heartbeat timeout");
+                                         wshb::close_text::heartbeat_timeout);
     }
 
     ngx_http_ws_heartbeat_finalize(ctx);

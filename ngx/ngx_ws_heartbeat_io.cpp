@@ -112,6 +112,25 @@ struct ngx_http_ws_heartbeat_io {
         return rc;
     }
 
+    /*
+     * the queued frame's bytes for this write attempt, in the worker's one
+     * buffer: built again each time, the same bytes at the same address
+     * for the same frame (OpenSSL's retry rule: see write_module() in
+     * src/outbound.hpp)
+     */
+
+    const std::uint8_t *frame(const wshb::queued_frame &f) noexcept
+    {
+        u_char  *buf;
+
+        buf = ngx_http_ws_heartbeat_main_conf(ctx->request)->frame;
+
+        (void) wshb::build_queued(f, ctx->random, buf,
+                                  wshb::inject_capacity);
+
+        return buf;
+    }
+
     bool match_pong(const std::uint8_t *payload, std::size_t n) noexcept
     {
         bool                           sampled;
@@ -562,20 +581,20 @@ done:
 /*
  * one control frame of the module's own, queued for a side's peer: to the
  * client unmasked, to the upstream masked with a fresh random key;
- * replace: it takes the place of a queued frame not yet started. A Close
- * of ours is the last frame of the stream to that peer (RFC 6455 5.5.1):
- * once it is written, what the other side still sends that way is
+ * replace: it takes the place of a queued frame not yet started. A Ping:
+ * its sequence number (value); a Close: its code (value) and text. A
+ * Close of ours is the last frame of the stream to that peer (RFC 6455
+ * 5.5.1): once it is written, what the other side still sends that way is
  * consumed and counted, not written (wshb::outbound::discarding()).
  */
 
 bool
 ngx_http_ws_heartbeat_queue_frame(ngx_http_ws_heartbeat_side_t *s,
-    wshb::opcode op, std::uint16_t code, const std::uint8_t *payload,
-    std::size_t len, bool replace) noexcept
+    wshb::opcode op, std::uint32_t value, wshb::close_text text,
+    bool replace) noexcept
 {
-    size_t        n;
-    std::uint8_t  frame[wshb::inject_capacity];
-    std::uint8_t  key[4], *mask;
+    std::uint8_t         key[4], *mask;
+    wshb::queued_frame   f;
 
     mask = nullptr;
 
@@ -589,10 +608,9 @@ ngx_http_ws_heartbeat_queue_frame(ngx_http_ws_heartbeat_side_t *s,
         mask = key;
     }
 
-    n = op == wshb::opcode::close
-        ? wshb::build_close(code, reinterpret_cast<const char *>(payload),
-                            len, mask, frame, sizeof(frame))
-        : wshb::build_control(op, payload, len, mask, frame, sizeof(frame));
+    f = op == wshb::opcode::close
+        ? wshb::queued_close((std::uint16_t) value, text, mask)
+        : wshb::queued_ping(value, mask);
 
     if (replace) {
         s->out.drop_queued();
@@ -603,7 +621,7 @@ ngx_http_ws_heartbeat_queue_frame(ngx_http_ws_heartbeat_side_t *s,
      * what is still pending after that puts the write handler in)
      */
 
-    return n != 0 && s->out.queue(frame, n, op == wshb::opcode::close);
+    return s->out.queue(f, op == wshb::opcode::close);
 }
 
 

@@ -144,7 +144,8 @@ ngx_http_ws_heartbeat_deadline(ngx_http_ws_heartbeat_side_t *s) noexcept
     }
 
     deadline = hb->next_deadline(
-                   ngx_http_ws_heartbeat_hb_conf(ctx, s->which()));
+                   ngx_http_ws_heartbeat_hb_conf(ctx, s->which()),
+                   ngx_current_msec);
 
     /*
      * bytes from the peer move the next Ping later but do not re-arm the
@@ -248,17 +249,19 @@ ngx_http_ws_heartbeat_arm(ngx_http_ws_heartbeat_ctx_t *ctx) noexcept
 static void
 ngx_http_ws_heartbeat_send_ping(ngx_http_ws_heartbeat_side_t *s) noexcept
 {
+    std::uint32_t                 seq;
     wshb::heartbeat              *hb;
     ngx_http_ws_heartbeat_ctx_t  *ctx;
-    std::uint8_t                  payload[wshb::ping_payload_size];
 
     ctx = ngx_http_ws_heartbeat_ctx_of(s);
     hb = ctx->hb(s->which());
 
-    (void) hb->make_ping(payload, ctx->random);
+    /* queued as its number: its payload is laid out at each write */
 
-    if (!ngx_http_ws_heartbeat_queue_frame(s, wshb::opcode::ping, 0, payload,
-                                           sizeof(payload), false))
+    seq = hb->next_ping();
+
+    if (!ngx_http_ws_heartbeat_queue_frame(s, wshb::opcode::ping, seq,
+                                           wshb::close_text::none, false))
     {
         /* not sent (no mask key, the queue refused it): again later */
         hb->on_ping_not_sent(ngx_current_msec);

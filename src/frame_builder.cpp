@@ -189,4 +189,94 @@ std::size_t build_close(std::uint16_t code, const char* reason,
                          err);
 }
 
+const char* to_string(close_text t) noexcept
+{
+    switch (t) {
+    case close_text::none:
+        return "";
+    case close_text::heartbeat_timeout:
+        return "heartbeat timeout";
+    case close_text::read_timeout:
+        return "read timeout";
+    case close_text::send_timeout:
+        return "send timeout";
+    case close_text::upstream_timeout:
+        return "upstream timeout";
+    case close_text::max_age:
+        return "max age";
+    case close_text::shutting_down:
+        return "server shutting down";
+    case close_text::going_away:
+        return "going away";
+    case close_text::out_of_memory:
+        return "out of memory";
+    }
+    return "";
+}
+
+static void set_mask(queued_frame& f, const std::uint8_t* mask) noexcept
+{
+    f.masked = mask != nullptr;
+
+    for (std::size_t j = 0; f.masked && j < 4; j++) {
+        f.mask[j] = mask[j];
+    }
+}
+
+queued_frame queued_ping(std::uint32_t seq, const std::uint8_t* mask) noexcept
+{
+    queued_frame f;
+
+    f.value = seq;
+    f.op = opcode::ping;
+    set_mask(f, mask);
+    f.size = static_cast<std::uint8_t>(
+        control_frame_size(ping_payload_size, f.masked));
+
+    return f;
+}
+
+queued_frame queued_close(std::uint16_t code, close_text text,
+                          const std::uint8_t* mask) noexcept
+{
+    queued_frame f;
+
+    if (!close_code_sendable(code)) {
+        return f;
+    }
+
+    f.value = code;
+    f.op = opcode::close;
+    f.text = text;
+    set_mask(f, mask);
+    f.size = static_cast<std::uint8_t>(
+        control_frame_size(2 + std::strlen(to_string(text)), f.masked));
+
+    return f;
+}
+
+std::size_t build_queued(const queued_frame& f, std::uint32_t key,
+                         std::uint8_t* out, std::size_t cap) noexcept
+{
+    const std::uint8_t* mask = f.masked ? f.mask : nullptr;
+
+    if (f.size == 0) {
+        return 0;
+    }
+
+    if (f.op == opcode::ping) {
+        std::uint8_t payload[ping_payload_size];
+
+        ping_payload(payload, f.value, key);
+
+        return build_control(opcode::ping, payload, sizeof(payload), mask, out,
+                             cap);
+    }
+
+    const char* text = to_string(f.text);
+
+    return build_close(static_cast<std::uint16_t>(f.value), text,
+                       std::strlen(text), mask, out, cap);
+}
+
 } // namespace wshb

@@ -8,6 +8,12 @@ namespace {
 constexpr std::uint8_t ping_tag[4] = {'w', 's', 'h', 'b'};
 constexpr std::uint32_t seq_window = 65536;
 
+// heartbeat_times (heartbeat.hpp): the oldest age read stays below 2^32 ms
+static_assert(std::uint64_t(max_config_ms) + refresh_ms
+                      + 7ull * 24 * 60 * 60 * 1000
+                  < (std::uint64_t(1) << 32),
+              "a moment's age must stay within 32 bits");
+
 std::uint64_t load_be(const std::uint8_t* p, std::size_t n) noexcept
 {
     std::uint64_t v = 0;
@@ -17,14 +23,6 @@ std::uint64_t load_be(const std::uint8_t* p, std::size_t n) noexcept
     }
 
     return v;
-}
-
-void store_be(std::uint8_t* p, std::uint64_t v, std::size_t n) noexcept
-{
-    for (std::size_t i = n; i-- > 0;) {
-        p[i] = static_cast<std::uint8_t>(v & 0xff);
-        v >>= 8;
-    }
 }
 
 action close_with(close_reason r) noexcept
@@ -52,34 +50,54 @@ const char* to_string(close_reason r) noexcept
     return "unknown";
 }
 
-heartbeat::state_t heartbeat::settled() const noexcept
+heartbeat::state_t heartbeat::settled(std::uint64_t now_ms) const noexcept
 {
     // anything heard since our Ping hit the socket answers it
-    if (state_ == outstanding && last_receive_ >= written_ms()) {
+    if (state_ == outstanding && at(last_receive_, now_ms) >= written_ms()) {
         return idle;
     }
 
     return state_;
 }
 
+// heartbeat_times, rule 1: no age beyond max_config_ms
+void heartbeat::saturate(std::uint64_t now_ms) noexcept
+{
+    std::uint32_t oldest = static_cast<std::uint32_t>(now_ms) - max_config_ms;
+
+    if (age(last_receive_, now_ms) > max_config_ms) {
+        last_receive_ = oldest;
+    }
+
+    if (age(last_data_, now_ms) > max_config_ms) {
+        last_data_ = oldest;
+    }
+
+    if (age(blocked_since_, now_ms) > max_config_ms) {
+        blocked_since_ = oldest;
+    }
+}
+
 void heartbeat::start(const heartbeat_config& cf, std::uint64_t now_ms) noexcept
 {
     *this = heartbeat();
     ping_ = cf.ping;
-    last_receive_ = now_ms;
-    last_data_ = now_ms;
+    last_receive_ = static_cast<std::uint32_t>(now_ms);
+    last_data_ = static_cast<std::uint32_t>(now_ms);
+    blocked_since_ = static_cast<std::uint32_t>(now_ms);
     state_ = idle;
 }
 
 void heartbeat::on_ping_written(std::uint64_t now_ms,
                                 std::uint64_t now_us) noexcept
 {
-    state_ = settled();
+    state_ = settled(now_ms);
 
     // the send time, on both clocks: written_ms() gives now_ms back
     std::uint64_t lag = now_us / 1000 > now_ms ? now_us / 1000 - now_ms : 0;
 
-    written_us_ = now_us;
+    written_us_hi_ = static_cast<std::uint32_t>(now_us >> 32);
+    written_us_lo_ = static_cast<std::uint32_t>(now_us);
     written_lag_ = static_cast<std::uint8_t>(lag < 255 ? lag : 255);
 
     // the Ping made is the one to answer now; a write without one (not
@@ -94,7 +112,7 @@ void heartbeat::on_ping_written(std::uint64_t now_ms,
 
 void heartbeat::on_ping_not_sent(std::uint64_t now_ms) noexcept
 {
-    state_ = settled();
+    state_ = settled(now_ms);
 
     // the sequence number goes to the next Ping; the latest written Ping
     // (its send time, whether answered) is untouched
@@ -109,18 +127,16 @@ void heartbeat::on_ping_not_sent(std::uint64_t now_ms) noexcept
 
     // the next Ping an interval from now: as if the peer had just been
     // heard from, which only the next Ping's due time reads while idle
+    // (now_ms is never behind the last receive)
     state_ = idle;
-
-    if (last_receive_ < now_ms) {
-        last_receive_ = now_ms;
-    }
+    last_receive_ = static_cast<std::uint32_t>(now_ms);
 }
 
 void heartbeat::on_write_blocked(std::uint64_t now_ms) noexcept
 {
     if (!blocked_) {
         blocked_ = true;
-        blocked_since_ = now_ms;
+        blocked_since_ = static_cast<std::uint32_t>(now_ms);
     }
 }
 
@@ -167,7 +183,8 @@ bool heartbeat::on_pong(const std::uint8_t* payload, std::size_t len,
     pongs_++;
 
     // from our own record of the write, never from the payload
-    std::uint64_t rtt = now_us > written_us_ ? now_us - written_us_ : 0;
+    std::uint64_t w = written_us();
+    std::uint64_t rtt = now_us > w ? now_us - w : 0;
 
     if (rtt > 0xffffffffu) {
         rtt = 0xffffffffu;
@@ -175,7 +192,7 @@ bool heartbeat::on_pong(const std::uint8_t* payload, std::size_t len,
 
     std::uint32_t sample = static_cast<std::uint32_t>(rtt);
 
-    if (samples_ == 0) {
+    if (pongs_ == 1) {
         rtt_min_ = sample;
         srtt_ = sample;
 
@@ -189,7 +206,6 @@ bool heartbeat::on_pong(const std::uint8_t* payload, std::size_t len,
     }
 
     rtt_last_ = sample;
-    samples_ = static_cast<std::uint16_t>(samples_ + (samples_ != 0xffff));
 
     if (sampled != nullptr) {
         *sampled = true;
@@ -201,20 +217,21 @@ bool heartbeat::on_pong(const std::uint8_t* payload, std::size_t len,
 action heartbeat::on_timer(const heartbeat_config& cf,
                            std::uint64_t now_ms) noexcept
 {
-    state_ = settled();
+    state_ = settled(now_ms);
 
     if (state_ == stopped) {
         return action();
     }
 
     if (cf.send_timeout_ms != 0 && blocked_
-        && now_ms >= blocked_since_ + cf.send_timeout_ms)
+        && age(blocked_since_, now_ms) >= cf.send_timeout_ms)
     {
         stop();
         return close_with(close_reason::send_timeout);
     }
 
-    if (cf.read_timeout_ms != 0 && now_ms >= last_data_ + cf.read_timeout_ms) {
+    if (cf.read_timeout_ms != 0
+        && age(last_data_, now_ms) >= cf.read_timeout_ms) {
         stop();
         return close_with(close_reason::read_timeout);
     }
@@ -227,87 +244,69 @@ action heartbeat::on_timer(const heartbeat_config& cf,
 
     // a Ping stuck behind writes the peer does not take, and silence
     if (ping_ && state_ == queued && blocked_
-        && now_ms >= stuck_since() + cf.timeout_ms)
+        && now_ms >= stuck_since(now_ms) + cf.timeout_ms)
     {
         stop();
         return close_with(close_reason::heartbeat_timeout);
     }
+
+    action a;
 
     // A Ping due within ping_slack(cf) goes now rather than after one more
     // wake-up: the timer seldom fires right at the due time, which a Pong
     // moves without re-arming it (and nginx leaves a timer in place when
     // it would move by less than 300 ms).
     if (ping_ && state_ == idle
-        && now_ms + ping_slack(cf) >= last_receive_ + cf.interval_ms)
+        && age(last_receive_, now_ms) + ping_slack(cf) >= cf.interval_ms)
     {
         state_ = queued;
-        action a;
         a.kind = action::send_ping;
-        return a;
     }
 
-    return action();
+    // (after the checks: see heartbeat_times)
+    saturate(now_ms);
+
+    return a;
 }
 
-std::uint64_t
-heartbeat::next_deadline(const heartbeat_config& cf) const noexcept
+std::uint64_t heartbeat::next_deadline(const heartbeat_config& cf,
+                                       std::uint64_t now_ms) const noexcept
 {
-    constexpr std::uint64_t none = ~std::uint64_t(0);
-    std::uint64_t d = none;
-    state_t s = settled();
+    state_t s = settled(now_ms);
 
     if (s == stopped) {
         return 0;
     }
 
+    // the latest on_timer() may run (heartbeat_times, rule 2)
+    std::uint64_t d = now_ms + refresh_ms;
+
     if (cf.send_timeout_ms != 0 && blocked_
-        && blocked_since_ + cf.send_timeout_ms < d)
+        && at(blocked_since_, now_ms) + cf.send_timeout_ms < d)
     {
-        d = blocked_since_ + cf.send_timeout_ms;
+        d = at(blocked_since_, now_ms) + cf.send_timeout_ms;
     }
 
-    if (cf.read_timeout_ms != 0 && last_data_ + cf.read_timeout_ms < d) {
-        d = last_data_ + cf.read_timeout_ms;
+    if (cf.read_timeout_ms != 0
+        && at(last_data_, now_ms) + cf.read_timeout_ms < d) {
+        d = at(last_data_, now_ms) + cf.read_timeout_ms;
     }
 
-    if (ping_ && s == idle && last_receive_ + cf.interval_ms < d) {
-        d = last_receive_ + cf.interval_ms;
+    if (ping_ && s == idle && at(last_receive_, now_ms) + cf.interval_ms < d) {
+        d = at(last_receive_, now_ms) + cf.interval_ms;
     }
 
     if (ping_ && s == outstanding && written_ms() + cf.timeout_ms < d) {
         d = written_ms() + cf.timeout_ms;
     }
 
-    if (ping_ && s == queued && blocked_ && stuck_since() + cf.timeout_ms < d) {
-        d = stuck_since() + cf.timeout_ms;
-    }
-
-    if (d == none) {
-        return 0;
+    if (ping_ && s == queued && blocked_
+        && stuck_since(now_ms) + cf.timeout_ms < d) {
+        d = stuck_since(now_ms) + cf.timeout_ms;
     }
 
     // 0 means "no timer": a deadline at time 0 is due now anyway
     return d == 0 ? 1 : d;
-}
-
-std::size_t heartbeat::make_ping(std::uint8_t* out, std::uint32_t key) noexcept
-{
-    // one Ping at a time: a Ping made again before it is reported keeps
-    // its number
-    if (!unwritten_) {
-        pings_++;
-        unwritten_ = true;
-    }
-
-    for (std::size_t i = 0; i < 4; i++) {
-        out[i] = ping_tag[i];
-    }
-
-    store_be(out + 4, pings_ - 1, 4);
-    store_be(out + 8, key, 4);
-    store_be(out + 12, 0, 4);
-
-    return ping_payload_size;
 }
 
 void heartbeat::stop() noexcept

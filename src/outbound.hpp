@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "frame.hpp"
+#include "frame_builder.hpp"
 
 // Hidden in the module's shared object: calls inside it bind directly and
 // inline (no PLT, no semantic interposition); nginx finds the module
@@ -29,6 +30,12 @@ constexpr long io_again = -2;
 //       io_again or io_error. After io_again for (p, n) the next write on
 //       this direction is retried with the same p and at least n bytes
 //       (OpenSSL's SSL_write retry rule); outbound guarantees that.
+//   const std::uint8_t* frame(const queued_frame& f);
+//       the bytes of the queued frame f (f.size of them, e.g. by
+//       build_queued()), laid out for the write attempt that follows:
+//       the same bytes at the same address at every call for the same f
+//       (e.g. one buffer per thread, built again at each call), so that a
+//       retry of them after io_again is the same write (see write_module()).
 //   bool match_pong(const std::uint8_t* payload, std::size_t n);
 //       a complete candidate Pong (FIN, RSV 0, 16-byte payload, unmasked
 //       here) was absorbed: true to swallow it, false to forward it.
@@ -38,9 +45,6 @@ constexpr long io_again = -2;
 //                                           // captured payload, unmasked)
 //   void on_error(scan_error e);            // stream rejected: passthrough
 
-// The largest frame the module queues: a masked Close, code and a 20-byte
-// reason ("server shutting down").
-constexpr std::size_t inject_capacity = 28;
 constexpr std::size_t candidate_pong_size = 6 + 16; // masked, 16 B payload
 
 class outbound {
@@ -50,12 +54,13 @@ public:
     outbound(role sender, bool swallow, bool allow_rsv1) noexcept;
 
     // Queue one complete control frame to inject at the next boundary of the
-    // written stream. False if one is already queued, if it does not fit, in
-    // passthrough, or once the stream is ended. last: the frame ends the
-    // stream (a Close sent on behalf of the other peer): once it is written
-    // whole, relay bytes are consumed without being written (discarding()).
-    bool queue(const std::uint8_t* frame, std::size_t n,
-               bool last = false) noexcept;
+    // written stream, as what makes it (Io::frame() lays its bytes out).
+    // False if one is already queued, if it is none (size 0) or larger than
+    // inject_capacity, in passthrough, or once the stream is ended. last:
+    // the frame ends the stream (a Close sent on behalf of the other peer):
+    // once it is written whole, relay bytes are consumed without being
+    // written (discarding()).
+    bool queue(const queued_frame& f, bool last = false) noexcept;
     bool queued() const noexcept; // queued bytes not yet fully written
     void drop_queued() noexcept;  // forget it (unless partially written)
 
@@ -103,9 +108,12 @@ private:
     // when a hold is being absorbed (it started at a boundary and none of
     // it is written) or when there is no hold and the scanner is at one.
     //
-    // inject_: the queued frame, inject_off_ bytes of it written; once a
-    // write of it was attempted (f_inject_started) it is in flight and
-    // goes out whole before anything else. hold(): an absorbed candidate
+    // inject_: the queued frame (inject_.size == 0: none), inject_off_
+    // bytes of it written; once a write of it was attempted
+    // (f_inject_started) it is in flight and goes out whole before
+    // anything else. Not its bytes: Io::frame() lays them out for each
+    // write attempt (12 bytes here instead of 28 and a length; measured,
+    // bench/sizeof_ctx: a side 88 -> 72 bytes). hold(): an absorbed candidate
     // Pong, hold_len_ bytes of it taken in and hold_off_ of them written
     // while forwarding. No copy of them is kept: the scanner has seen
     // exactly those bytes (a hold starts at a boundary, and no relay byte
@@ -172,8 +180,7 @@ private:
     std::size_t absorb(Io& io, const std::uint8_t* p, std::size_t n) noexcept;
 
     basic_frame_scanner<16> sc_;
-    std::uint8_t inject_[inject_capacity];
-    std::uint8_t inject_len_ = 0;
+    queued_frame inject_;
     std::uint8_t inject_off_ = 0;
     std::uint8_t hold_len_ = 0;
     std::uint8_t hold_off_ = 0;
@@ -186,27 +193,22 @@ private:
 };
 
 inline outbound::outbound(role sender, bool swallow, bool allow_rsv1) noexcept
-    : sc_(sender, allow_rsv1), inject_{}
+    : sc_(sender, allow_rsv1)
 {
     flags_ = static_cast<std::uint8_t>((sender == role::client ? f_client : 0)
                                        | (swallow ? f_swallow : 0));
 }
 
-inline bool outbound::queue(const std::uint8_t* frame, std::size_t n,
-                            bool last) noexcept
+inline bool outbound::queue(const queued_frame& f, bool last) noexcept
 {
     // one frame at a time, whole, and never into a rejected or ended stream
-    if (inject_len_ != 0 || n == 0 || n > inject_capacity || frame == nullptr
+    if (inject_.size != 0 || f.size == 0 || f.size > inject_capacity
         || passthrough() || end_ != end_open)
     {
         return false;
     }
 
-    for (std::size_t i = 0; i < n; i++) {
-        inject_[i] = frame[i];
-    }
-
-    inject_len_ = static_cast<std::uint8_t>(n);
+    inject_ = f;
     inject_off_ = 0;
     clear(f_inject_started);
     end_ = last ? end_last_queued : end_open;
@@ -216,7 +218,7 @@ inline bool outbound::queue(const std::uint8_t* frame, std::size_t n,
 
 inline bool outbound::queued() const noexcept
 {
-    return inject_len_ != 0;
+    return inject_.size != 0;
 }
 
 inline void outbound::drop_queued() noexcept
@@ -226,7 +228,7 @@ inline void outbound::drop_queued() noexcept
         return;
     }
 
-    inject_len_ = 0;
+    inject_.size = 0;
     inject_off_ = 0;
 
     // the last frame not started: the stream goes on
@@ -247,7 +249,7 @@ inline bool outbound::in_message() const noexcept
 
 inline bool outbound::pending() const noexcept
 {
-    return inject_len_ != 0 || hold() == hold_forwarding;
+    return inject_.size != 0 || hold() == hold_forwarding;
 }
 
 inline bool outbound::blocked() const noexcept
@@ -322,7 +324,7 @@ inline std::size_t outbound::relay_length(const std::uint8_t* p,
         return n;
     }
 
-    bool cut_inject = inject_len_ != 0 && !flag(f_inject_started);
+    bool cut_inject = inject_.size != 0 && !flag(f_inject_started);
 
     if (!flag(f_swallow) && !cut_inject) {
         return n;
@@ -459,6 +461,16 @@ WSHB_HOT_INLINE void outbound::feed(Io& io, const std::uint8_t* p,
 // a hold being forwarded, then a queued frame if the written stream is at
 // a boundary. Returns 0 when done (or nothing allowed), io_again when a
 // write was short or blocked, io_error.
+//
+// The queued frame's bytes are laid out by Io::frame() for each attempt.
+// OpenSSL's retry rule (nginx does not set SSL_MODE_ACCEPT_MOVING_WRITE_
+// BUFFER): after SSL_write() wants a retry, the next SSL_write() must pass
+// the same address and the same bytes (at least as many). A retry here
+// writes from inject_off_ on again (retry_inject is owed first), and
+// Io::frame() returns the same address with the same bytes for the same
+// frame: a buffer rebuilt identically before each attempt (the glue: one
+// buffer per worker, shared by all its connections, which overwrite it in
+// between) meets both halves of the rule.
 template <class Io>
 long outbound::write_module(Io& io) noexcept
 {
@@ -473,14 +485,14 @@ long outbound::write_module(Io& io) noexcept
             return 0;
         }
 
-        bool in_flight = inject_len_ != 0 && flag(f_inject_started);
-        bool allowed = inject_len_ != 0 && relay_boundary();
+        bool in_flight = inject_.size != 0 && flag(f_inject_started);
+        bool allowed = inject_.size != 0 && relay_boundary();
 
         // a frame in flight goes first, even before a hold
         if (in_flight || allowed) {
-            std::size_t n = inject_len_ - inject_off_;
+            std::size_t n = inject_.size - inject_off_;
             set(f_inject_started);
-            long w = put(io, retry_inject, inject_ + inject_off_, n);
+            long w = put(io, retry_inject, io.frame(inject_) + inject_off_, n);
 
             if (w < 0) {
                 return w;
@@ -492,7 +504,7 @@ long outbound::write_module(Io& io) noexcept
                 return io_again;
             }
 
-            inject_len_ = 0;
+            inject_.size = 0;
             inject_off_ = 0;
             clear(f_inject_started);
 
@@ -582,7 +594,7 @@ WSHB_HOT_INLINE long outbound::send(Io& io, const std::uint8_t* p,
     // nothing of ours queued or held, no retry owed, the stream open, and
     // p does not start a candidate Pong. Measured (make bench-callgrind,
     // one 64 B frame a call): 255 -> 202 instructions a frame.
-    if (hold() == hold_none && retry() == retry_none && inject_len_ == 0
+    if (hold() == hold_none && retry() == retry_none && inject_.size == 0
         && end_ == end_open
         && n != 0
         && !(flag(f_swallow) && sc_.at_boundary() && candidate(p, n)))

@@ -54,6 +54,8 @@ struct null_io {
     {
         return static_cast<long>(n);
     }
+    // (nothing is queued here)
+    const std::uint8_t* frame(const wshb::queued_frame&) { return nullptr; }
     bool match_pong(const std::uint8_t*, std::size_t) { return false; }
     void on_header(const wshb::frame_header&) {}
     void on_frame(const wshb::frame_header&, const std::uint8_t*,

@@ -89,6 +89,36 @@ inline reference reference_of(const bytes& s, wshb::role r, bool swallow,
     return ref;
 }
 
+// The Io's frame() as the glue has it: the frames queued are kept here
+// (queued(): value is their index), laid out again at each call in one
+// buffer, which stands for the worker's: scribble() overwrites it as
+// another connection of the worker would between two writes of this one.
+struct frame_maker {
+    std::vector<bytes> made;
+    std::uint8_t buf[wshb::inject_capacity];
+    std::size_t calls = 0;
+
+    wshb::queued_frame queued(const bytes& b)
+    {
+        wshb::queued_frame f;
+        f.value = static_cast<std::uint32_t>(made.size());
+        f.size = static_cast<std::uint8_t>(b.size() < 255 ? b.size() : 255);
+        made.push_back(b);
+        return f;
+    }
+
+    const std::uint8_t* frame(const wshb::queued_frame& f)
+    {
+        const bytes& b = made.at(f.value);
+        calls++;
+        std::memcpy(buf, b.data(),
+                    b.size() < sizeof(buf) ? b.size() : sizeof(buf));
+        return buf;
+    }
+
+    void scribble() { std::memset(buf, 0xee, sizeof(buf)); }
+};
+
 // Random choices. Chooser: std::uint32_t pick(std::uint32_t n) in [0, n),
 // where 0 is always the plain, progressing choice.
 struct options {
@@ -126,6 +156,7 @@ struct fake_io {
     std::size_t headers = 0;
     std::size_t errors = 0;
     wshb::scan_error err = wshb::scan_error::none;
+    frame_maker maker;
 
     fake_io(const bytes& s, Chooser& c, const options& o) : in(s), ch(c), opt(o)
     {
@@ -200,7 +231,15 @@ struct fake_io {
         }
 
         last_incomplete = w < n;
+
+        // another connection of the worker writes its frame in between
+        maker.scribble();
         return r;
+    }
+
+    const std::uint8_t* frame(const wshb::queued_frame& f)
+    {
+        return maker.frame(f);
     }
 
     bool match_pong(const std::uint8_t* payload, std::size_t n)
@@ -415,7 +454,7 @@ result run(const bytes& s, wshb::role r, bool swallow, bool rsv1, Chooser& ch,
             bytes f = inject_frame(r, counter, ch.pick(1000));
             bool last = opt.last_odds != 0 && ch.pick(opt.last_odds) == 1;
             bool open = !ob.passthrough() && !ob.discarding();
-            bool ok = ob.queue(f.data(), f.size(), last);
+            bool ok = ob.queue(io.maker.queued(f), last);
 
             if (ok != open) {
                 io.fail("queue() refused or accepted wrongly");

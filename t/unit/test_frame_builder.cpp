@@ -314,3 +314,73 @@ TEST_CASE("builder: error words", "[frame_builder]")
     CHECK(std::string(to_string(build_error::bad_close_code))
           == "close code not sendable");
 }
+
+TEST_CASE("builder: queued frames, laid out again", "[frame_builder]")
+{
+    std::uint8_t out[inject_capacity];
+    std::uint8_t want[140];
+    const std::uint32_t key = 0x01020304u;
+
+    SECTION("a Ping: make_ping()'s payload, masked and not")
+    {
+        heartbeat hb;
+        std::uint8_t payload[ping_payload_size];
+        for (int i = 0; i < 3; i++) {
+            (void)hb.make_ping(payload, key);
+            hb.on_ping_written(0, 0);
+        }
+        // the third Ping: sequence 2
+        for (const std::uint8_t* m :
+             {static_cast<const std::uint8_t*>(nullptr), mask}) {
+            queued_frame f = queued_ping(2, m);
+            std::size_t n = build_control(
+                opcode::ping, payload, sizeof(payload), m, want, sizeof(want));
+            CHECK(f.size == n);
+            CHECK(build_queued(f, key, out, sizeof(out)) == n);
+            CHECK(bytes(out, out + n) == bytes(want, want + n));
+            // again: the same bytes
+            std::memset(out, 0xee, sizeof(out));
+            CHECK(build_queued(f, key, out, sizeof(out)) == n);
+            CHECK(bytes(out, out + n) == bytes(want, want + n));
+        }
+    }
+
+    SECTION("each Close text, masked and not, within inject_capacity")
+    {
+        for (std::uint8_t t = 0; t <= std::uint8_t(close_text::out_of_memory);
+             t++) {
+            close_text text = close_text(t);
+            const char* r = to_string(text);
+            INFO(r);
+            CHECK((t == 0 || std::strlen(r) > 0));
+            for (std::uint16_t code : {1001, 1011}) {
+                queued_frame f = queued_close(code, text, mask);
+                std::size_t n = build_close(code, r, std::strlen(r), mask, want,
+                                            sizeof(want));
+                REQUIRE(n != 0);
+                CHECK(f.size == n);
+                CHECK(f.size <= inject_capacity);
+                CHECK(build_queued(f, key, out, sizeof(out)) == n);
+                CHECK(bytes(out, out + n) == bytes(want, want + n));
+                f = queued_close(code, text, nullptr);
+                CHECK(build_queued(f, key, out, sizeof(out)) == f.size);
+                bytes payload{std::uint8_t(code >> 8),
+                              std::uint8_t(code & 0xff)};
+                wire::append(payload, wire::text(r));
+                CHECK(scan_back(out, f.size, false) == payload);
+            }
+        }
+        CHECK(std::string(to_string(close_text::shutting_down))
+              == "server shutting down");
+        CHECK(queued_close(1001, close_text::shutting_down, mask).size
+              == inject_capacity);
+    }
+
+    SECTION("none, a code not to send, a buffer too small")
+    {
+        CHECK(build_queued(queued_frame(), key, out, sizeof(out)) == 0);
+        CHECK(queued_close(1005, close_text::none, nullptr).size == 0);
+        queued_frame f = queued_ping(0, mask);
+        CHECK(build_queued(f, key, out, f.size - 1) == 0);
+    }
+}

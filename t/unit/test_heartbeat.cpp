@@ -23,33 +23,68 @@ heartbeat_config config(std::uint32_t interval, std::uint32_t timeout,
     return cf;
 }
 
-// The machine with its configuration at hand, as the glue keeps it.
+// The machine with its configuration at hand, as the glue keeps it, and
+// the test's clock: the latest ms time given to it (next_deadline() takes
+// the caller's now).
 struct machine : heartbeat {
     heartbeat_config cf;
+    std::uint64_t now = 0;
+
+    void tick(std::uint64_t now_ms) { now = now_ms > now ? now_ms : now; }
 
     void start(const heartbeat_config& c, std::uint64_t now_ms)
     {
         cf = c;
+        tick(now_ms);
         heartbeat::start(c, now_ms);
     }
 
     action on_timer(std::uint64_t now_ms)
     {
+        tick(now_ms);
         return heartbeat::on_timer(cf, now_ms);
     }
 
-    std::uint64_t next_deadline() const { return heartbeat::next_deadline(cf); }
+    void on_receive(std::uint64_t now_ms)
+    {
+        tick(now_ms);
+        heartbeat::on_receive(now_ms);
+    }
+
+    void on_data(std::uint64_t now_ms)
+    {
+        tick(now_ms);
+        heartbeat::on_data(now_ms);
+    }
+
+    void on_write_blocked(std::uint64_t now_ms)
+    {
+        tick(now_ms);
+        heartbeat::on_write_blocked(now_ms);
+    }
+
+    void on_ping_not_sent(std::uint64_t now_ms)
+    {
+        tick(now_ms);
+        heartbeat::on_ping_not_sent(now_ms);
+    }
+
+    std::uint64_t next_deadline() const
+    {
+        return heartbeat::next_deadline(cf, now);
+    }
 
     std::uint32_t ping_slack() const { return heartbeat::ping_slack(cf); }
 
     // the us clock in step with the ms one (tests of timing, not of RTT)
     void on_ping_written(std::uint64_t now_ms)
     {
-        heartbeat::on_ping_written(now_ms, now_ms * 1000);
+        on_ping_written(now_ms, now_ms * 1000);
     }
 
     void on_ping_written(std::uint64_t now_ms, std::uint64_t now_us)
     {
+        tick(now_ms);
         heartbeat::on_ping_written(now_ms, now_us);
     }
 };
@@ -113,9 +148,10 @@ TEST_CASE("heartbeat: Ping scheduling", "[heartbeat]")
         CHECK(is(hb.on_timer(1143), action::none));
         CHECK(is(hb.on_timer(1150), action::send_ping));
 
-        // once: queued until written, and no deadline meanwhile
+        // once: queued until written, and no deadline meanwhile (but the
+        // refresh of the machine's times)
         CHECK(is(hb.on_timer(1200), action::none));
-        CHECK(hb.next_deadline() == 0);
+        CHECK(hb.next_deadline() == 1200 + refresh_ms);
     }
 
     SECTION("a timer up to 1/16 interval early sends the Ping")
@@ -317,11 +353,12 @@ TEST_CASE("heartbeat: priorities and deadlines", "[heartbeat]")
         CHECK(hb.next_deadline() == 210);
     }
 
-    SECTION("nothing enabled: no timer")
+    SECTION("nothing enabled: only the clock's refresh")
     {
         hb.start(config(100, 10, 0, 0, false), 0);
-        CHECK(hb.next_deadline() == 0);
+        CHECK(hb.next_deadline() == refresh_ms);
         CHECK(is(hb.on_timer(100000), action::none));
+        CHECK(hb.next_deadline() == 100000 + refresh_ms);
     }
 
     SECTION("a deadline at time 0 is still a timer")
@@ -797,4 +834,221 @@ TEST_CASE("heartbeat: a Ping stuck behind a peer that does not read",
 }
 
 // Per-connection state is budgeted: the machine keeps only its own state.
-static_assert(sizeof(heartbeat) <= 56, "heartbeat grew past 56 bytes");
+static_assert(sizeof(heartbeat) <= 44, "heartbeat grew past 44 bytes");
+
+// The machine's past moments in 32 bits (heartbeat_times in heartbeat.hpp):
+// ages read exactly across the wrap of the low 32 bits, and kept within
+// them by the refresh at timer ticks for every configuration the glue
+// accepts (times up to max_config_ms, 30 days).
+namespace {
+
+constexpr std::uint64_t day = 24ull * 60 * 60 * 1000;
+constexpr std::uint64_t wrap = std::uint64_t(1) << 32;
+
+// The glue's timer: on_timer() at each deadline (late by `late` ms), a
+// Ping asked for written at once, the peer's bytes from `alive`; until the
+// machine closes or `until`. Returns the close (or none) and its time.
+struct run_result {
+    action a;
+    std::uint64_t at = 0;
+    std::size_t ticks = 0;
+};
+
+template <class Alive>
+run_result run(machine& hb, std::uint64_t until, Alive alive,
+               std::uint64_t late = 0)
+{
+    run_result r;
+
+    for (;;) {
+        std::uint64_t d = hb.next_deadline();
+        REQUIRE(d != 0);
+        // the refresh: never more than 2^30 ms ahead
+        REQUIRE(d <= hb.now + refresh_ms);
+        std::uint64_t t = (d > hb.now ? d : hb.now) + late;
+
+        if (t > until) {
+            return r;
+        }
+
+        alive(hb, t);
+        r.a = hb.on_timer(t);
+        r.at = t;
+        r.ticks++;
+
+        if (r.a.kind == action::close) {
+            return r;
+        }
+
+        if (r.a.kind == action::send_ping) {
+            (void)made(hb);
+            hb.on_ping_written(t);
+        }
+    }
+}
+
+void silent(machine&, std::uint64_t) {}
+
+} // namespace
+
+TEST_CASE("heartbeat: 32-bit times", "[heartbeat]")
+{
+    machine hb;
+
+    SECTION("deadlines across the wrap of the low 32 bits")
+    {
+        for (std::uint64_t t0 : {wrap - 50, 7 * wrap - 1, 3 * wrap}) {
+            machine m;
+            m.start(config(100, 30, 1000, 40), t0);
+            CHECK(m.next_deadline() == t0 + 100);
+            m.on_receive(t0 + 60);
+            m.on_write_blocked(t0 + 70);
+            CHECK(m.next_deadline() == t0 + 110);
+            REQUIRE(is(m.on_timer(t0 + 105), action::none));
+            m.on_write_progress();
+            CHECK(m.next_deadline() == t0 + 160);
+            REQUIRE(is(m.on_timer(t0 + 160), action::send_ping));
+            m.on_ping_written(t0 + 161);
+            CHECK(m.next_deadline() == t0 + 191);
+            m.on_data(t0 + 170);
+            CHECK(is(m.on_timer(t0 + 191), action::close,
+                     close_reason::heartbeat_timeout));
+        }
+    }
+
+    SECTION("60 days of silence (interval and timeout 30 days): closed "
+            "a timeout after the Ping, not taken for an answer")
+    {
+        std::uint64_t t0 = wrap - 1000;
+        hb.start(config(std::uint32_t(30 * day), std::uint32_t(30 * day)), t0);
+        run_result r = run(hb, t0 + 100 * day, silent);
+        CHECK(is(r.a, action::close, close_reason::heartbeat_timeout));
+        // the Ping at 30 days, its timeout 30 days later: 60 days of
+        // silence, read through 2^30 ms refresh ticks (unsaturated, the
+        // last receive's age would read as 60 - 49.7 days: an answer)
+        CHECK(r.at == t0 + 60 * day);
+        CHECK(r.ticks == 6);
+        CHECK(hb.pings() == 1);
+        CHECK(hb.pongs() == 0);
+    }
+
+    SECTION("the same, each tick ~an hour late: still exact")
+    {
+        std::uint64_t late = 3600 * 1000;
+        hb.start(config(std::uint32_t(30 * day), std::uint32_t(30 * day)), 0);
+        run_result r = run(hb, 200 * day, silent, late);
+        CHECK(is(r.a, action::close, close_reason::heartbeat_timeout));
+        CHECK(r.at == 60 * day + 2 * late);
+    }
+
+    SECTION("an answer after 30 days of silence still answers")
+    {
+        hb.start(config(std::uint32_t(30 * day), std::uint32_t(30 * day)), 0);
+        run_result r = run(hb, 31 * day, silent);
+        REQUIRE(hb.pings() == 1);
+        REQUIRE(hb.now == 30 * day);
+        hb.on_receive(hb.now + 10 * day);
+        CHECK(is(hb.on_timer(hb.now), action::none));
+        // the next Ping an interval after that answer
+        CHECK(hb.next_deadline() == hb.now + refresh_ms);
+        r = run(hb, hb.now + 30 * day, silent);
+        CHECK(hb.pings() == 2);
+    }
+
+    SECTION("a read timeout of 30 days through the refresh ticks")
+    {
+        std::uint64_t t0 = 5 * wrap + 17;
+        hb.start(config(std::uint32_t(30 * day), std::uint32_t(30 * day),
+                        std::uint32_t(30 * day)),
+                 t0);
+        // bytes (Pongs) all along, no data frame
+        run_result r = run(hb, t0 + 100 * day, [](machine& m, std::uint64_t t) {
+            m.on_receive(t);
+        });
+        CHECK(is(r.a, action::close, close_reason::read_timeout));
+        CHECK(r.at == t0 + 30 * day);
+        CHECK(r.ticks >= 3);
+    }
+
+    SECTION("blocked for 100 days behind a slow reader, then silence: the "
+            "stuck Ping closes a timeout after the last sign of life")
+    {
+        // send_timeout off; the peer takes bytes (the glue's on_receive)
+        // at each tick until day 100, while blocked_since ages past 2^32
+        std::uint32_t timeout = std::uint32_t(20 * day);
+        hb.start(config(std::uint32_t(30 * day), timeout), 0);
+        REQUIRE(is(hb.on_timer(30 * day), action::send_ping));
+        (void)made(hb); // queued, never written: stuck
+        hb.on_write_blocked(30 * day);
+        std::uint64_t last = 0;
+        run_result r = run(hb, 500 * day, [&](machine& m, std::uint64_t t) {
+            if (t <= 130 * day) {
+                m.on_receive(t);
+                last = t;
+            }
+        });
+        REQUIRE(last > 30 * day + 100 * day - refresh_ms);
+        CHECK(hb.pings() == 1);
+        CHECK(is(r.a, action::close, close_reason::heartbeat_timeout));
+        CHECK(r.at == last + timeout);
+    }
+
+    SECTION("a send timeout of 30 days")
+    {
+        std::uint64_t t0 = wrap - 3;
+        hb.start(config(std::uint32_t(30 * day), std::uint32_t(30 * day), 0,
+                        std::uint32_t(30 * day)),
+                 t0);
+        hb.on_write_blocked(t0 + 5);
+        run_result r = run(hb, t0 + 100 * day, [](machine& m, std::uint64_t t) {
+            m.on_receive(t);
+        });
+        CHECK(is(r.a, action::close, close_reason::send_timeout));
+        CHECK(r.at == t0 + 5 + 30 * day);
+    }
+
+    SECTION("a saturated last receive stays before the Ping's write")
+    {
+        // silent for 30 days, the Ping late (a late tick), a short timeout
+        hb.start(config(std::uint32_t(30 * day), 1000), 0);
+        REQUIRE(is(hb.on_timer(31 * day), action::send_ping));
+        hb.on_ping_written(31 * day);
+        // saturates last_receive at 30 days ago: 1 day after its truth
+        CHECK(is(hb.on_timer(31 * day + 500), action::none));
+        CHECK(hb.next_deadline() == 31 * day + 1000);
+        CHECK(is(hb.on_timer(31 * day + 1000), action::close,
+                 close_reason::heartbeat_timeout));
+    }
+}
+
+TEST_CASE("heartbeat: RTT from the 64-bit write time", "[heartbeat]")
+{
+    machine hb;
+    hb.start(config(100, 30), 0);
+    bool sampled = false;
+
+    SECTION("a write time above 2^32 us")
+    {
+        std::uint64_t w = 5 * wrap + 123;
+        pong_payload p = sent(hb, w);
+        CHECK(hb.on_pong(p.b, 16, key, w + 4567, &sampled));
+        CHECK(sampled);
+        CHECK(hb.rtt_last_us() == 4567);
+    }
+
+    SECTION("the latest 32-bit us figure, then the clamp")
+    {
+        pong_payload p0 = sent(hb, wrap - 10);
+        CHECK(hb.on_pong(p0.b, 16, key, 2 * wrap - 11, &sampled));
+        CHECK(sampled);
+        CHECK(hb.rtt_last_us() == 0xffffffffu);
+        pong_payload p1 = sent(hb, 3 * wrap);
+        CHECK(hb.on_pong(p1.b, 16, key, 4 * wrap + 5, &sampled));
+        CHECK(sampled);
+        CHECK(hb.rtt_last_us() == 0xffffffffu); // 2^32 + 5 us: clamped
+        pong_payload p2 = sent(hb, 5 * wrap);
+        CHECK(hb.on_pong(p2.b, 16, key, 5 * wrap + 60ull * day * 1000));
+        CHECK(hb.rtt_last_us() == 0xffffffffu); // 60 days: clamped
+        CHECK(hb.rtt_samples() == 3);
+    }
+}

@@ -39,6 +39,19 @@ struct script_io {
     std::vector<bytes> payloads;
     std::size_t headers = 0;
     std::vector<scan_error> errors;
+    // the queued frames and the buffer frame() lays them out in: its own,
+    // or one shared with other Ios (the connections of one worker)
+    sim::frame_maker maker;
+    sim::frame_maker* shared = nullptr;
+
+    sim::frame_maker& buffer() { return shared != nullptr ? *shared : maker; }
+
+    queued_frame queued(const bytes& b) { return buffer().queued(b); }
+
+    const std::uint8_t* frame(const queued_frame& f)
+    {
+        return buffer().frame(f);
+    }
 
     long write(const std::uint8_t* p, std::size_t n)
     {
@@ -56,6 +69,8 @@ struct script_io {
         }
         calls.push_back({p, n, r});
         wrote.emplace_back(p, p + n);
+        // (the frame's bytes are laid out again before each attempt)
+        buffer().scribble();
         return r;
     }
 
@@ -182,7 +197,7 @@ TEST_CASE("outbound: injection at boundaries", "[outbound]")
 
     SECTION("idle stream: flush writes it at once")
     {
-        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
         CHECK(ob.queued());
         CHECK(ob.flush(io) == 0);
         CHECK(io.out == inj);
@@ -192,7 +207,7 @@ TEST_CASE("outbound: injection at boundaries", "[outbound]")
     SECTION("in the middle of a frame it waits for the end")
     {
         REQUIRE(ob.send(io, a.data(), 100) == 100);
-        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
         CHECK(ob.flush(io) == 0);
         CHECK(io.out.size() == 100);
         CHECK_FALSE(ob.at_boundary());
@@ -207,7 +222,7 @@ TEST_CASE("outbound: injection at boundaries", "[outbound]")
     {
         bytes s = cat({a, b});
         REQUIRE(ob.send(io, s.data(), 10) == 10);
-        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
         REQUIRE(ob.send(io, s.data() + 10, s.size() - 10)
                 == long(s.size() - 10));
         CHECK(io.out == cat({a, inj, b}));
@@ -215,18 +230,18 @@ TEST_CASE("outbound: injection at boundaries", "[outbound]")
 
     SECTION("one at a time, whole, not too big")
     {
-        REQUIRE(ob.queue(inj.data(), inj.size()));
-        CHECK_FALSE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
+        CHECK_FALSE(ob.queue(io.queued(inj)));
         ob.drop_queued();
         CHECK_FALSE(ob.queued());
         bytes big(inject_capacity + 1, 0x89);
-        CHECK_FALSE(ob.queue(big.data(), big.size()));
-        CHECK_FALSE(ob.queue(inj.data(), 0));
+        CHECK_FALSE(ob.queue(io.queued(big)));
+        CHECK_FALSE(ob.queue(queued_frame()));
     }
 
     SECTION("a started injection cannot be dropped")
     {
-        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
         io.script = {2};
         CHECK(ob.flush(io) == io_again);
         CHECK(ob.blocked());
@@ -297,7 +312,7 @@ TEST_CASE("outbound: Pong swallowing", "[outbound]")
     {
         bytes inj = sim::inject_frame(role::client, 7, 1);
         REQUIRE(ob.send(io, foreign.data(), 3) == 3);
-        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
         CHECK(ob.flush(io) == 0);
         CHECK(io.out == inj);
         REQUIRE(ob.send(io, foreign.data() + 3, foreign.size() - 3)
@@ -348,7 +363,7 @@ TEST_CASE("outbound: retries and short writes", "[outbound]")
         CHECK(ob.blocked());
 
         // an injection queued meanwhile must wait for the owed bytes
-        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
         CHECK(ob.flush(io) == 0);
         REQUIRE(io.calls.size() == 1);
 
@@ -371,7 +386,7 @@ TEST_CASE("outbound: retries and short writes", "[outbound]")
 
     SECTION("io_again on injected bytes: the same bytes next")
     {
-        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
         io.script = {3, io_again};
         CHECK(ob.flush(io) == io_again); // short: blocked
         CHECK(ob.flush(io) == io_again); // again
@@ -416,7 +431,7 @@ TEST_CASE("outbound: retries and short writes", "[outbound]")
     {
         io.script = {io_error};
         CHECK(ob.send(io, s.data(), s.size()) == io_error);
-        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
         io.script = {io_error};
         CHECK(ob.flush(io) == io_error);
     }
@@ -439,7 +454,7 @@ TEST_CASE("outbound: rejected stream turns to passthrough", "[outbound]")
         CHECK(ob.passthrough());
         REQUIRE(io.errors.size() == 1);
         CHECK(io.errors[0] == scan_error::bad_opcode);
-        CHECK_FALSE(ob.queue(inj.data(), inj.size()));
+        CHECK_FALSE(ob.queue(io.queued(inj)));
 
         // our Pong too goes out as it is now
         REQUIRE(
@@ -455,7 +470,7 @@ TEST_CASE("outbound: rejected stream turns to passthrough", "[outbound]")
     {
         bytes s = cat({good, bad, pong});
         REQUIRE(ob.send(io, s.data(), 1) == 1);
-        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
         REQUIRE(ob.send(io, s.data() + 1, s.size() - 1) == long(s.size() - 1));
         CHECK(io.out == cat({good, inj, bad, pong}));
         CHECK(ob.passthrough());
@@ -466,7 +481,7 @@ TEST_CASE("outbound: rejected stream turns to passthrough", "[outbound]")
         bytes bad64 = wire::header(0x82, std::uint64_t(1) << 63, nullptr);
         bytes s = cat({bad64, good});
         REQUIRE(ob.send(io, s.data(), 2) == 2);
-        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
         REQUIRE(ob.send(io, s.data() + 2, s.size() - 2) == long(s.size() - 2));
         CHECK(io.out == s);
         CHECK_FALSE(ob.queued());
@@ -477,7 +492,7 @@ TEST_CASE("outbound: rejected stream turns to passthrough", "[outbound]")
     SECTION("passthrough forwards everything raw")
     {
         bytes s = cat({bad, pong, good});
-        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
         io.script = {io_again};
         CHECK(ob.flush(io) == io_again);
         REQUIRE(ob.send(io, s.data(), s.size()) == long(s.size()));
@@ -813,7 +828,7 @@ TEST_CASE("outbound: the cut search over a chunk with a bad frame in it",
         bytes s = cat({bad16, pong, good});
         REQUIRE(ob.send(io, s.data(), 1) == 1);
         CHECK_FALSE(ob.passthrough());
-        REQUIRE(ob.queue(inj.data(), inj.size()));
+        REQUIRE(ob.queue(io.queued(inj)));
         REQUIRE(ob.send(io, s.data() + 1, s.size() - 1) == long(s.size() - 1));
         CHECK(io.out == s);
         CHECK_FALSE(ob.queued());
@@ -989,7 +1004,7 @@ TEST_CASE("outbound: short writes and io_again while a hold goes out",
                 }
                 CHECK(ob.blocked());
                 CHECK(ob.pending());
-                REQUIRE(ob.queue(inj.data(), inj.size()));
+                REQUIRE(ob.queue(io.queued(inj)));
 
                 long rc = io_again;
                 for (int i = 0; i < 40 && rc == io_again; i++) {
@@ -1025,21 +1040,72 @@ TEST_CASE("outbound: the sender it was made for", "[outbound]")
 
 TEST_CASE("outbound: the largest frame the module queues fits", "[outbound]")
 {
-    // ngx_ws_heartbeat_module.cpp: a masked Close, 1001 "server shutting
-    // down", sized by inject_capacity on the stack
-    const char* reason = "server shutting down";
-    std::uint8_t out[inject_capacity];
-    std::size_t n =
-        build_close(1001, reason, std::strlen(reason), mask, out, sizeof(out));
-    CHECK(n == inject_capacity);
-    outbound ob(role::server, true, false);
-    CHECK(ob.queue(out, n));
+    // the glue: a masked Close, 1001 "server shutting down", laid out in
+    // the worker's inject_capacity bytes
+    queued_frame f = queued_close(1001, close_text::shutting_down, mask);
+    CHECK(f.size == inject_capacity);
+    outbound ob(role::client, true, false);
+    CHECK(ob.queue(f));
+    queued_frame big = f;
+    big.size = inject_capacity + 1;
+    ob.drop_queued();
+    CHECK_FALSE(ob.queue(big));
+}
+
+TEST_CASE("outbound: a queued frame is laid out again for each attempt",
+          "[outbound]")
+{
+    bytes inj = sim::inject_frame(role::client, 9, 5);
+    bytes b = wire::frame(0x81, wire::text("bee"), nullptr);
+
+    SECTION("the retry: same address, same bytes, though the buffer was "
+            "overwritten in between")
+    {
+        outbound ob(role::server, false, false);
+        script_io io;
+        REQUIRE(ob.queue(io.queued(inj)));
+        io.script = {2, io_again, 0, 3, io_again};
+        for (int i = 0; i < 6 && ob.queued(); i++) {
+            (void)ob.flush(io);
+        }
+        CHECK_FALSE(ob.queued());
+        CHECK(io.out == inj);
+        CHECK(io.retry_problem(b) == "");
+        // each attempt from the buffer, at the frame's written offset
+        REQUIRE(io.calls.size() == 6);
+        CHECK(io.maker.calls == 6);
+        CHECK(io.calls[0].p == io.maker.buf);
+        CHECK(io.calls[1].p == io.maker.buf + 2);
+        CHECK(io.calls[5].p == io.maker.buf + 5);
+    }
+
+    SECTION("two directions (connections) of one worker share the buffer")
+    {
+        sim::frame_maker worker;
+        bytes other = sim::inject_frame(role::server, 4, 1);
+        outbound ob1(role::server, false, false);
+        outbound ob2(role::server, false, false);
+        script_io io1;
+        script_io io2;
+        io1.shared = &worker;
+        io2.shared = &worker;
+        REQUIRE(ob1.queue(io1.queued(inj)));
+        REQUIRE(ob2.queue(io2.queued(other)));
+        io1.script = {io_again};
+        CHECK(ob1.flush(io1) == io_again);
+        CHECK(ob2.flush(io2) == 0); // the buffer now holds the other frame
+        REQUIRE(ob1.send(io1, b.data(), b.size()) == long(b.size()));
+        CHECK(io1.out == cat({inj, b}));
+        CHECK(io2.out == other);
+        CHECK(io1.retry_problem(b) == "");
+    }
 }
 
 // The per-connection state budget: one outbound per direction.
 static_assert(sizeof(frame_header) == 16, "frame_header grew");
 static_assert(sizeof(basic_frame_scanner<16>) <= 48, "scanner grew");
-static_assert(sizeof(outbound) <= 88, "outbound grew");
+static_assert(sizeof(queued_frame) == 12, "queued_frame grew");
+static_assert(sizeof(outbound) <= 72, "outbound grew");
 static_assert(std::is_standard_layout<outbound>::value,
               "offsetof on what holds an outbound");
 
@@ -1055,10 +1121,11 @@ TEST_CASE("outbound: a last frame ends the stream", "[outbound]")
     bytes ours(close, close + cn);
     outbound ob(role::client, true, false);
     script_io io;
+    queued_frame qclose = io.queued(ours);
 
     SECTION("nothing of the sender goes after it, all is consumed")
     {
-        REQUIRE(ob.queue(close, cn, true));
+        REQUIRE(ob.queue(qclose, true));
         CHECK_FALSE(ob.discarding());
         bytes s = cat({a, b, client_close});
         REQUIRE(ob.send(io, s.data(), s.size()) == long(s.size()));
@@ -1069,7 +1136,7 @@ TEST_CASE("outbound: a last frame ends the stream", "[outbound]")
         REQUIRE(io.frames.size() == 3);
         CHECK(io.frames[2].op == opcode::close);
         // and nothing more may be queued
-        CHECK_FALSE(ob.queue(close, cn, false));
+        CHECK_FALSE(ob.queue(qclose, false));
         ob.drop_queued();
         CHECK(ob.discarding());
     }
@@ -1077,7 +1144,7 @@ TEST_CASE("outbound: a last frame ends the stream", "[outbound]")
     SECTION("inside a fragmented frame it waits for the frame's end")
     {
         REQUIRE(ob.send(io, a.data(), 10) == 10);
-        REQUIRE(ob.queue(close, cn, true));
+        REQUIRE(ob.queue(qclose, true));
         bytes rest = cat({bytes(a.begin() + 10, a.end()), b});
         REQUIRE(ob.send(io, rest.data(), rest.size()) == long(rest.size()));
         CHECK(io.out == cat({a, ours}));
@@ -1086,7 +1153,7 @@ TEST_CASE("outbound: a last frame ends the stream", "[outbound]")
 
     SECTION("blocked while it goes out: the rest, then nothing")
     {
-        REQUIRE(ob.queue(close, cn, true));
+        REQUIRE(ob.queue(qclose, true));
         io.script = {3, io_again};
         CHECK(ob.flush(io) == io_again);
         CHECK_FALSE(ob.discarding());
@@ -1103,7 +1170,7 @@ TEST_CASE("outbound: a last frame ends the stream", "[outbound]")
         bytes pong = wire::frame(0x8a, foreign_pong_payload(), mask);
         REQUIRE(ob.send(io, pong.data(), 4) == 4); // held, not written
         CHECK(io.out.empty());
-        REQUIRE(ob.queue(close, cn, true));
+        REQUIRE(ob.queue(qclose, true));
         CHECK(ob.flush(io) == 0);
         CHECK(ob.discarding());
         CHECK(ob.release(io) == 0);
@@ -1114,7 +1181,7 @@ TEST_CASE("outbound: a last frame ends the stream", "[outbound]")
 
     SECTION("dropped before it started, the stream goes on")
     {
-        REQUIRE(ob.queue(close, cn, true));
+        REQUIRE(ob.queue(qclose, true));
         ob.drop_queued();
         REQUIRE(ob.send(io, b.data(), b.size()) == long(b.size()));
         CHECK(io.out == b);
