@@ -72,6 +72,10 @@ CONFIGS = [
 # releasing them costs (--pair-base K)
 KEEP = ("K", "as C, ws_heartbeat_idle_buffers keep",
         dict(module=True, loc=HB_FAST + " ws_heartbeat_idle_buffers keep;"))
+# nor: the heartbeat at its default interval (30 s: no Ping within a
+# window), what the relay path alone adds (--pair-c-interval default)
+DEFAULT_INTERVAL = ("E", "heartbeat on, default interval (30 s)",
+                    dict(module=True, loc="ws_heartbeat on;"))
 
 WORK = None   # set in main(): build/bench/run
 LOG = None
@@ -727,13 +731,19 @@ def section_pairs(args, results):
                  ("64KiB x100", 100, 65536, 1, 0, 1 if q else 2, dur),
                  ("latency 64B x100 @1000/s", 100, 64, 1, 1000, 1,
                   dur if q else 2.0)]
+    if args.pair_scenarios:
+        want = args.pair_scenarios.split(",")
+        scenarios = [x for x in scenarios
+                     if any(w in x[0] for w in want)]
     cfgs = {c[0]: c[2] for c in CONFIGS + [KEEP]}
+    if args.pair_c_interval == "default":
+        cfgs["C"] = DEFAULT_INTERVAL[2]
     base = args.pair_base
     bports = [free_port()]
     be = Backend("pairs-backend", bports)
     ngx = {}
     out = dict(pairs=n_pairs, warmup_s=warm, duration_s=dur, scenarios={},
-               base=base)
+               base=base, c_interval=args.pair_c_interval)
     try:
         for name in (base, "C"):
             ngx[name] = Nginx("pairs-" + name, cfgs[name], bports,
@@ -1821,6 +1831,15 @@ def main():
     ap.add_argument("--pair-base", default="A", choices=["A", "K"],
                     help="what C is paired with: A (stock nginx) or K (C "
                          "with ws_heartbeat_idle_buffers keep)")
+    ap.add_argument("--pair-scenarios", default="",
+                    help="pairs section: only the scenarios whose names "
+                         "contain one of these (comma-separated), e.g. "
+                         "latency")
+    ap.add_argument("--pair-c-interval", default="50ms",
+                    choices=["50ms", "default"],
+                    help="pairs section: C's ws_heartbeat_interval, 50ms "
+                         "(a Ping in nearly every gap) or the default "
+                         "(30 s: the relay path alone)")
     ap.add_argument("--idle-sizes", default="10000,50000",
                     help="idle section: the numbers of connections")
     ap.add_argument("--idle-rounds-large", type=int, default=1,
