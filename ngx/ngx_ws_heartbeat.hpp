@@ -68,15 +68,15 @@ typedef struct {
 
 
 /*
- * the relay's four events, each a pass of one direction of
- * ngx_http_upstream_process_upgraded(): the client's (u->from_client) on
- * client readable and upstream writable, the upstream's (u->buffer) on
- * the other two
+ * the relay's events that wake a released buffer, each a pass of one
+ * direction of ngx_http_upstream_process_upgraded(): the client's
+ * (u->from_client) on client readable and upstream writable, the
+ * upstream's (u->buffer) on upstream readable. (Client writable needs no
+ * buffer: see ngx_ws_heartbeat_buffers.cpp, release().)
  */
 
 typedef enum {
     NGX_HTTP_WS_HB_EV_READ = 0,         /* client readable */
-    NGX_HTTP_WS_HB_EV_WRITE,            /* client writable */
     NGX_HTTP_WS_HB_EV_UPSTREAM_READ,
     NGX_HTTP_WS_HB_EV_UPSTREAM_WRITE
 } ngx_http_ws_heartbeat_ev_e;

@@ -788,10 +788,6 @@ ngx_http_ws_heartbeat_pass(ngx_http_request_t *r,
         hmcf->read_handler(r);
         break;
 
-    case NGX_HTTP_WS_HB_EV_WRITE:
-        ngx_http_ws_heartbeat_write_pass(r);
-        break;
-
     case NGX_HTTP_WS_HB_EV_UPSTREAM_READ:
 
         /* the buffer is back: nginx's handler from the next event on */
